@@ -1,0 +1,269 @@
+//! `ExecSession`: one request to run one command in one pod, and everything that happened to it.
+//!
+//! The spec is what the requester asked for and is immutable once created (a CEL rule the API
+//! server enforces), so what was approved is exactly what runs. The status is written only by the
+//! operator.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A request to execute a command in a pod, subject to an ExecPolicy: it is approved, denied or
+/// waits for approvals, is then attached to once by its requester through the operator, and is
+/// recorded byte for byte.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aexec.dev",
+    version = "v1alpha1",
+    kind = "ExecSession",
+    plural = "execsessions",
+    singular = "execsession",
+    shortname = "exs",
+    category = "aexec",
+    namespaced,
+    status = "ExecSessionStatus",
+    derive = "PartialEq",
+    doc = "An audited request to execute a command in a pod: approved by policy or by people, attached once by its requester through the operator, and recorded.",
+    printcolumn(name = "Pod", type_ = "string", json_path = ".spec.pod"),
+    printcolumn(name = "Requester", type_ = "string", json_path = ".spec.requester.username"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".status.policy"),
+    printcolumn(name = "Approvals", type_ = "string", json_path = ".status.approvalSummary"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Command", type_ = "string", json_path = ".spec.command", priority = 1),
+    printcolumn(name = "Exit", type_ = "integer", json_path = ".status.exitCode", priority = 1),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".spec.reason", priority = 1),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1),
+    selectable = ".spec.pod",
+    selectable = ".spec.requester.username",
+    selectable = ".status.phase"
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: create a new ExecSession instead").reason(Reason::FieldValueForbidden))]
+#[serde(rename_all = "camelCase")]
+pub struct ExecSessionSpec {
+    /// Name of the pod to execute in, in the session's namespace. The operator pins the pod's UID
+    /// when it validates the session; a pod recreated under the same name is not the approved one.
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: String,
+
+    /// Container to execute in. When omitted, the pod's `kubectl.kubernetes.io/default-container`
+    /// annotation, or its only container, is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub container: Option<String>,
+
+    /// The command and its arguments (argv), executed without a shell unless the command is one.
+    #[schemars(length(min = 1, max = 256), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+
+    /// Pass the requester's standard input to the command (`kubectl exec -i`).
+    #[serde(default)]
+    pub stdin: bool,
+
+    /// Allocate a terminal for the command (`kubectl exec -t`); stderr is then merged into stdout.
+    #[serde(default)]
+    pub tty: bool,
+
+    /// Why the requester needs this session (a ticket or incident reference); shown to approvers
+    /// and kept with the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+
+    /// Who asked. Must equal the authenticated user creating the object; the admission policy
+    /// shipped next to this CRD rejects anything else.
+    pub requester: UserRef,
+}
+
+/// An authenticated Kubernetes user, as the API server saw them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRef {
+    /// The user name.
+    #[schemars(length(min = 1, max = 512))]
+    pub username: String,
+
+    /// The groups the user belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), inner(length(max = 512)))]
+    pub groups: Vec<String>,
+}
+
+/// Where a session is in its life. Terminal phases are `Denied`, `Expired`, `Succeeded`, `Failed`
+/// and `Terminated`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Phase {
+    /// Waiting for the policy decision or for approvals.
+    #[default]
+    Pending,
+    /// Approved: the requester may attach once before the approval deadline.
+    Approved,
+    /// Refused by a policy or by an approver.
+    Denied,
+    /// Approved but not attached before the deadline, or still pending when it ran out.
+    Expired,
+    /// Attached: the command is running and being recorded.
+    Active,
+    /// The command ran and exited with code 0.
+    Succeeded,
+    /// The command could not run, exited non-zero, or the session broke (pod gone, storage lost).
+    Failed,
+    /// Ended from outside (terminate), or by a limit (maximum duration, idle timeout).
+    Terminated,
+}
+
+impl Phase {
+    /// No further transition can happen from this phase.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Denied | Phase::Expired | Phase::Succeeded | Phase::Failed | Phase::Terminated
+        )
+    }
+
+    /// The phase as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Approved => "Approved",
+            Phase::Denied => "Denied",
+            Phase::Expired => "Expired",
+            Phase::Active => "Active",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Terminated => "Terminated",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One approval or denial: who decided, as what, when and why.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// The approver, as authenticated by the API server.
+    pub user: UserRef,
+    /// When the decision was made.
+    pub time: Time,
+    /// The approver's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub comment: Option<String>,
+}
+
+/// The limits that govern an approved session, copied from the policy at approval so that a
+/// later policy edit cannot change a session already granted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionLimits {
+    /// The session is ended this long after it was attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<kube::core::Duration>,
+    /// The session is ended after this long without input or output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<kube::core::Duration>,
+    /// End the session rather than run it unrecorded when storage fails.
+    #[serde(default)]
+    pub recording_required: bool,
+}
+
+/// Where the recording is and how to check it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingStatus {
+    /// Location of the recording's manifest (`file://...` or `s3://bucket/key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Recording format, `asciicast-v3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Total size of all segments, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// SHA-256 (hex) of the last segment: the head of the hash chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Number of segments written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<i64>,
+    /// The recording was sealed after an interruption (operator crash, lost stream) rather than at
+    /// the end of the session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+/// What the operator knows and decided about a session. Written only by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecSessionStatus {
+    /// Where the session is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// A sentence for people saying why the session is in its phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The ExecPolicy that governs this session (empty when the operator's default applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// How many approvals the policy requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_approvals: Option<i32>,
+    /// Approvals given so far, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Decision>,
+    /// `given/required`, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_summary: Option<String>,
+    /// The denial, when an approver denied the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial: Option<Decision>,
+    /// UID of the pod at validation: only this pod may be attached.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "podUID")]
+    pub pod_uid: Option<String>,
+    /// Container resolved at validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Until when the session may be approved (while Pending) or attached (while Approved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// Limits copied from the policy at approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<SessionLimits>,
+    /// When the requester attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the session ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+    /// The command's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The operator replica that holds the attached stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// The recording of the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingStatus>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions: `Ready` (the session may be attached), `Approved`, `Recorded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl ExecSession {
+    /// The session's phase, `Pending` until the operator has written one.
+    pub fn phase(&self) -> Phase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the upstream binaries of the local control plane from their Go modules into a cache
+# outside the repository, keyed by version: $AEXEC_CACHE/bin/<name>-<version>.
+#
+#   tests/upstream/build.sh [component...]   (default: all of them)
+#
+# Why throw-away modules: k8s.io/kubernetes and etcd cannot be `go install`ed because their
+# go.mod files carry replace directives; a scratch module that requires them (plus, for k/k, a
+# replace for every staging module it pins at v0.0.0) is the known way to build them.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+cache=${AEXEC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-aexec}
+bin=$cache/bin
+work=$cache/build
+mkdir -p "$bin" "$work"
+export GOFLAGS=${GOFLAGS:--buildvcs=false}
+export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+export CGO_ENABLED=0
+
+die() { echo "build.sh: $*" >&2; exit 1; }
+command -v go >/dev/null || die "the Go toolchain is missing: install Go 1.25 or newer (https://go.dev/doc/install) and put 'go' on PATH"
+
+# Runs `go build -v` and turns its one-line-per-package output into a heartbeat, so a cold
+# build of several minutes shows it is moving.
+go_build() { # name out pkg [ldflags]
+  local name=$1 out=$2 pkg=$3 ldflags=${4:-} n=0 start=$SECONDS log=$work/$1.log
+  echo "  compiling $name (cold builds take minutes; log: $log)"
+  if ! go build -v -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg" 2>"$log.pkgs" >"$log"; then
+    tail -n 30 "$log.pkgs" >&2
+    die "compiling $name failed (full log: $log.pkgs)"
+  fi &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 15
+    n=$(wc -l <"$log.pkgs" 2>/dev/null || echo 0)
+    kill -0 "$pid" 2>/dev/null && echo "    ... $name: $n packages compiled, $((SECONDS - start))s"
+  done
+  wait "$pid" || exit 1
+  mv "$out.tmp" "$out"
+  echo "  built $out in $((SECONDS - start))s"
+}
+
+# A scratch module under $work/<dir> that requires <module>@<version>.
+scratch() { # dir module version
+  local dir=$work/$1
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  go mod init "aexec-build/$1" >/dev/null 2>&1
+  echo "  fetching $2@$3 and its dependencies"
+}
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local staging=v0.${v#v1.}
+  if [ -x "$bin/kube-apiserver-$v" ] && [ -x "$bin/kubectl-$v" ]; then return; fi
+  scratch "kubernetes-$v" k8s.io/kubernetes "$v"
+  go mod edit -require "k8s.io/kubernetes@$v"
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+  [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$v from the Go module proxy"
+  # Every staging module k/k pins at v0.0.0 is published at v0.<minor>.<patch>.
+  local m
+  for m in $(awk '$2 == "v0.0.0" && $1 ~ /^k8s.io\// {print $1}' "$gomod" | sort -u); do
+    go mod edit -replace "$m=$m@$staging"
+  done
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v" >/dev/null 2>"$work/kubernetes-get.log" ||
+    { tail -n 20 "$work/kubernetes-get.log" >&2; die "go get k8s.io/kubernetes@$v failed"; }
+  local ld="-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/component-base/version.gitTreeState=clean"
+  go_build kube-apiserver "$bin/kube-apiserver-$v" k8s.io/kubernetes/cmd/kube-apiserver "$ld"
+  go_build kubectl "$bin/kubectl-$v" k8s.io/kubernetes/cmd/kubectl "$ld"
+}
+
+build_simple() { # name module version pkg [ldflags]
+  local name=$1 module=$2 v=$3 pkg=$4 ld=${5:-}
+  [ -x "$bin/$name-$v" ] && return
+  scratch "$name-$v" "$module" "$v"
+  go get "$pkg@$v" >/dev/null 2>"$work/$name-get.log" ||
+    { tail -n 20 "$work/$name-get.log" >&2; die "go get $pkg@$v failed"; }
+  go_build "$name" "$bin/$name-$v" "$pkg" "$ld"
+}
+
+build_etcd() { build_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3; }
+# kwok is built from a patched copy of its module (see the patch's header for why); the cache key
+# carries the patch's hash so a changed patch rebuilds it.
+kwok_key() { echo "$KWOK_VERSION-$(sha256sum "$here/kwok-$KWOK_VERSION-local-exec.patch" | cut -c1-12)"; }
+build_kwok() {
+  local v=$KWOK_VERSION key patch=$here/kwok-$KWOK_VERSION-local-exec.patch
+  key=$(kwok_key)
+  [ -x "$bin/kwok-$key" ] && return
+  local dir=$work/kwok-$key
+  echo "  fetching sigs.k8s.io/kwok@$v"
+  local src
+  src=$(cd "$work" && go mod download -json "sigs.k8s.io/kwok@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  [ -d "$src" ] || die "could not download sigs.k8s.io/kwok@$v from the Go module proxy"
+  rm -rf "$dir" && cp -r "$src" "$dir" && chmod -R u+w "$dir" && cd "$dir"
+  patch -s -p1 <"$patch" || die "applying $patch to kwok $v failed"
+  go_build kwok "$bin/kwok-$key" ./cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$v"
+}
+build_minio() { build_simple minio github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio; }
+build_helm() { build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"; }
+
+# `build.sh --paths` prints NAME=PATH lines for the test environment to read.
+if [ "${1:-}" = "--paths" ]; then
+  echo "etcd=$bin/etcd-$ETCD_VERSION"
+  echo "kube-apiserver=$bin/kube-apiserver-$KUBERNETES_VERSION"
+  echo "kubectl=$bin/kubectl-$KUBERNETES_VERSION"
+  echo "kwok=$bin/kwok-$(kwok_key)"
+  echo "kwok-stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  echo "minio=$bin/minio-$MINIO_VERSION"
+  echo "helm=$bin/helm-$HELM_VERSION"
+  exit 0
+fi
+
+all=(etcd kubernetes kwok minio)
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=("${all[@]}")
+i=0
+for c in "${want[@]}"; do
+  i=$((i + 1))
+  echo "[$i/${#want[@]}] $c"
+  case $c in
+    etcd | kubernetes | kwok | minio | helm) (build_"$c") ;;
+    *) die "unknown component '$c' (known: etcd kubernetes kwok minio helm)" ;;
+  esac
+done
+echo "upstream binaries ready in $bin"
