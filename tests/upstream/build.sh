@@ -90,7 +90,7 @@ kwok_key() { echo "$KWOK_VERSION-$(sha256sum "$here/kwok-$KWOK_VERSION-local-exe
 build_kwok() {
   local v=$KWOK_VERSION key patch=$here/kwok-$KWOK_VERSION-local-exec.patch
   key=$(kwok_key)
-  [ -x "$bin/kwok-$key" ] && return
+  [ -x "$bin/kwok-$key" ] && [ -d "$bin/kwok-$key-stages" ] && return
   local dir=$work/kwok-$key
   echo "  fetching sigs.k8s.io/kwok@$v"
   local src
@@ -99,6 +99,8 @@ build_kwok() {
   rm -rf "$dir" && cp -r "$src" "$dir" && chmod -R u+w "$dir" && cd "$dir"
   patch -s -p1 <"$patch" || die "applying $patch to kwok $v failed"
   go_build kwok "$bin/kwok-$key" ./cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$v"
+  # The lifecycle stages (node Ready, pod Running) ship as YAML in the module, not in the binary.
+  rm -rf "$bin/kwok-$key-stages" && cp -r kustomize/stage "$bin/kwok-$key-stages"
 }
 build_minio() { build_simple minio github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio; }
 build_helm() { build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
@@ -110,7 +112,7 @@ if [ "${1:-}" = "--paths" ]; then
   echo "kube-apiserver=$bin/kube-apiserver-$KUBERNETES_VERSION"
   echo "kubectl=$bin/kubectl-$KUBERNETES_VERSION"
   echo "kwok=$bin/kwok-$(kwok_key)"
-  echo "kwok-stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  echo "kwok-stages=$bin/kwok-$(kwok_key)-stages"
   echo "minio=$bin/minio-$MINIO_VERSION"
   echo "helm=$bin/helm-$HELM_VERSION"
   exit 0
