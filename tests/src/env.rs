@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod},
-    rbac::v1::{ClusterRoleBinding, RoleRef, Subject},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use kube::{
     Api, Client, Config, ResourceExt,
@@ -123,25 +123,32 @@ pub struct TestEnv {
     ca: Ca,
 }
 
-static SHARED: OnceLock<TestEnv> = OnceLock::new();
+static SHARED: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 
 impl TestEnv {
     /// The control plane of this process, started on first use. Tests in one binary share it and
-    /// isolate themselves by namespace. Panics with the reason if it cannot start.
+    /// isolate themselves by namespace. Panics with the reason if it cannot start (every test
+    /// then reports the same reason: it is tried once).
     pub fn shared() -> &'static TestEnv {
-        SHARED.get_or_init(|| {
-            // A runtime of its own: each #[tokio::test] has a runtime that ends with the test,
-            // and nothing of the shared environment may depend on one of those.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match std::thread::scope(|s| s.spawn(|| rt.block_on(TestEnv::start())).join()) {
-                Ok(Ok(env)) => env,
-                Ok(Err(e)) => panic!("the local control plane did not start: {e:#}"),
-                Err(_) => panic!("the local control plane did not start (panicked)"),
-            }
-        })
+        let started = SHARED.get_or_init(|| {
+            // A thread and runtime of their own: each #[tokio::test] has a runtime that ends with
+            // the test, and nothing of the shared environment may depend on one of those.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(TestEnv::start()).map_err(|e| format!("{e:#}"))
+                })
+                .join()
+                .unwrap_or_else(|_| Err("starting it panicked".into()))
+            })
+        });
+        match started {
+            Ok(env) => env,
+            Err(e) => panic!("the local control plane did not start: {e}"),
+        }
     }
 
     /// Starts etcd, kube-apiserver, kwok and MinIO in this network namespace, in the directory
@@ -327,27 +334,23 @@ impl TestEnv {
     /// Cluster objects every test expects: RBAC for the test users, and the kwok node.
     async fn bootstrap(&self) -> Result<()> {
         let client = self.client(User::Admin).await?;
+        // Until the chart's roles exist, the human groups may read pods and events (not
+        // pods/exec); mallory gets nothing. The built-in `view` role cannot serve: it is
+        // aggregated, and no kube-controller-manager runs to fill in its rules.
+        let reader: ClusterRole = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "aexec-test-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods", "events", "namespaces"],
+                       "verbs": ["get", "list", "watch"]}]
+        }))?;
+        apply(&Api::<ClusterRole>::all(client.clone()), &reader).await?;
         let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-        // Until the chart's roles exist, the human groups can read the cluster (pods, events),
-        // which includes no pods/exec; mallory gets nothing.
         for group in ["dev", "sre", "audit"] {
-            let b = ClusterRoleBinding {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(format!("aexec-test-{group}-view")),
-                    ..Default::default()
-                },
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "ClusterRole".into(),
-                    name: "view".into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "Group".into(),
-                    name: group.into(),
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    ..Default::default()
-                }]),
-            };
+            let b: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("aexec-test-{group}-reader")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "aexec-test-reader"},
+                "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]
+            }))?;
             apply(&bindings, &b).await?;
         }
         install_crds(&client).await?;

@@ -19,4 +19,4 @@ pub mod upstream;
 
 mod env;
 
-pub use env::{S3, Target, TestEnv, User};
+pub use env::{S3, Target, TestEnv, User, apply, client_from, install_crds};

@@ -1,1 +1,8 @@
+//! End-to-end tests on the local control plane (real etcd, kube-apiserver, kwok, MinIO).
+//!
+//! One binary, so one control plane per run: tests share it and each works in a namespace of
+//! its own. Run through `./dev test` (or `aexec-testenv run -- cargo test ...`), which puts the
+//! run inside a private network namespace.
 
+mod common;
+mod ground;
