@@ -37,3 +37,120 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Er
         serde_yaml::to_string(crd)?
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn schema(crd: &CustomResourceDefinition) -> Value {
+        serde_json::to_value(&crd.spec.versions[0].schema).expect("schema")
+    }
+
+    fn rules(v: &Value) -> Vec<String> {
+        v["x-kubernetes-validations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn checked_in_crds_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, crd) in crds() {
+            let have = std::fs::read_to_string(dir.join(file)).expect("checked-in CRD");
+            assert!(
+                have == crd_yaml(&crd).expect("yaml"),
+                "{file} is stale: run `cargo run -p aexec-crds --bin crdgen`"
+            );
+        }
+    }
+
+    #[test]
+    fn session_spec_is_immutable_and_names_are_right() {
+        let crd = ExecSession::crd();
+        assert_eq!(crd.spec.group, "aexec.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["exs".to_owned()]));
+        let s = schema(&crd);
+        let spec = &s["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(rules(spec), vec!["self == oldSelf"]);
+        let required: Vec<&str> = spec["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(required, vec!["command", "pod", "requester"]);
+        assert!(
+            crd.spec.versions[0]
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn policy_durations_and_approval_rules_are_validated() {
+        let crd = ExecPolicy::crd();
+        assert_eq!(crd.spec.scope, "Cluster");
+        let s = schema(&crd);
+        let spec = &s["openAPIV3Schema"]["properties"]["spec"];
+        assert!(rules(spec)[0].contains("has(self.approval)"));
+        for field in ["approvalValidFor", "maxDuration", "idleTimeout"] {
+            let r = rules(&spec["properties"]["limits"]["properties"][field]);
+            assert!(r[0].contains("duration('168h')"), "{field}: {r:?}");
+        }
+        let decision = &spec["properties"]["decision"]["enum"];
+        assert_eq!(decision, &json!(["AutoApprove", "Deny", "RequireApproval"]));
+    }
+
+    #[test]
+    fn policy_defaults_fail_closed_and_allow_terminal() {
+        let spec: ExecPolicySpec =
+            serde_json::from_value(json!({"decision": "AutoApprove"})).expect("minimal policy");
+        assert!(spec.limits.recording_required);
+        assert!(spec.limits.allow_tty && spec.limits.allow_stdin);
+        assert_eq!(spec.priority, 0);
+        let approval: ApprovalRule =
+            serde_json::from_value(json!({"groups": ["sre"]})).expect("approval");
+        assert_eq!(approval.required, 1);
+    }
+
+    #[test]
+    fn terminal_phases() {
+        let terminal: Vec<Phase> = [
+            Phase::Pending,
+            Phase::Approved,
+            Phase::Denied,
+            Phase::Expired,
+            Phase::Active,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::Terminated,
+        ]
+        .into_iter()
+        .filter(|p| p.is_terminal())
+        .collect();
+        assert_eq!(
+            terminal,
+            vec![
+                Phase::Denied,
+                Phase::Expired,
+                Phase::Succeeded,
+                Phase::Failed,
+                Phase::Terminated
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(Phase::Active).expect("json"),
+            json!("Active")
+        );
+        assert_eq!(Phase::Approved.to_string(), "Approved");
+    }
+}

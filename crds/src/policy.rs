@@ -4,6 +4,9 @@
 //! who own namespaces. The policy engine in the operator reads these; nothing here has behaviour
 //! beyond defaults.
 
+// clippy reads the repeated `printcolumn(...)` arguments of `#[kube]` as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -24,11 +27,29 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "Decides what happens to the ExecSessions of the pods it selects: approve, deny, or require approvals, and with which limits.",
     printcolumn(name = "Decision", type_ = "string", json_path = ".spec.decision"),
-    printcolumn(name = "Approvals", type_ = "integer", json_path = ".spec.approval.required"),
+    printcolumn(
+        name = "Approvals",
+        type_ = "integer",
+        json_path = ".spec.approval.required"
+    ),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Max-Duration", type_ = "string", json_path = ".spec.limits.maxDuration", priority = 1),
-    printcolumn(name = "Idle-Timeout", type_ = "string", json_path = ".spec.limits.idleTimeout", priority = 1)
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Max-Duration",
+        type_ = "string",
+        json_path = ".spec.limits.maxDuration",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Idle-Timeout",
+        type_ = "string",
+        json_path = ".spec.limits.idleTimeout",
+        priority = 1
+    )
 )]
 #[x_kube(validation = Rule::new("self.decision != 'RequireApproval' || has(self.approval)").message("decision RequireApproval needs an approval section (who approves, how many)").field_path(".approval"))]
 #[serde(rename_all = "camelCase")]
@@ -110,7 +131,7 @@ fn default_required() -> i32 {
 }
 
 /// Limits on the sessions a policy grants.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyLimits {
     /// How long after approval the requester may attach (default 15m).
@@ -155,5 +176,21 @@ fn yes() -> bool {
     true
 }
 
+/// Not derived: an omitted `limits` must mean the same as `limits: {}`, which fails closed.
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        PolicyLimits {
+            approval_valid_for: None,
+            max_duration: None,
+            idle_timeout: None,
+            allow_tty: true,
+            allow_stdin: true,
+            allowed_commands: None,
+            recording_required: true,
+        }
+    }
+}
+
 /// CEL rule shared by every duration field: parseable as a Go duration, between 1s and 7 days.
-const DURATION_1S_TO_7D: &str = "duration(self) >= duration('1s') && duration(self) <= duration('168h')";
+const DURATION_1S_TO_7D: &str =
+    "duration(self) >= duration('1s') && duration(self) <= duration('168h')";

@@ -4,6 +4,9 @@
 //! server enforces), so what was approved is exactly what runs. The status is written only by the
 //! operator.
 
+// clippy reads the repeated `printcolumn(...)` arguments of `#[kube]` as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -26,15 +29,47 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "An audited request to execute a command in a pod: approved by policy or by people, attached once by its requester through the operator, and recorded.",
     printcolumn(name = "Pod", type_ = "string", json_path = ".spec.pod"),
-    printcolumn(name = "Requester", type_ = "string", json_path = ".spec.requester.username"),
+    printcolumn(
+        name = "Requester",
+        type_ = "string",
+        json_path = ".spec.requester.username"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".status.policy"),
-    printcolumn(name = "Approvals", type_ = "string", json_path = ".status.approvalSummary"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Command", type_ = "string", json_path = ".spec.command", priority = 1),
-    printcolumn(name = "Exit", type_ = "integer", json_path = ".status.exitCode", priority = 1),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".spec.reason", priority = 1),
-    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1),
+    printcolumn(
+        name = "Approvals",
+        type_ = "string",
+        json_path = ".status.approvalSummary"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Command",
+        type_ = "string",
+        json_path = ".spec.command",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Exit",
+        type_ = "integer",
+        json_path = ".status.exitCode",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".spec.reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        priority = 1
+    ),
     selectable = ".spec.pod",
     selectable = ".spec.requester.username",
     selectable = ".status.phase"

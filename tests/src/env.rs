@@ -123,6 +123,16 @@ pub struct TestEnv {
     ca: Ca,
 }
 
+/// How to start one component.
+struct Launch<'a> {
+    name: &'a str,
+    program: &'a Path,
+    args: Vec<String>,
+    envs: &'a [(&'a str, &'a str)],
+    port: SocketAddr,
+    timeout: Duration,
+}
+
 static SHARED: OnceLock<Result<TestEnv, String>> = OnceLock::new();
 
 impl TestEnv {
@@ -186,7 +196,12 @@ impl TestEnv {
             .write(&pki_dir, "front-proxy-client")?;
         ca.server(
             "kube-apiserver",
-            &["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
             &netns::addresses(),
         )?
         .write(&pki_dir, "apiserver")?;
@@ -238,21 +253,16 @@ impl TestEnv {
         self.dir.join("pki").join(file).display().to_string()
     }
 
-    async fn run_component(
-        &self,
-        name: &str,
-        program: &Path,
-        args: Vec<String>,
-        envs: &[(&str, &str)],
-        port: SocketAddr,
-        ready: impl AsyncFnMut() -> bool,
-        timeout: Duration,
-    ) -> Result<()> {
-        process::ensure_port_free(port, name)?;
-        let mut c = Component::spawn(name, program, &args, envs, &self.logs())?;
-        c.wait_ready(&format!("serving on {port}"), timeout, ready)
+    /// Starts a component and waits until `ready` says it serves.
+    async fn run_component(&self, l: Launch<'_>, ready: impl AsyncFnMut() -> bool) -> Result<()> {
+        process::ensure_port_free(l.port, l.name)?;
+        let mut c = Component::spawn(l.name, l.program, &l.args, l.envs, &self.logs())?;
+        c.wait_ready(&format!("serving on {}", l.port), l.timeout, ready)
             .await?;
-        self.components.lock().map_err(|_| anyhow!("poisoned"))?.push(c);
+        self.components
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .push(c);
         Ok(())
     }
 
@@ -270,13 +280,15 @@ impl TestEnv {
             "--log-level=warn".into(),
         ];
         self.run_component(
-            "etcd",
-            &self.upstream.etcd,
-            args,
-            &[],
-            addr,
+            Launch {
+                name: "etcd",
+                program: &self.upstream.etcd,
+                args,
+                envs: &[],
+                port: addr,
+                timeout: Duration::from_secs(30),
+            },
             async || process::accepts(addr).await,
-            Duration::from_secs(30),
         )
         .await
     }
@@ -300,7 +312,10 @@ impl TestEnv {
             // No kube-controller-manager runs, so nothing would create ServiceAccount tokens.
             "--disable-admission-plugins=ServiceAccount".into(),
             "--kubelet-preferred-address-types=InternalIP".into(),
-            format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+            format!(
+                "--kubelet-client-certificate={}",
+                p("apiserver-kubelet-client.crt")
+            ),
             format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
             format!("--kubelet-certificate-authority={}", p("ca.crt")),
             // The aggregation layer: the operator serves subresources.aexec.dev behind it.
@@ -320,13 +335,15 @@ impl TestEnv {
         let addr = SocketAddr::V4(SocketAddrV4::new(netns::APISERVER_IP, APISERVER_PORT));
         let admin = self.kubeconfig(User::Admin);
         self.run_component(
-            "kube-apiserver",
-            &self.upstream.kube_apiserver,
-            args,
-            &[],
-            addr,
+            Launch {
+                name: "kube-apiserver",
+                program: &self.upstream.kube_apiserver,
+                args,
+                envs: &[],
+                port: addr,
+                timeout: Duration::from_secs(120),
+            },
             async || readyz(&admin).await,
-            Duration::from_secs(120),
         )
         .await
     }
@@ -397,13 +414,15 @@ impl TestEnv {
         let client = self.client(User::Admin).await?;
         let nodes: Api<Node> = Api::all(client);
         self.run_component(
-            "kwok",
-            &self.upstream.kwok,
-            args,
-            &[],
-            addr,
+            Launch {
+                name: "kwok",
+                program: &self.upstream.kwok,
+                args,
+                envs: &[],
+                port: addr,
+                timeout: Duration::from_secs(60),
+            },
             async || process::accepts(addr).await && node_ready(&nodes).await,
-            Duration::from_secs(60),
         )
         .await
     }
@@ -426,13 +445,15 @@ impl TestEnv {
         ];
         let health = format!("{}/minio/health/ready", self.s3.endpoint);
         self.run_component(
-            "minio",
-            &self.upstream.minio,
-            args,
-            &envs,
-            addr,
+            Launch {
+                name: "minio",
+                program: &self.upstream.minio,
+                args,
+                envs: &envs,
+                port: addr,
+                timeout: Duration::from_secs(60),
+            },
             async || http_ok(&health).await,
-            Duration::from_secs(60),
         )
         .await?;
         let s3 = self.s3_client().await;
@@ -440,7 +461,13 @@ impl TestEnv {
             .bucket(&self.s3.bucket)
             .send()
             .await
-            .map_err(|e| anyhow!("creating bucket {}: {}", self.s3.bucket, e.into_service_error()))?;
+            .map_err(|e| {
+                anyhow!(
+                    "creating bucket {}: {}",
+                    self.s3.bucket,
+                    e.into_service_error()
+                )
+            })?;
         Ok(())
     }
 
@@ -498,7 +525,12 @@ impl TestEnv {
 
     /// Creates pod `name` (container `app`) on the kwok node and waits until it runs; returns
     /// its name and UID.
-    pub async fn run_pod(&self, admin: &Client, namespace: &str, name: &str) -> Result<(String, String)> {
+    pub async fn run_pod(
+        &self,
+        admin: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(String, String)> {
         let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"app": name}},
@@ -514,7 +546,9 @@ impl TestEnv {
             await_condition(pods, name, conditions::is_pod_running()),
         )
         .await
-        .map_err(|_| anyhow!("pod {namespace}/{name} did not become Running within 30s (is kwok running?)"))??;
+        .map_err(|_| {
+            anyhow!("pod {namespace}/{name} did not become Running within 30s (is kwok running?)")
+        })??;
         Ok((name.to_owned(), uid))
     }
 
@@ -540,7 +574,8 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
     for (file, _) in aexec_crds::crds() {
         let path = dir.join(file);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text)?;
         apply(&crds, &crd).await?;
         let name = crd.name_any();
@@ -557,7 +592,11 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 /// Server-side apply with the test environment's field manager.
 pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
-    K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned + Clone + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().context("object without a name")?;
     let mut value = serde_json::to_value(obj)?;
@@ -565,10 +604,13 @@ where
     // from a struct literal.
     value["apiVersion"] = K::api_version(&()).into();
     value["kind"] = K::kind(&()).into();
-    Ok(api
-        .patch(&name, &PatchParams::apply("aexec-testenv").force(), &Patch::Apply(value))
-        .await
-        .with_context(|| format!("applying {} {name}", K::kind(&())))?)
+    api.patch(
+        &name,
+        &PatchParams::apply("aexec-testenv").force(),
+        &Patch::Apply(value),
+    )
+    .await
+    .with_context(|| format!("applying {} {name}", K::kind(&())))
 }
 
 async fn readyz(kubeconfig: &Path) -> bool {
@@ -577,7 +619,10 @@ async fn readyz(kubeconfig: &Path) -> bool {
     };
     let req = http::Request::get("/readyz").body(Vec::new());
     match req {
-        Ok(req) => client.request_text(req).await.is_ok_and(|t| t.trim() == "ok"),
+        Ok(req) => client
+            .request_text(req)
+            .await
+            .is_ok_and(|t| t.trim() == "ok"),
         Err(_) => false,
     }
 }

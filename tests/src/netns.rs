@@ -38,7 +38,9 @@ pub fn reexec_inside(program: &Path, args: &[String]) -> Result<std::convert::In
     which("unshare").context(
         "`unshare` (util-linux) is needed to make the private network namespace: apt-get install util-linux",
     )?;
-    which("ip").context("`ip` (iproute2) is needed to set up the network namespace: apt-get install iproute2")?;
+    which("ip").context(
+        "`ip` (iproute2) is needed to set up the network namespace: apt-get install iproute2",
+    )?;
     let mut cmd = Command::new("unshare");
     if !is_root() {
         cmd.args(["--user", "--map-root-user"]);
@@ -78,7 +80,10 @@ pub fn addresses() -> Vec<IpAddr> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
         bail!(
             "ip {} failed: {}",

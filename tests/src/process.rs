@@ -152,7 +152,10 @@ mod tests {
         let mut c = Component::spawn(
             "fake-apiserver",
             Path::new("/bin/sh"),
-            &["-c".into(), "echo 'flag provided but not defined: -bogus' >&2; exit 3".into()],
+            &[
+                "-c".into(),
+                "echo 'flag provided but not defined: -bogus' >&2; exit 3".into(),
+            ],
             &[],
             dir.path(),
         )
@@ -164,7 +167,10 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("fake-apiserver exited early"), "{msg}");
         assert!(msg.contains("exit status: 3"), "{msg}");
-        assert!(msg.contains("flag provided but not defined: -bogus"), "{msg}");
+        assert!(
+            msg.contains("flag provided but not defined: -bogus"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -183,7 +189,10 @@ mod tests {
             .await
             .expect_err("must time out");
         let msg = format!("{err:#}");
-        assert!(msg.contains("slow-etcd did not become ready (port 2379) within 0s"), "{msg}");
+        assert!(
+            msg.contains("slow-etcd did not become ready (port 2379) within 0s"),
+            "{msg}"
+        );
         assert!(msg.contains("still starting"), "{msg}");
     }
 

@@ -109,3 +109,42 @@ impl Upstream {
         Self::require()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_go_toolchain_is_a_clear_error() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        // A PATH with bash and coreutils but no Go, and an empty cache so a build is needed.
+        let out = Command::new("bash")
+            .arg(build_script())
+            .arg("etcd")
+            .env("PATH", "/usr/bin:/bin")
+            .env("AEXEC_CACHE", cache.path())
+            .output()
+            .expect("run build.sh");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("the Go toolchain is missing: install Go 1.25 or newer"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn unknown_component_is_named() {
+        let out = Command::new("bash")
+            .arg(build_script())
+            .arg("kube-scheduler")
+            .output()
+            .expect("run build.sh");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("unknown component 'kube-scheduler'"),
+            "{stderr}"
+        );
+    }
+}

@@ -14,7 +14,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "The kubectl-aexec local control plane: etcd, kube-apiserver, kwok and MinIO, built from source")]
+#[command(
+    version,
+    about = "The kubectl-aexec local control plane: etcd, kube-apiserver, kwok and MinIO, built from source"
+)]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -144,7 +147,10 @@ fn report_logs(dir: &std::path::Path) {
 fn serve(dir: &std::path::Path, command: Vec<String>) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new()?;
     let env = rt.block_on(TestEnv::start_in(dir.to_path_buf()))?;
-    println!("\nThe local control plane is up (run directory {}).", env.dir.display());
+    println!(
+        "\nThe local control plane is up (run directory {}).",
+        env.dir.display()
+    );
     println!("API server: {}", env.server);
     for user in User::ALL {
         println!(
@@ -165,9 +171,17 @@ fn serve(dir: &std::path::Path, command: Vec<String>) -> Result<i32> {
     );
     let (program, args) = match command.split_first() {
         Some((p, a)) => (p.clone(), a.to_vec()),
-        None => (std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()), Vec::new()),
+        None => (
+            std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
+            Vec::new(),
+        ),
     };
-    let kubectl_dir = env.upstream.kubectl.parent().map(PathBuf::from).unwrap_or_default();
+    let kubectl_dir = env
+        .upstream
+        .kubectl
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let status = Command::new(&program)
         .args(&args)
         .env("KUBECONFIG", env.kubeconfig(User::Admin))

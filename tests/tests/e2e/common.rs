@@ -53,11 +53,18 @@ pub async fn read_until(
         let mut chunk = [0u8; 4096];
         while !done(&String::from_utf8_lossy(buf)) {
             let n = r.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "stream ended; read so far: {:?}", String::from_utf8_lossy(buf));
+            assert!(
+                n > 0,
+                "stream ended; read so far: {:?}",
+                String::from_utf8_lossy(buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         }
     };
-    if tokio::time::timeout(Duration::from_secs(secs), fut).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .is_err()
+    {
         panic!(
             "timed out after {secs}s; read so far: {:?}",
             String::from_utf8_lossy(buf)

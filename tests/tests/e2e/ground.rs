@@ -20,14 +20,29 @@ async fn kubectl_exec_into_kwok_pod_returns_output_and_exit_code() {
 
     let out = kubectl(
         User::Admin,
-        &["exec", "-n", &t.namespace, &t.pod, "-c", "app", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+        &[
+            "exec",
+            "-n",
+            &t.namespace,
+            &t.pod,
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 3",
+        ],
         None,
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("to-stderr"), "stderr: {stderr}");
-    assert_eq!(out.status.code(), Some(3), "kubectl exec exit code; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "kubectl exec exit code; stderr: {stderr}"
+    );
 
     // Piped stdin reaches the command and its end ends the command (`cat` terminates).
     let input: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -37,7 +52,12 @@ async fn kubectl_exec_into_kwok_pod_returns_output_and_exit_code() {
         Some(&input),
     )
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), input.len());
     assert!(out.stdout == input, "cat echoed different bytes");
 }
@@ -50,7 +70,11 @@ async fn kubectl_exec_into_kwok_pod_through_kube_rs_with_tty_and_resize() {
     let pods: Api<Pod> = Api::namespaced(admin, &t.namespace);
 
     let mut proc = pods
-        .exec(&t.pod, vec!["sh"], &AttachParams::interactive_tty().container("app"))
+        .exec(
+            &t.pod,
+            vec!["sh"],
+            &AttachParams::interactive_tty().container("app"),
+        )
         .await
         .expect("exec with tty");
     let mut size = proc.terminal_size().expect("tty has a size channel");
@@ -59,11 +83,22 @@ async fn kubectl_exec_into_kwok_pod_through_kube_rs_with_tty_and_resize() {
     let status = proc.take_status().expect("status");
     let mut seen = Vec::new();
 
-    size.try_send(TerminalSize { width: 123, height: 45 }).expect("first resize");
+    size.try_send(TerminalSize {
+        width: 123,
+        height: 45,
+    })
+    .expect("first resize");
     stdin.write_all(b"stty size; tty\n").await.expect("type");
-    read_until(&mut stdout, &mut seen, 20, |s| s.contains("45 123") && s.contains("/dev/pts/")).await;
+    read_until(&mut stdout, &mut seen, 20, |s| {
+        s.contains("45 123") && s.contains("/dev/pts/")
+    })
+    .await;
 
-    size.try_send(TerminalSize { width: 132, height: 50 }).expect("second resize");
+    size.try_send(TerminalSize {
+        width: 132,
+        height: 50,
+    })
+    .expect("second resize");
     // The shell may print its prompt before the resize lands; ask until it shows.
     for _ in 0..20 {
         stdin.write_all(b"stty size\n").await.expect("type");
@@ -79,7 +114,11 @@ async fn kubectl_exec_into_kwok_pod_through_kube_rs_with_tty_and_resize() {
             break;
         }
     }
-    assert!(String::from_utf8_lossy(&seen).contains("50 132"), "resize not seen: {:?}", String::from_utf8_lossy(&seen));
+    assert!(
+        String::from_utf8_lossy(&seen).contains("50 132"),
+        "resize not seen: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
 
     stdin.write_all(b"exit 7\n").await.expect("type exit");
     let status = tokio::time::timeout(std::time::Duration::from_secs(20), status)
@@ -91,7 +130,10 @@ async fn kubectl_exec_into_kwok_pod_through_kube_rs_with_tty_and_resize() {
     let code = status
         .details
         .and_then(|d| d.causes)
-        .and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+        .and_then(|c| {
+            c.into_iter()
+                .find(|c| c.reason.as_deref() == Some("ExitCode"))
+        })
         .and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("7"));
 }
@@ -101,7 +143,9 @@ async fn crds_install_and_validate() {
     let env = env();
     let admin = env.client(User::Admin).await.expect("admin client");
     // The checked-in YAML applies (again: the environment applied it at start) and is established.
-    install_crds(&admin).await.expect("CRDs apply and are established");
+    install_crds(&admin)
+        .await
+        .expect("CRDs apply and are established");
     let t = env.target(&admin).await.expect("namespace");
     let sessions: Api<ExecSession> = Api::namespaced(admin.clone(), &t.namespace);
     let policies: Api<ExecPolicy> = Api::all(admin.clone());
@@ -114,7 +158,10 @@ async fn crds_install_and_validate() {
                  "requester": {"username": "alice", "groups": ["dev"]}}
     }))
     .expect("session");
-    let created = sessions.create(&PostParams::default(), &session).await.expect("valid session accepted");
+    let created = sessions
+        .create(&PostParams::default(), &session)
+        .await
+        .expect("valid session accepted");
     assert!(!created.spec.tty && !created.spec.stdin, "defaults applied");
 
     let policy_name = format!("{}-ok", t.namespace);
@@ -127,57 +174,109 @@ async fn crds_install_and_validate() {
                  "limits": {"maxDuration": "1h", "idleTimeout": "15m", "approvalValidFor": "10m"}}
     }))
     .expect("policy");
-    let created = policies.create(&PostParams::default(), &policy).await.expect("valid policy accepted");
-    assert!(created.spec.limits.recording_required && created.spec.limits.allow_tty, "defaults");
+    let created = policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("valid policy accepted");
+    assert!(
+        created.spec.limits.recording_required && created.spec.limits.allow_tty,
+        "defaults"
+    );
 
     // The spec is immutable.
     let err = sessions
-        .patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"command": ["rm", "-rf", "/"]}})))
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"command": ["rm", "-rf", "/"]}})),
+        )
         .await
         .expect_err("spec change must be rejected");
     assert_invalid(&err, "spec is immutable");
 
     // Invalid objects get the server's validation error.
     let cases = [
-        (json!({"pod": "", "command": ["id"], "requester": {"username": "alice"}}), "spec.pod"),
-        (json!({"pod": "web", "command": [], "requester": {"username": "alice"}}), "spec.command"),
-        (json!({"pod": "web", "command": ["id"]}), "spec.requester: Required value"),
+        (
+            json!({"pod": "", "command": ["id"], "requester": {"username": "alice"}}),
+            "spec.pod",
+        ),
+        (
+            json!({"pod": "web", "command": [], "requester": {"username": "alice"}}),
+            "spec.command",
+        ),
+        (
+            json!({"pod": "web", "command": ["id"]}),
+            "spec.requester: Required value",
+        ),
     ];
     for (i, (spec, want)) in cases.into_iter().enumerate() {
-        let res = raw_create(&admin, &t.namespace, json!({
-            "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
-            "metadata": {"name": format!("bad-{i}")}, "spec": spec
-        }))
+        let res = raw_create(
+            &admin,
+            &t.namespace,
+            json!({
+                "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
+                "metadata": {"name": format!("bad-{i}")}, "spec": spec
+            }),
+        )
         .await;
         assert_invalid(&res.expect_err("invalid session must be rejected"), want);
     }
 
     let bad_policies = [
-        (json!({"decision": "RequireApproval"}), "decision RequireApproval needs an approval section"),
+        (
+            json!({"decision": "RequireApproval"}),
+            "decision RequireApproval needs an approval section",
+        ),
         (json!({"decision": "Sometimes"}), "spec.decision"),
-        (json!({"decision": "AutoApprove", "limits": {"maxDuration": "forever"}}), "maxDuration must be a duration"),
-        (json!({"decision": "AutoApprove", "limits": {"idleTimeout": "400h"}}), "idleTimeout must be a duration between 1s and 168h"),
-        (json!({"decision": "RequireApproval", "approval": {"required": 1}}), "name at least one approver group or user"),
-        (json!({"decision": "RequireApproval", "approval": {"required": 0, "users": ["bob"]}}), "spec.approval.required"),
+        (
+            json!({"decision": "AutoApprove", "limits": {"maxDuration": "forever"}}),
+            "maxDuration must be a duration",
+        ),
+        (
+            json!({"decision": "AutoApprove", "limits": {"idleTimeout": "400h"}}),
+            "idleTimeout must be a duration between 1s and 168h",
+        ),
+        (
+            json!({"decision": "RequireApproval", "approval": {"required": 1}}),
+            "name at least one approver group or user",
+        ),
+        (
+            json!({"decision": "RequireApproval", "approval": {"required": 0, "users": ["bob"]}}),
+            "spec.approval.required",
+        ),
     ];
     for (i, (spec, want)) in bad_policies.into_iter().enumerate() {
-        let res = raw_create_cluster(&admin, json!({
-            "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-            "metadata": {"name": format!("{}-bad-{i}", t.namespace)}, "spec": spec
-        }))
+        let res = raw_create_cluster(
+            &admin,
+            json!({
+                "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+                "metadata": {"name": format!("{}-bad-{i}", t.namespace)}, "spec": spec
+            }),
+        )
         .await;
         assert_invalid(&res.expect_err("invalid policy must be rejected"), want);
     }
-    policies.delete(&policy_name, &Default::default()).await.expect("cleanup");
+    policies
+        .delete(&policy_name, &Default::default())
+        .await
+        .expect("cleanup");
 }
 
-async fn raw_create(client: &kube::Client, ns: &str, obj: serde_json::Value) -> Result<(), kube::Error> {
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar::<ExecSession>());
+async fn raw_create(
+    client: &kube::Client,
+    ns: &str,
+    obj: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &ar::<ExecSession>());
     let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("dynamic");
     api.create(&PostParams::default(), &obj).await.map(|_| ())
 }
 
-async fn raw_create_cluster(client: &kube::Client, obj: serde_json::Value) -> Result<(), kube::Error> {
+async fn raw_create_cluster(
+    client: &kube::Client,
+    obj: serde_json::Value,
+) -> Result<(), kube::Error> {
     let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar::<ExecPolicy>());
     let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("dynamic");
     api.create(&PostParams::default(), &obj).await.map(|_| ())
@@ -191,7 +290,11 @@ fn assert_invalid(err: &kube::Error, want: &str) {
     match err {
         kube::Error::Api(status) => {
             assert_eq!(status.code, 422, "expected 422 Invalid, got {status:?}");
-            assert!(status.message.contains(want), "expected {want:?} in: {}", status.message);
+            assert!(
+                status.message.contains(want),
+                "expected {want:?} in: {}",
+                status.message
+            );
         }
         other => panic!("expected the server's validation error, got {other:?}"),
     }
@@ -210,7 +313,13 @@ async fn minio_roundtrip_put_get_and_multipart() {
         .send()
         .await
         .expect("put");
-    let got = s3.get_object().bucket(bucket).key("roundtrip/small").send().await.expect("get");
+    let got = s3
+        .get_object()
+        .bucket(bucket)
+        .key("roundtrip/small")
+        .send()
+        .await
+        .expect("get");
     let body = got.body.collect().await.expect("body").into_bytes();
     assert_eq!(&body[..], b"hello, recordings");
 
@@ -218,11 +327,19 @@ async fn minio_roundtrip_put_get_and_multipart() {
     let parts: Vec<Vec<u8>> = (0..3u8)
         .map(|i| {
             let len = if i < 2 { 5 << 20 } else { 12345 };
-            (0..len).map(|j: usize| (j as u8).wrapping_mul(31).wrapping_add(i)).collect()
+            (0..len)
+                .map(|j: usize| (j as u8).wrapping_mul(31).wrapping_add(i))
+                .collect()
         })
         .collect();
     let key = "roundtrip/multipart";
-    let up = s3.create_multipart_upload().bucket(bucket).key(key).send().await.expect("create upload");
+    let up = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("create upload");
     let upload_id = up.upload_id().expect("upload id").to_owned();
     let mut done = Vec::new();
     for (i, part) in parts.iter().enumerate() {
@@ -248,15 +365,28 @@ async fn minio_roundtrip_put_get_and_multipart() {
         .bucket(bucket)
         .key(key)
         .upload_id(&upload_id)
-        .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
         .send()
         .await
         .expect("complete upload");
-    let got = s3.get_object().bucket(bucket).key(key).send().await.expect("get multipart");
+    let got = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("get multipart");
     let body = got.body.collect().await.expect("body").into_bytes();
     let want: Vec<u8> = parts.concat();
     assert_eq!(body.len(), want.len());
-    assert!(body[..] == want[..], "multipart object differs from what was uploaded");
+    assert!(
+        body[..] == want[..],
+        "multipart object differs from what was uploaded"
+    );
 }
 
 #[tokio::test]
@@ -279,14 +409,40 @@ async fn rbac_users_are_distinct() {
     }
 
     // kubectl agrees, and names the user it authenticated.
-    let who = kubectl(User::Alice, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}/{.status.userInfo.groups}"], None).await;
-    assert_eq!(String::from_utf8_lossy(&who.stdout), "alice/[\"dev\",\"system:authenticated\"]");
-    let can = kubectl(User::Mallory, &["auth", "can-i", "get", "pods", "-n", &t.namespace], None).await;
+    let who = kubectl(
+        User::Alice,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}/{.status.userInfo.groups}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "alice/[\"dev\",\"system:authenticated\"]"
+    );
+    let can = kubectl(
+        User::Mallory,
+        &["auth", "can-i", "get", "pods", "-n", &t.namespace],
+        None,
+    )
+    .await;
     assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
 
     // Users read pods but hold no pods/exec: only the operator will.
-    let exec = kubectl(User::Alice, &["exec", "-n", &t.namespace, &t.pod, "--", "id"], None).await;
+    let exec = kubectl(
+        User::Alice,
+        &["exec", "-n", &t.namespace, &t.pod, "--", "id"],
+        None,
+    )
+    .await;
     assert_ne!(exec.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&exec.stderr);
-    assert!(stderr.contains("forbidden") && stderr.contains("pods/exec"), "{stderr}");
+    assert!(
+        stderr.contains("forbidden") && stderr.contains("pods/exec"),
+        "{stderr}"
+    );
 }

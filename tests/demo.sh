@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The demo, run by `./dev demo` inside the local control plane (KUBECONFIG is admin's,
+# AEXEC_TESTENV_DIR holds every user's kubeconfig, AEXEC_KUBECTL is kubectl at the server's
+# version). Non-interactive when stdin is not a terminal or CI is set.
+set -euo pipefail
+k() { "$AEXEC_KUBECTL" "$@"; }
+as() { local u=$1; shift; "$AEXEC_KUBECTL" --kubeconfig "$AEXEC_TESTENV_DIR/$u.kubeconfig" "$@"; }
+say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+say "A 'production' namespace with a pod on the kwok node"
+k create namespace prod >/dev/null
+k -n prod apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: api, labels: {app: api}}
+spec:
+  nodeName: kwok-node-0
+  containers: [{name: app, image: registry.invalid/api:1}]
+YAML
+k -n prod wait --for=condition=Ready pod/api --timeout=30s >/dev/null
+run k -n prod get pods -o wide
+
+say "alice may read pods but holds no pods/exec: plain kubectl exec is refused"
+run as alice -n prod exec api -- id || true
+
+say "The API she will use instead: an ExecSession, governed by an ExecPolicy"
+k apply -f - >/dev/null <<'YAML'
+apiVersion: aexec.dev/v1alpha1
+kind: ExecPolicy
+metadata: {name: prod-shell}
+spec:
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: prod}}
+  decision: RequireApproval
+  approval: {required: 1, groups: [sre], pendingTimeout: 30m}
+  limits: {maxDuration: 1h, idleTimeout: 15m, approvalValidFor: 10m}
+  reasonRequired: true
+YAML
+run k get execpolicies -o wide
+k -n prod create -f - >/dev/null <<'YAML'
+apiVersion: aexec.dev/v1alpha1
+kind: ExecSession
+metadata: {name: inc-1234}
+spec:
+  pod: api
+  command: [sh, -c, "cat /etc/hostname; id"]
+  reason: INC-1234 api latency
+  requester: {username: alice, groups: [dev]}
+YAML
+run k -n prod get execsessions -o wide
+say "The spec is immutable once created: what is approved is what runs"
+run k -n prod patch execsession inc-1234 --type=merge -p '{"spec":{"command":["rm","-rf","/"]}}' || true
+
+say "What exists today: the API, this control plane and its tests. The operator (approvals,"
+say "brokered exec, recording) and the kubectl aexec plugin come next; see docs/architecture.md."
+if [ -t 0 ] && [ -z "${CI:-}" ]; then
+  say "A shell inside the control plane: kubectl as admin; other users: as alice|bob|carol|dave|mallory ..."
+  export -f as k
+  PATH="$AEXEC_KUBECTL_DIR:$PATH" bash -i || true
+fi
