@@ -37,7 +37,17 @@ spec:
   reasonRequired: true
 YAML
 run k get execpolicies -o wide
-k -n prod create -f - >/dev/null <<'YAML'
+say "alice cannot pretend to be someone else: the requester must be the creating user"
+as alice -n prod create -f - <<'YAML' || true
+apiVersion: aexec.dev/v1alpha1
+kind: ExecSession
+metadata: {name: spoofed}
+spec:
+  pod: api
+  command: [sh]
+  requester: {username: bob, groups: [sre]}
+YAML
+as alice -n prod create -f - >/dev/null <<'YAML'
 apiVersion: aexec.dev/v1alpha1
 kind: ExecSession
 metadata: {name: inc-1234}
@@ -45,7 +55,7 @@ spec:
   pod: api
   command: [sh, -c, "cat /etc/hostname; id"]
   reason: INC-1234 api latency
-  requester: {username: alice, groups: [dev]}
+  requester: {username: alice, groups: [dev, system:authenticated]}
 YAML
 run k -n prod get execsessions -o wide
 say "The spec is immutable once created: what is approved is what runs"

@@ -1,4 +1,4 @@
-//! The kubectl-aexec operator. The controller, aggregated API and broker arrive with their issues.
+//! The kubectl-aexec operator.
 
 fn main() {
     eprintln!("aexec-operator: not implemented yet (see the operator issue)");

@@ -121,6 +121,7 @@ pub struct TestEnv {
     pub cluster_ca: PathBuf,
     components: Mutex<Vec<Component>>,
     ca: Ca,
+    pub(crate) operator: crate::operator::Operator,
 }
 
 /// How to start one component.
@@ -236,6 +237,7 @@ impl TestEnv {
             upstream,
             components: Mutex::new(Vec::new()),
             ca,
+            operator: Default::default(),
         };
         env.start_etcd().await?;
         env.start_apiserver().await?;
@@ -351,26 +353,35 @@ impl TestEnv {
     /// Cluster objects every test expects: RBAC for the test users, and the kwok node.
     async fn bootstrap(&self) -> Result<()> {
         let client = self.client(User::Admin).await?;
-        // Until the chart's roles exist, the human groups may read pods and events (not
-        // pods/exec); mallory gets nothing. The built-in `view` role cannot serve: it is
-        // aggregated, and no kube-controller-manager runs to fill in its rules.
+        // The human groups may read pods and events: the built-in `view` role cannot serve,
+        // it is aggregated and no kube-controller-manager runs to fill in its rules.
         let reader: ClusterRole = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "aexec-test-reader"},
             "rules": [{"apiGroups": [""], "resources": ["pods", "events", "namespaces"],
                        "verbs": ["get", "list", "watch"]}]
         }))?;
         apply(&Api::<ClusterRole>::all(client.clone()), &reader).await?;
+        install_crds(&client).await?;
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        apply_file(&client, &manifests.join("admission-requester.yaml")).await?;
+        apply_file(&client, &manifests.join("user-roles.yaml")).await?;
+        // Each group gets the product's role for it; mallory (no group) gets nothing.
         let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-        for group in ["dev", "sre", "audit"] {
+        for (group, role) in [
+            ("dev", "aexec-requester"),
+            ("sre", "aexec-approver"),
+            ("audit", "aexec-auditor"),
+            ("dev", "aexec-test-reader"),
+            ("sre", "aexec-test-reader"),
+            ("audit", "aexec-test-reader"),
+        ] {
             let b: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("aexec-test-{group}-reader")},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": "aexec-test-reader"},
+                "metadata": {"name": format!("aexec-test-{group}-{role}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
                 "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]
             }))?;
             apply(&bindings, &b).await?;
         }
-        install_crds(&client).await?;
         let nodes: Api<Node> = Api::all(client);
         let node: Node = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
@@ -589,6 +600,53 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Server-side applies every object of a multi-document YAML file, finding each kind's API by
+/// discovery.
+pub async fn apply_file(client: &Client, path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    apply_yaml(client, &text)
+        .await
+        .with_context(|| format!("applying {}", path.display()))
+}
+
+/// Server-side applies every object of a multi-document YAML text.
+pub async fn apply_yaml(client: &Client, text: &str) -> Result<()> {
+    use kube::api::{DynamicObject, GroupVersionKind};
+    use serde::Deserialize;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value.clone())?;
+        let types = obj
+            .types
+            .as_ref()
+            .context("object without apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(types)?;
+        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+        let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &ar)
+            }
+            (kube::discovery::Scope::Namespaced, None) => {
+                Api::default_namespaced_with(client.clone(), &ar)
+            }
+            (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+        };
+        let name = obj.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply("aexec-testenv").force(),
+            &Patch::Apply(value),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", gvk.kind))?;
+    }
+    Ok(())
+}
+
 /// Server-side apply with the test environment's field manager.
 pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
@@ -638,7 +696,8 @@ async fn node_ready(nodes: &Api<Node>) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-async fn http_ok(url: &str) -> bool {
+/// True when a plain-HTTP GET of `url` answers 200.
+pub async fn http_ok(url: &str) -> bool {
     // MinIO's health endpoint over plain HTTP on loopback: a tiny request by hand keeps the
     // test environment free of another HTTP client.
     let Some(rest) = url.strip_prefix("http://") else {

@@ -17,6 +17,7 @@ pub mod pki;
 pub mod process;
 pub mod upstream;
 
-mod env;
+pub mod env;
+pub mod operator;
 
-pub use env::{S3, Target, TestEnv, User, apply, client_from, install_crds};
+pub use env::{S3, Target, TestEnv, User, apply, apply_file, client_from, install_crds};

@@ -155,7 +155,7 @@ async fn crds_install_and_validate() {
         "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
         "metadata": {"name": "ok"},
         "spec": {"pod": t.pod, "command": ["sh", "-c", "id"], "reason": "INC-1",
-                 "requester": {"username": "alice", "groups": ["dev"]}}
+                 "requester": {"username": "admin", "groups": ["system:masters", "system:authenticated"]}}
     }))
     .expect("session");
     let created = sessions
@@ -445,4 +445,64 @@ async fn rbac_users_are_distinct() {
         stderr.contains("forbidden") && stderr.contains("pods/exec"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn spoofed_requester_is_rejected_by_the_admission_policy() {
+    let env = env();
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
+    let alice = env.client(User::Alice).await.expect("alice");
+    let sessions: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
+    let session = |name: &str, user: &str, groups: &[&str]| -> ExecSession {
+        serde_json::from_value(json!({
+            "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
+            "metadata": {"name": name},
+            "spec": {"pod": t.pod, "command": ["sh"], "requester": {"username": user, "groups": groups}}
+        }))
+        .expect("session")
+    };
+    let forbidden = |r: Result<ExecSession, kube::Error>, want: &str| match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            assert!(
+                s.message.contains(want),
+                "expected {want:?} in {}",
+                s.message
+            );
+        }
+        other => panic!("expected the admission policy to refuse, got {other:?}"),
+    };
+
+    let pp = PostParams::default();
+    forbidden(
+        sessions
+            .create(
+                &pp,
+                &session("as-bob", "bob", &["sre", "system:authenticated"]),
+            )
+            .await,
+        "spec.requester.username must be the user creating the session: you are alice, not bob",
+    );
+    forbidden(
+        sessions
+            .create(
+                &pp,
+                &session(
+                    "extra-group",
+                    "alice",
+                    &["dev", "sre", "system:authenticated"],
+                ),
+            )
+            .await,
+        "spec.requester.groups must be exactly the groups of the user creating the session",
+    );
+    let ok = sessions
+        .create(
+            &pp,
+            &session("honest", "alice", &["dev", "system:authenticated"]),
+        )
+        .await
+        .expect("alice naming herself is accepted");
+    assert_eq!(ok.spec.requester.username, "alice");
 }

@@ -1,0 +1,220 @@
+//! The operator as a real process behind a real APIService: the test environment runs the
+//! operator binary on the operator's address, registers it with the aggregation layer (Service,
+//! EndpointSlice, APIService) and waits until the API server calls it Available.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use tokio::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::{TestEnv, User, env::apply_yaml, netns, process, process::Component};
+
+/// Port of the aggregated API (HTTPS) on the operator's address.
+pub const API_PORT: u16 = 8443;
+/// Port of the operations endpoint (health, metrics).
+pub const OPS_PORT: u16 = 8080;
+/// Namespace of the operator's Service.
+pub const NAMESPACE: &str = "aexec-system";
+
+/// The shared operator. Tests that use it hold a read guard; a test that restarts or kills it
+/// takes the write guard, so it never pulls the operator from under another test.
+pub struct Operator {
+    process: Mutex<Option<Component>>,
+    lock: RwLock<()>,
+    registered: tokio::sync::OnceCell<()>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator").finish_non_exhaustive()
+    }
+}
+
+impl Default for Operator {
+    fn default() -> Self {
+        Operator {
+            process: Mutex::new(None),
+            lock: RwLock::new(()),
+            registered: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+/// The operator binary: `AEXEC_OPERATOR_BIN`, or next to the test binary's directory
+/// (`target/debug/deps/e2e-*` -> `target/debug/aexec-operator`).
+pub fn binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AEXEC_OPERATOR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("aexec-operator");
+    if !bin.exists() {
+        bail!(
+            "the operator binary is not built ({}): run `cargo build -p aexec-operator` first (./dev test does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl TestEnv {
+    /// The operator, started and registered on first use; hold the guard while using it.
+    pub async fn operator(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        let guard = self.operator.lock.read().await;
+        self.ensure_operator().await?;
+        Ok(guard)
+    }
+
+    /// Exclusive use of the operator, for tests that kill or restart it.
+    pub async fn operator_exclusive(&self) -> Result<RwLockWriteGuard<'_, ()>> {
+        let guard = self.operator.lock.write().await;
+        self.ensure_operator().await?;
+        Ok(guard)
+    }
+
+    /// Kills the operator with SIGKILL (hold [`Self::operator_exclusive`]).
+    pub async fn kill_operator(&self) {
+        if let Some(mut c) = self.operator.process.lock().await.take() {
+            c.kill();
+        }
+    }
+
+    /// Starts the operator if it is not running, and waits until it serves.
+    pub async fn ensure_operator(&self) -> Result<()> {
+        let mut slot = self.operator.process.lock().await;
+        if let Some(c) = slot.as_mut() {
+            if c.check_running().is_ok() {
+                return Ok(());
+            }
+        }
+        *slot = None;
+        let pki = self.dir.join("pki");
+        let (cert, key) = (pki.join("operator.crt"), pki.join("operator.key"));
+        if !cert.exists() {
+            self.ca()
+                .server(
+                    "aexec-operator",
+                    &[
+                        "aexec-operator.aexec-system.svc",
+                        "aexec-operator.aexec-system.svc.cluster.local",
+                    ],
+                    &[std::net::IpAddr::V4(netns::OPERATOR_IP)],
+                )?
+                .write(&pki, "operator")?;
+        }
+        let api = SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, API_PORT));
+        let ops = SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, OPS_PORT));
+        process::ensure_port_free(api, "aexec-operator")?;
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig(User::Admin).display()),
+            format!("--api-bind={api}"),
+            format!("--ops-bind={ops}"),
+            format!("--tls-cert-file={}", cert.display()),
+            format!("--tls-private-key-file={}", key.display()),
+            "--default-policy=deny".into(),
+            "--retention=1h".into(),
+            "--instance=aexec-operator-0".into(),
+        ];
+        let mut c = Component::spawn(
+            "aexec-operator",
+            &binary()?,
+            &args,
+            &[("RUST_LOG", "info,aexec_operator=debug,kube=warn")],
+            &self.dir.join("logs"),
+        )?;
+        let readyz = format!("http://{ops}/readyz");
+        c.wait_ready("/readyz", Duration::from_secs(30), async || {
+            crate::env::http_ok(&readyz).await
+        })
+        .await?;
+        *slot = Some(c);
+        drop(slot);
+        self.operator
+            .registered
+            .get_or_try_init(|| self.register_operator())
+            .await?;
+        self.wait_apiservice_available().await
+    }
+
+    async fn register_operator(&self) -> Result<()> {
+        let client = self.client(User::Admin).await?;
+        let ca = std::fs::read_to_string(&self.cluster_ca)?;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+        let ip = netns::OPERATOR_IP;
+        let yaml = format!(
+            r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {NAMESPACE}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: aexec-operator, namespace: {NAMESPACE}}}
+spec:
+  ports: [{{name: https, port: 443, targetPort: {API_PORT}, protocol: TCP}}]
+---
+# No kube-controller-manager writes EndpointSlices here: the aggregator needs one, labelled with
+# the Service and with a port named like the Service's.
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: aexec-operator-local
+  namespace: {NAMESPACE}
+  labels: {{kubernetes.io/service-name: aexec-operator}}
+addressType: IPv4
+ports: [{{name: https, port: {API_PORT}, protocol: TCP}}]
+endpoints: [{{addresses: ["{ip}"], conditions: {{ready: true}}}}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1alpha1.subresources.aexec.dev}}
+spec:
+  group: subresources.aexec.dev
+  version: v1alpha1
+  groupPriorityMinimum: 1000
+  versionPriority: 15
+  service: {{name: aexec-operator, namespace: {NAMESPACE}, port: 443}}
+  caBundle: {ca}
+"#
+        );
+        apply_yaml(&client, &yaml).await
+    }
+
+    async fn wait_apiservice_available(&self) -> Result<()> {
+        let client = self.client(User::Admin).await?;
+        let start = std::time::Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < Duration::from_secs(60) {
+            let req = http::Request::get(
+                "/apis/apiregistration.k8s.io/v1/apiservices/v1alpha1.subresources.aexec.dev",
+            )
+            .body(Vec::new())?;
+            if let Ok(v) = client.request::<serde_json::Value>(req).await {
+                let cond = v["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Available").cloned());
+                if let Some(c) = cond {
+                    if c["status"] == "True" {
+                        return Ok(());
+                    }
+                    last = format!("{}: {}", c["reason"], c["message"]);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let log = self.dir.join("logs/aexec-operator.log");
+        Err(anyhow!(
+            "the APIService v1alpha1.subresources.aexec.dev did not become Available within 60s ({last}); operator log:\n{}",
+            process::tail(&log, 20)
+        ))
+        .context("registering the operator")
+    }
+}
