@@ -1,6 +1,11 @@
-//! The kubectl-aexec operator.
+//! The kubectl-aexec operator (see `aexec-operator --help`).
 
-fn main() {
-    eprintln!("aexec-operator: not implemented yet (see the operator issue)");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    match aexec_operator::run::Args::parse_and_run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aexec-operator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -698,25 +698,33 @@ async fn node_ready(nodes: &Api<Node>) -> bool {
 
 /// True when a plain-HTTP GET of `url` answers 200.
 pub async fn http_ok(url: &str) -> bool {
-    // MinIO's health endpoint over plain HTTP on loopback: a tiny request by hand keeps the
-    // test environment free of another HTTP client.
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(mut s) = tokio::net::TcpStream::connect(host).await else {
-        return false;
-    };
+    http_get(url).await.is_some_and(|(code, _)| code == 200)
+}
+
+/// A plain-HTTP/1.0 GET on loopback-like addresses: (status code, body). A tiny request by hand
+/// keeps the test environment free of another HTTP client.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 32];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
-        Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200")
-    )
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+        let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.take(16 << 20).read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 fn b64(s: &str) -> String {

@@ -29,7 +29,12 @@ impl Component {
         log_dir: &Path,
     ) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Appending: a restarted component keeps the log of its previous life.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)

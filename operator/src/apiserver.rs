@@ -1,0 +1,768 @@
+//! The aggregated API server for `subresources.aexec.dev/v1alpha1`: the session subresources
+//! (`approve`, `deny`; the broker adds `attach`, `terminate`, `recording`) behind the API server.
+//!
+//! Trust: the API server authenticates the caller and forwards the identity in `X-Remote-*`
+//! headers over a TLS client certificate signed by its front-proxy CA. Those headers are believed
+//! only on a connection that presented such a certificate with an allowed common name (both read
+//! from `kube-system/extension-apiserver-authentication`); every request is then authorized by a
+//! SubjectAccessReview and by the business rules in [`crate::lifecycle`].
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use aexec_crds::{ExecPolicy, ExecSession, SUBRESOURCE_GROUP, UserRef, VERSION};
+use anyhow::{Context as _, Result, anyhow, bail};
+use axum::{
+    Extension, Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path as UrlPath, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, put},
+};
+use chrono::Utc;
+use k8s_openapi::api::{
+    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+    core::v1::ConfigMap,
+};
+use kube::{Api, Client, api::PostParams};
+use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    lifecycle,
+    metrics::{ApprovalLabel, Metrics},
+    policy::Refusal,
+};
+
+/// Largest request body accepted (an approval comment is at most 1 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Who the API server says is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user: UserRef,
+    pub uid: Option<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// How to recognise the API server's front proxy, from
+/// `kube-system/extension-apiserver-authentication`.
+#[derive(Clone, Debug)]
+pub struct FrontProxy {
+    pub ca_pem: String,
+    pub allowed_names: Vec<String>,
+    pub username_headers: Vec<String>,
+    pub group_headers: Vec<String>,
+    pub uid_headers: Vec<String>,
+    pub extra_prefixes: Vec<String>,
+}
+
+impl FrontProxy {
+    /// Reads the ConfigMap the API server publishes for extension API servers.
+    pub async fn load(client: &Client) -> Result<Self> {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), "kube-system")
+            .get("extension-apiserver-authentication")
+            .await
+            .context("reading kube-system/extension-apiserver-authentication (the operator needs the extension-apiserver-authentication-reader role)")?;
+        Self::from_data(&cm.data.unwrap_or_default())
+    }
+
+    /// Parses the ConfigMap's data (pure, for tests).
+    pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self> {
+        let list = |key: &str, default: &[&str]| -> Result<Vec<String>> {
+            match data.get(key) {
+                Some(v) if !v.trim().is_empty() => serde_json::from_str(v)
+                    .with_context(|| format!("{key} is not a JSON list: {v}")),
+                _ => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
+            }
+        };
+        let ca_pem = data
+            .get("requestheader-client-ca-file")
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "the API server publishes no requestheader-client-ca-file: it is not configured \
+                     for the aggregation layer (--requestheader-client-ca-file)"
+                )
+            })?;
+        Ok(FrontProxy {
+            ca_pem,
+            allowed_names: list("requestheader-allowed-names", &[])?,
+            username_headers: list("requestheader-username-headers", &["X-Remote-User"])?,
+            group_headers: list("requestheader-group-headers", &["X-Remote-Group"])?,
+            uid_headers: list("requestheader-uid-headers", &["X-Remote-Uid"])?,
+            extra_prefixes: list("requestheader-extra-headers-prefix", &["X-Remote-Extra-"])?,
+        })
+    }
+
+    /// The identity in the headers of a request that came through the front proxy. Callers must
+    /// first have checked the connection's certificate ([`Peer::FrontProxy`]).
+    pub fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
+        let first = |names: &[String]| {
+            names
+                .iter()
+                .find_map(|n| headers.get(n.as_str()).and_then(|v| v.to_str().ok()))
+                .map(str::to_owned)
+        };
+        let username = first(&self.username_headers).filter(|u| !u.is_empty())?;
+        let groups = self
+            .group_headers
+            .iter()
+            .flat_map(|n| headers.get_all(n.as_str()).iter())
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in headers {
+            for prefix in &self.extra_prefixes {
+                let n = name.as_str();
+                let Some(key) = n
+                    .get(..prefix.len())
+                    .filter(|p| p.eq_ignore_ascii_case(prefix) && n.len() > prefix.len())
+                    .map(|_| &n[prefix.len()..])
+                else {
+                    continue;
+                };
+                if let Ok(v) = value.to_str() {
+                    // Header names carry extra keys percent-encoded and lower-cased.
+                    extra
+                        .entry(percent_decode(key))
+                        .or_default()
+                        .push(v.to_owned());
+                }
+            }
+        }
+        Some(Caller {
+            user: UserRef { username, groups },
+            uid: first(&self.uid_headers),
+            extra,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the TLS handshake established about the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// The API server's front proxy: its headers are trusted.
+    FrontProxy,
+    /// Anyone else (no certificate, or one from another CA or with a name not allowed).
+    Untrusted(String),
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub front_proxy: Arc<FrontProxy>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Serves the aggregated API on `bind` until `shutdown` resolves.
+pub async fn serve(
+    bind: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let tls = tls_config(cert, key, &state.front_proxy)?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the aggregated API to {bind}"))?;
+    info!(%bind, "aggregated API listening");
+    let app = router(state.clone());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { warn!(error = %e, "accepting a connection"); continue; }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let allowed = state.front_proxy.allowed_names.clone();
+        tokio::spawn(
+            async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!("TLS handshake timed out"),
+                };
+                let peer = classify_peer(tls.get_ref().1.peer_certificates(), &allowed);
+                let svc = app.map_request(move |req: http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(peer.clone());
+                    req
+                });
+                let svc = hyper_util::service::TowerToHyperService::new(svc);
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await
+                {
+                    debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(info_span!("conn", %remote)),
+        );
+    }
+    Ok(())
+}
+
+fn tls_config(cert: &Path, key: &Path, fp: &FrontProxy) -> Result<ServerConfig> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))?
+    .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;
+    let mut roots = RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut fp.ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    if roots.is_empty() {
+        bail!("the front-proxy CA bundle holds no certificate");
+    }
+    // Unauthenticated clients may connect, so that they get a Kubernetes Status saying why they
+    // are refused rather than a bare handshake failure.
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A certificate verified against the front-proxy CA (rustls did that) is trusted when its
+/// common name is allowed (an empty list allows any).
+fn classify_peer(
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    allowed: &[String],
+) -> Peer {
+    let Some(leaf) = certs.and_then(|c| c.first()) else {
+        return Peer::Untrusted("no client certificate".into());
+    };
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(leaf) else {
+        return Peer::Untrusted("unparseable client certificate".into());
+    };
+    let cn = x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if allowed.is_empty() || allowed.contains(&cn) {
+        Peer::FrontProxy
+    } else {
+        Peer::Untrusted(format!(
+            "client certificate CN={cn} is not an allowed front proxy"
+        ))
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let base = format!("/apis/{SUBRESOURCE_GROUP}/{VERSION}");
+    Router::new()
+        .route("/apis", get(api_group_list))
+        .route(&format!("/apis/{SUBRESOURCE_GROUP}"), get(api_group))
+        .route(&base, get(api_resources))
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/approve"),
+            put(approve),
+        )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/deny"),
+            put(deny),
+        )
+        .fallback(not_found)
+        // Bodies are read with their own bound (read_body), which answers with a Status.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// A Kubernetes `Status` error: what every refusal of this API looks like on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusError {
+    pub code: u16,
+    pub reason: String,
+    pub message: String,
+}
+
+/// A [`StatusError`].
+pub fn status_error(code: u16, reason: &str, message: impl Into<String>) -> StatusError {
+    StatusError {
+        code,
+        reason: reason.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for StatusError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
+        });
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(body)).into_response()
+    }
+}
+
+impl From<Refusal> for StatusError {
+    fn from(r: Refusal) -> Self {
+        status_error(r.code, r.reason, r.message)
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> StatusError {
+    status_error(
+        404,
+        "NotFound",
+        format!(
+            "the server could not find the requested resource {}",
+            uri.path()
+        ),
+    )
+}
+
+fn group_version() -> serde_json::Value {
+    json!({"groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"), "version": VERSION})
+}
+
+async fn api_group_list() -> Json<serde_json::Value> {
+    Json(json!({
+        "kind": "APIGroupList", "apiVersion": "v1",
+        "groups": [{"name": SUBRESOURCE_GROUP, "versions": [group_version()], "preferredVersion": group_version()}]
+    }))
+}
+
+async fn api_group() -> Json<serde_json::Value> {
+    Json(json!({
+        "kind": "APIGroup", "apiVersion": "v1", "name": SUBRESOURCE_GROUP,
+        "versions": [group_version()], "preferredVersion": group_version()
+    }))
+}
+
+async fn api_resources() -> Json<serde_json::Value> {
+    let sub = |name: &str, verbs: &[&str]| {
+        json!({"name": format!("execsessions/{name}"), "singularName": "", "namespaced": true,
+               "kind": "ExecSession", "verbs": verbs})
+    };
+    Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
+        "resources": [sub("approve", &["update"]), sub("deny", &["update"])]
+    }))
+}
+
+/// The body of `approve` and `deny`: an optional comment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Reads at most [`MAX_BODY`] bytes: a larger body is refused, never buffered.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, StatusError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        status_error(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body exceeds {MAX_BODY} bytes"),
+        )
+    })
+}
+
+fn parse_body(body: &Bytes) -> Result<DecisionBody, StatusError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DecisionBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        status_error(
+            400,
+            "BadRequest",
+            format!("the body must be JSON like {{\"comment\": \"why\"}}: {e}"),
+        )
+    })
+}
+
+/// Authenticates (front proxy + headers) and authorizes (SubjectAccessReview) a request.
+async fn authorize(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    namespace: &str,
+    name: &str,
+    verb: &str,
+    subresource: &str,
+) -> Result<Caller, StatusError> {
+    if let Peer::Untrusted(why) = peer {
+        return Err(status_error(
+            401,
+            "Unauthorized",
+            format!(
+                "this API is served through the Kubernetes API server (kubectl aexec, or kubectl \
+                 --raw); direct requests are refused ({why})"
+            ),
+        ));
+    }
+    let caller = state.front_proxy.caller(headers).ok_or_else(|| {
+        status_error(
+            401,
+            "Unauthorized",
+            "the front proxy sent no user (X-Remote-User)",
+        )
+    })?;
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(caller.user.username.clone()),
+            groups: Some(caller.user.groups.clone()),
+            uid: caller.uid.clone(),
+            extra: Some(caller.extra.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(SUBRESOURCE_GROUP.into()),
+                version: Some(VERSION.into()),
+                resource: Some("execsessions".into()),
+                subresource: Some(subresource.into()),
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                verb: Some(verb.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let review = Api::<SubjectAccessReview>::all(state.client.clone())
+        .create(&PostParams::default(), &sar)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "SubjectAccessReview failed");
+            status_error(
+                500,
+                "InternalError",
+                "could not check authorization (SubjectAccessReview failed); try again",
+            )
+        })?;
+    let allowed = review.status.map(|s| s.allowed).unwrap_or(false);
+    if !allowed {
+        let role = match subresource {
+            "approve" | "deny" => "aexec-approver",
+            "recording" => "aexec-auditor",
+            _ => "aexec-requester",
+        };
+        return Err(status_error(
+            403,
+            "Forbidden",
+            format!(
+                "User \"{}\" cannot {verb} resource \"execsessions/{subresource}\" in API group \
+                 \"{SUBRESOURCE_GROUP}\" in the namespace \"{namespace}\": ask for the {role} role",
+                caller.user.username
+            ),
+        ));
+    }
+    Ok(caller)
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    decide(state, peer, namespace, name, headers, body, Action::Approve).await
+}
+
+async fn deny(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    decide(state, peer, namespace, name, headers, body, Action::Deny).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Approve,
+    Deny,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+async fn decide(
+    state: AppState,
+    peer: Peer,
+    namespace: String,
+    name: String,
+    headers: HeaderMap,
+    body: axum::body::Body,
+    action: Action,
+) -> Response {
+    let span = info_span!("decision", action = action.as_str(), %namespace, session = %name);
+    async {
+        let res = decide_inner(&state, &peer, &namespace, &name, &headers, body, action).await;
+        let result = match &res {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => e.reason.clone(),
+        };
+        state
+            .metrics
+            .approvals
+            .get_or_create(&ApprovalLabel {
+                action: action.as_str().into(),
+                result,
+            })
+            .inc();
+        match res {
+            Ok(s) => (StatusCode::OK, Json(s)).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn decide_inner(
+    state: &AppState,
+    peer: &Peer,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    action: Action,
+) -> Result<ExecSession, StatusError> {
+    let caller = authorize(
+        state,
+        peer,
+        headers,
+        namespace,
+        name,
+        "update",
+        action.as_str(),
+    )
+    .await?;
+    let body = parse_body(&read_body(body).await?)?;
+    let sessions: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
+    let policies: Api<ExecPolicy> = Api::all(state.client.clone());
+    let internal =
+        |what: &str, e: kube::Error| status_error(500, "InternalError", format!("{what}: {e}"));
+    // Optimistic concurrency: read, decide, write with the resourceVersion read; on conflict
+    // (the controller or another approver wrote meanwhile) decide again on the new version.
+    for _ in 0..5 {
+        let session = sessions
+            .get_opt(name)
+            .await
+            .map_err(|e| internal("reading the session", e))?
+            .ok_or_else(|| {
+                status_error(
+                    404,
+                    "NotFound",
+                    format!(
+                        "execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""
+                    ),
+                )
+            })?;
+        let policy = match session.status.as_ref().and_then(|s| s.policy.clone()) {
+            Some(p) => policies
+                .get_opt(&p)
+                .await
+                .map_err(|e| internal("reading the policy", e))?,
+            None => None,
+        };
+        let now = Utc::now();
+        let decided = match action {
+            Action::Approve => lifecycle::approve(
+                &session,
+                policy.as_ref(),
+                &caller.user,
+                body.comment.clone(),
+                now,
+            ),
+            Action::Deny => lifecycle::deny(
+                &session,
+                policy.as_ref(),
+                &caller.user,
+                body.comment.clone(),
+                now,
+            ),
+        };
+        let status = decided.inspect_err(|r| {
+            info!(user = %caller.user.username, reason = r.reason, "refused: {}", r.message);
+        })?;
+        let mut updated = session.clone();
+        updated.status = Some(status);
+        match sessions
+            .replace_status(name, &PostParams::default(), &updated)
+            .await
+        {
+            Ok(s) => {
+                info!(user = %caller.user.username, "{} recorded", action.as_str());
+                return Ok(s);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(internal("writing the session", e)),
+        }
+    }
+    Err(status_error(
+        409,
+        "Conflict",
+        "the session kept changing while recording the decision; try again",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp() -> FrontProxy {
+        FrontProxy::from_data(&BTreeMap::from([
+            ("requestheader-client-ca-file".into(), "PEM".into()),
+            (
+                "requestheader-allowed-names".into(),
+                "[\"front-proxy-client\"]".into(),
+            ),
+            (
+                "requestheader-username-headers".into(),
+                "[\"X-Remote-User\"]".into(),
+            ),
+            (
+                "requestheader-group-headers".into(),
+                "[\"X-Remote-Group\"]".into(),
+            ),
+            (
+                "requestheader-extra-headers-prefix".into(),
+                "[\"X-Remote-Extra-\"]".into(),
+            ),
+        ]))
+        .expect("front proxy")
+    }
+
+    #[test]
+    fn configmap_without_ca_is_a_clear_error() {
+        let err = FrontProxy::from_data(&BTreeMap::new()).expect_err("no CA");
+        assert!(
+            err.to_string()
+                .contains("not configured for the aggregation layer")
+        );
+        let bad = FrontProxy::from_data(&BTreeMap::from([
+            ("requestheader-client-ca-file".into(), "PEM".into()),
+            (
+                "requestheader-allowed-names".into(),
+                "front-proxy-client".into(),
+            ),
+        ]))
+        .expect_err("not JSON");
+        assert!(
+            bad.to_string()
+                .contains("requestheader-allowed-names is not a JSON list")
+        );
+    }
+
+    #[test]
+    fn caller_from_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-remote-user", "bob".parse().expect("hv"));
+        h.append("x-remote-group", "sre".parse().expect("hv"));
+        h.append(
+            "x-remote-group",
+            "system:authenticated".parse().expect("hv"),
+        );
+        h.insert("x-remote-extra-scopes%2fa", "x".parse().expect("hv"));
+        let c = fp().caller(&h).expect("caller");
+        assert_eq!(c.user.username, "bob");
+        assert_eq!(c.user.groups, vec!["sre", "system:authenticated"]);
+        assert_eq!(c.extra.get("scopes/a"), Some(&vec!["x".to_owned()]));
+        assert!(
+            fp().caller(&HeaderMap::new()).is_none(),
+            "no user header, no caller"
+        );
+    }
+
+    #[test]
+    fn peers_are_classified() {
+        assert_eq!(
+            classify_peer(None, &[]),
+            Peer::Untrusted("no client certificate".into())
+        );
+    }
+
+    #[test]
+    fn bodies_are_parsed_strictly() {
+        assert_eq!(
+            parse_body(&Bytes::from_static(b"")).expect("empty").comment,
+            None
+        );
+        assert_eq!(
+            parse_body(&Bytes::from_static(br#"{"comment":"ok"}"#))
+                .expect("json")
+                .comment
+                .as_deref(),
+            Some("ok")
+        );
+        assert!(parse_body(&Bytes::from_static(b"{not json")).is_err());
+        assert!(parse_body(&Bytes::from_static(br#"{"comment":"x","approve":true}"#)).is_err());
+    }
+
+    #[test]
+    fn percent_decoding_of_extra_keys() {
+        assert_eq!(percent_decode("scopes%2fa"), "scopes/a");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%2"), "end%2");
+    }
+}

@@ -1,0 +1,306 @@
+//! The ExecSession controller: dereference (pod, namespace, policies) -> decide
+//! ([`lifecycle::reconcile`], pure) -> write status (server-side apply, guarded by the
+//! resourceVersion read) -> requeue at the next deadline.
+//!
+//! Triggers: any change to a session (status included: an approval written by the aggregated API
+//! is picked up at once), any change to a policy (policy changes apply to pending sessions), and
+//! any change to a pod that a live session targets (vanished or replaced pods).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use aexec_crds::{ExecPolicy, ExecSession, ExecSessionStatus, Phase};
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    lifecycle::{self, Observed, PodState},
+    metrics::{Metrics, PhaseLabel},
+    policy::{self, DefaultPolicy, TargetLabels},
+};
+
+/// The field manager of every status write.
+pub const MANAGER: &str = "aexec-operator";
+
+/// What every reconcile needs.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub policies: Store<ExecPolicy>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub default_policy: DefaultPolicy,
+    pub retention: Duration,
+}
+
+/// Errors of one reconcile; each is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the status of {name}: {source}")]
+    Write {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The phase as a metric label (`Pending` before the first evaluation).
+fn phase_of(status: Option<&ExecSessionStatus>) -> Phase {
+    status.and_then(|s| s.phase).unwrap_or_default()
+}
+
+/// Runs the controller until `shutdown` resolves. Returns the session cache (for readiness and
+/// metrics) through `on_store` as soon as it exists.
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    default_policy: DefaultPolicy,
+    retention: Duration,
+    reporter: Reporter,
+    on_store: impl FnOnce(Store<ExecSession>),
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let sessions: Api<ExecSession> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let (policies, writer) = reflector::store();
+    // Every policy event re-evaluates every session: pending ones may change fate.
+    let policy_changes = watcher(
+        Api::<ExecPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .filter_map(|r| async move {
+        if let Err(e) = &r {
+            warn!(error = %e, "watching ExecPolicies");
+        }
+        r.ok().map(|_| ())
+    });
+
+    let controller = Controller::new(sessions, watcher::Config::default());
+    let store = controller.store();
+    on_store(store.clone());
+    let session_cache = store.clone();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        policies,
+        metrics,
+        default_policy,
+        retention,
+    });
+    controller
+        .watches(pods, watcher::Config::default(), move |pod: Pod| {
+            let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            session_cache
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.namespace().as_deref() == Some(ns.as_str())
+                        && s.spec.pod == name
+                        && !s.phase().is_terminal()
+                })
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_all_on(policy_changes)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    let span = info_span!("reconcile", namespace = %ns, session = %name);
+    reconcile_one(session, ctx).instrument(span).await
+}
+
+async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    let before = phase_of(session.status.as_ref());
+
+    // Dereference: only sessions that can still change need the pod and the namespace.
+    let live = !before.is_terminal() && before != Phase::Active;
+    let (pod, ns_labels, pod_labels) = if live {
+        let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&session.spec.pod)
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("pod {ns}/{}", session.spec.pod),
+                source,
+            })?;
+        let namespace = Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(&ns)
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("namespace {ns}"),
+                source,
+            })?;
+        let ns_labels = namespace.map(|n| n.labels().clone()).unwrap_or_default();
+        let pod_labels = pod.as_ref().map(|p| p.labels().clone()).unwrap_or_default();
+        (pod_state(pod.as_ref()), ns_labels, pod_labels)
+    } else {
+        (PodState::Missing, BTreeMap::new(), BTreeMap::new())
+    };
+    let policies: Vec<ExecPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+    let selected = policy::select(
+        &policies,
+        &TargetLabels {
+            namespace: &ns_labels,
+            pod: &pod_labels,
+        },
+    );
+
+    // Decide.
+    let outcome = lifecycle::reconcile(&Observed {
+        session: &session,
+        pod,
+        policy: selected,
+        default_policy: ctx.default_policy,
+        now: Utc::now(),
+        retention: ctx.retention,
+    });
+
+    let api: Api<ExecSession> = Api::namespaced(ctx.client.clone(), &ns);
+    if outcome.delete {
+        info!("retention passed, deleting the finished session (its recording stays)");
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => return Err(Error::Write { name, source }),
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Write the status when it changed. The resourceVersion makes the write fail if the session
+    // changed since it was read (an approval just landed): the newer version is reconciled next.
+    if session.status.as_ref() != Some(&outcome.status) {
+        let patch = serde_json::json!({
+            "apiVersion": ExecSession::api_version(&()),
+            "kind": ExecSession::kind(&()),
+            "metadata": {"resourceVersion": session.resource_version()},
+            "status": outcome.status,
+        });
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Action::requeue(Duration::from_millis(50)));
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
+            Err(source) => return Err(Error::Write { name, source }),
+        }
+        ctx.metrics
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    if let Some(t) = &outcome.transition {
+        info!(from = %t.from, to = %t.to, reason = t.reason, "{}", t.message);
+        ctx.metrics
+            .transitions
+            .get_or_create(&PhaseLabel {
+                phase: t.to.to_string(),
+            })
+            .inc();
+        let type_ = match t.to {
+            Phase::Denied | Phase::Expired | Phase::Failed => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        let event = Event {
+            type_,
+            reason: t.reason.to_owned(),
+            note: Some(t.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+            warn!(error = %e, "publishing an event");
+        }
+    }
+
+    Ok(match outcome.requeue_after {
+        // A little past the deadline, so that it has passed when we look again.
+        Some(d) => Action::requeue(d + Duration::from_millis(100)),
+        None => Action::await_change(),
+    })
+}
+
+fn pod_state(pod: Option<&Pod>) -> PodState {
+    let Some(pod) = pod else {
+        return PodState::Missing;
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodState::Missing;
+    }
+    PodState::Present {
+        uid: pod.uid().unwrap_or_default(),
+        containers: pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default(),
+        default_container: pod
+            .annotations()
+            .get("kubectl.kubernetes.io/default-container")
+            .cloned(),
+    }
+}
+
+fn error_policy(session: Arc<ExecSession>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(session = %session.name_any(), error = %error, "reconcile failed; retrying");
+    ctx.metrics.reconcile_errors.inc();
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Updates the sessions-by-phase gauge from the controller's cache.
+pub fn observe_phases(store: &Store<ExecSession>, metrics: &Metrics) {
+    let mut counts: std::collections::HashMap<Phase, i64> = std::collections::HashMap::new();
+    for s in store.state() {
+        *counts.entry(phase_of(s.status.as_ref())).or_default() += 1;
+    }
+    metrics.sessions.clear();
+    for (phase, n) in counts {
+        metrics
+            .sessions
+            .get_or_create(&PhaseLabel {
+                phase: phase.to_string(),
+            })
+            .set(n);
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}

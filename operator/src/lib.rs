@@ -1,0 +1,13 @@
+//! The kubectl-aexec operator: it decides the fate of every ExecSession (controller), serves the
+//! session subresources behind the API server (aggregated API), and brokers and records the
+//! exec streams.
+//!
+//! Pure decisions live in [`policy`] and [`lifecycle`]; everything that talks to the cluster or
+//! the network sits at the edges ([`controller`], [`apiserver`], [`run`]).
+
+pub mod apiserver;
+pub mod controller;
+pub mod lifecycle;
+pub mod metrics;
+pub mod policy;
+pub mod run;

@@ -1,0 +1,272 @@
+//! Command-line arguments and the wiring of the operator's tasks: controller, aggregated API,
+//! and the operations endpoint (health, readiness, metrics). Each task runs under its own span;
+//! SIGTERM or Ctrl-C stops them all gracefully.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use aexec_crds::ExecSession;
+use anyhow::{Context as _, Result};
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use clap::{Parser, ValueEnum};
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{events::Reporter, reflector::Store},
+};
+use tokio::sync::{OnceCell, watch};
+use tracing::{Instrument, error, info, info_span};
+
+use crate::{
+    apiserver::{self, AppState, FrontProxy},
+    controller,
+    metrics::Metrics,
+    policy::DefaultPolicy,
+};
+
+/// The kubectl-aexec operator: decides ExecSessions against ExecPolicies, serves the session
+/// subresources (approve, deny) as an aggregated API, and brokers and records exec streams.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub struct Args {
+    /// Kubeconfig to use; without it: $KUBECONFIG, ~/.kube/config, then the in-cluster
+    /// ServiceAccount.
+    #[arg(long, env = "AEXEC_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// What to do with a session no ExecPolicy selects.
+    #[arg(long, value_enum, default_value_t = DefaultPolicy::Deny, env = "AEXEC_DEFAULT_POLICY")]
+    pub default_policy: DefaultPolicy,
+
+    /// How long finished sessions are kept before they are deleted (their recordings stay).
+    #[arg(long, default_value = "168h", value_parser = parse_duration, env = "AEXEC_RETENTION")]
+    pub retention: Duration,
+
+    /// Address of the aggregated API (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:8443", env = "AEXEC_API_BIND")]
+    pub api_bind: SocketAddr,
+
+    /// Serving certificate of the aggregated API (PEM).
+    #[arg(long, env = "AEXEC_TLS_CERT")]
+    pub tls_cert_file: PathBuf,
+
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, env = "AEXEC_TLS_KEY")]
+    pub tls_private_key_file: PathBuf,
+
+    /// Address of the plain-HTTP operations endpoint: /healthz, /readyz, /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "AEXEC_OPS_BIND")]
+    pub ops_bind: SocketAddr,
+
+    /// Name of this replica, shown in Events and in the status of sessions it brokers.
+    #[arg(long, env = "POD_NAME", default_value = "aexec-operator")]
+    pub instance: String,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AEXEC_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 30m or 168h: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is negative"));
+    }
+    Ok(d.into())
+}
+
+impl Args {
+    /// Parses the command line and runs the operator.
+    pub fn parse_and_run() -> Result<()> {
+        let args = Args::parse();
+        init_logging(args.log_format);
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(run(args))
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = fmt().with_env_filter(filter).with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer()
+            .await
+            .context("finding the cluster (kubeconfig or in-cluster)")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Shared by the operations endpoint.
+#[derive(Clone)]
+struct Ops {
+    metrics: Metrics,
+    sessions: Arc<OnceCell<Store<ExecSession>>>,
+}
+
+/// Runs every task until a shutdown signal.
+pub async fn run(args: Args) -> Result<()> {
+    let client = client(args.kubeconfig.as_ref()).await?;
+    let metrics = Metrics::default();
+    let front_proxy = Arc::new(FrontProxy::load(&client).await?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let ops = Ops {
+        metrics: metrics.clone(),
+        sessions: Arc::new(OnceCell::new()),
+    };
+    let ops_listener = tokio::net::TcpListener::bind(args.ops_bind)
+        .await
+        .with_context(|| format!("binding the operations endpoint to {}", args.ops_bind))?;
+    let ops_app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops.clone());
+    let ops_task = tokio::spawn({
+        let stop = stopped();
+        async move {
+            axum::serve(ops_listener, ops_app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        .instrument(info_span!("ops"))
+    });
+
+    let api_task = tokio::spawn({
+        let state = AppState {
+            client: client.clone(),
+            front_proxy,
+            metrics: metrics.clone(),
+        };
+        let stop = stopped();
+        let (bind, cert, key) = (
+            args.api_bind,
+            args.tls_cert_file.clone(),
+            args.tls_private_key_file.clone(),
+        );
+        async move { apiserver::serve(bind, &cert, &key, state, stop).await }
+            .instrument(info_span!("apiserver"))
+    });
+
+    let controller_task = tokio::spawn({
+        let sessions = ops.sessions.clone();
+        let stop = stopped();
+        let reporter = Reporter {
+            controller: "aexec-operator".into(),
+            instance: Some(args.instance.clone()),
+        };
+        let (client, metrics) = (client.clone(), metrics.clone());
+        async move {
+            controller::run(
+                client,
+                metrics,
+                args.default_policy,
+                args.retention,
+                reporter,
+                move |store| {
+                    let _ = sessions.set(store);
+                },
+                stop,
+            )
+            .await;
+        }
+        .instrument(info_span!("controller"))
+    });
+
+    info!("operator running");
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let (api, ops, ctl) = tokio::join!(api_task, ops_task, controller_task);
+    if let Ok(Err(e)) = api {
+        error!(error = %e, "aggregated API");
+        return Err(e);
+    }
+    if let Ok(Err(e)) = ops {
+        error!(error = %e, "operations endpoint");
+    }
+    ctl.ok();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
+    match ops.sessions.get() {
+        Some(store)
+            if tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+                .await
+                .is_ok_and(|r| r.is_ok()) =>
+        {
+            (StatusCode::OK, "ok")
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session cache is not synced yet",
+        ),
+    }
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
+    if let Some(store) = ops.sessions.get() {
+        controller::observe_phases(store, &ops.metrics);
+    }
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ops.metrics.render(),
+    )
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops").finish_non_exhaustive()
+    }
+}
