@@ -91,10 +91,8 @@ impl TestEnv {
     /// Starts the operator if it is not running, and waits until it serves.
     pub async fn ensure_operator(&self) -> Result<()> {
         let mut slot = self.operator.process.lock().await;
-        if let Some(c) = slot.as_mut() {
-            if c.check_running().is_ok() {
-                return Ok(());
-            }
+        if slot.as_mut().is_some_and(|c| c.check_running().is_ok()) {
+            return Ok(());
         }
         *slot = None;
         let pki = self.dir.join("pki");
