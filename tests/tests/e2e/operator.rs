@@ -332,7 +332,8 @@ async fn approver_outside_policy_is_forbidden() {
         "{}",
         err.message
     );
-    // carol (auditor) and mallory (nothing) are stopped by RBAC, with the role to ask for.
+    // carol (auditor) and mallory (nothing) are stopped by RBAC: the API server checks before it
+    // proxies, and the operator's SubjectAccessReview is the second line.
     for user in [User::Carol, User::Mallory] {
         let err = approve(user, &t, "s1", "")
             .await
@@ -341,11 +342,6 @@ async fn approver_outside_policy_is_forbidden() {
         assert!(
             err.message
                 .contains("cannot update resource \"execsessions/approve\""),
-            "{}",
-            err.message
-        );
-        assert!(
-            err.message.contains("ask for the aexec-approver role"),
             "{}",
             err.message
         );
