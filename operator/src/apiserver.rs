@@ -180,6 +180,8 @@ pub struct AppState {
     pub client: Client,
     pub front_proxy: Arc<FrontProxy>,
     pub metrics: Metrics,
+    /// Publishes an Event on the session for every decision recorded.
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 impl std::fmt::Debug for AppState {
@@ -652,6 +654,7 @@ async fn decide_inner(
         {
             Ok(s) => {
                 info!(user = %caller.user.username, "{} recorded", action.as_str());
+                publish_decision(state, &s, &caller.user.username, action).await;
                 return Ok(s);
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -663,6 +666,52 @@ async fn decide_inner(
         "Conflict",
         "the session kept changing while recording the decision; try again",
     ))
+}
+
+/// An Event saying who decided what, so `kubectl describe` shows the approvals as they come.
+async fn publish_decision(state: &AppState, session: &ExecSession, user: &str, action: Action) {
+    use kube::{
+        Resource,
+        runtime::events::{Event, EventType},
+    };
+    let st = session.status.as_ref();
+    let comment = match action {
+        Action::Approve => st
+            .and_then(|s| s.approvals.last())
+            .and_then(|d| d.comment.clone()),
+        Action::Deny => st
+            .and_then(|s| s.denial.as_ref())
+            .and_then(|d| d.comment.clone()),
+    };
+    let (type_, reason, mut note) = match action {
+        Action::Approve => (
+            EventType::Normal,
+            "ApprovalGiven",
+            format!(
+                "approved by {user} ({})",
+                st.and_then(|s| s.approval_summary.clone())
+                    .unwrap_or_default()
+            ),
+        ),
+        Action::Deny => (EventType::Warning, "Denied", format!("denied by {user}")),
+    };
+    if let Some(c) = comment {
+        note = format!("{note}: {c}");
+    }
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.as_str().into(),
+        secondary: None,
+    };
+    if let Err(e) = state
+        .recorder
+        .publish(&event, &session.object_ref(&()))
+        .await
+    {
+        warn!(error = %e, "publishing an event");
+    }
 }
 
 #[cfg(test)]

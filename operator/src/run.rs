@@ -169,6 +169,13 @@ pub async fn run(args: Args) -> Result<()> {
             client: client.clone(),
             front_proxy,
             metrics: metrics.clone(),
+            recorder: kube::runtime::events::Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "aexec-operator".into(),
+                    instance: Some(args.instance.clone()),
+                },
+            ),
         };
         let stop = stopped();
         let (bind, cert, key) = (

@@ -18,6 +18,9 @@ use crate::{TestEnv, User, env::apply_yaml, netns, process, process::Component};
 pub const API_PORT: u16 = 8443;
 /// Port of the operations endpoint (health, metrics).
 pub const OPS_PORT: u16 = 8080;
+/// How long the test operator keeps finished sessions: short, so that deletion is tested, and
+/// long enough for every test to inspect its finished sessions.
+pub const RETENTION: Duration = Duration::from_secs(40);
 /// Namespace of the operator's Service.
 pub const NAMESPACE: &str = "aexec-system";
 
@@ -119,7 +122,7 @@ impl TestEnv {
             format!("--tls-cert-file={}", cert.display()),
             format!("--tls-private-key-file={}", key.display()),
             "--default-policy=deny".into(),
-            "--retention=1h".into(),
+            format!("--retention={}s", RETENTION.as_secs()),
             "--instance=aexec-operator-0".into(),
         ];
         let mut c = Component::spawn(

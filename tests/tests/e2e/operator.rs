@@ -401,7 +401,11 @@ async fn vanished_pod_fails_session() {
 #[tokio::test]
 async fn pod_replaced_is_detected() {
     let env = env();
-    let (t, _op) = target_with_operator().await;
+    // Exclusive: the operator is stopped while the pod is replaced, so it must notice the new
+    // UID itself rather than see the pod vanish first.
+    let _op = env.operator_exclusive().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
     policy(
         &t,
         "p",
@@ -410,11 +414,14 @@ async fn pod_replaced_is_detected() {
     .await;
     request(&t, "s1", &["sh"], None).await;
     let s = wait_phase(&t, "s1", Phase::Pending, 20).await;
-    assert_eq!(s.status.and_then(|s| s.pod_uid), Some(t.uid.clone()));
-    let admin = env.client(User::Admin).await.expect("admin");
+    assert_eq!(
+        s.status.and_then(|s| s.pod_uid),
+        Some(t.uid.clone()),
+        "UID pinned"
+    );
+
+    env.kill_operator().await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &t.namespace);
-    // Replace the pod: same name, new UID. Deletion is immediate (grace 0, kwok has no kubelet
-    // to wait for).
     pods.delete(&t.pod, &DeleteParams::default().grace_period(0))
         .await
         .expect("delete");
@@ -429,12 +436,120 @@ async fn pod_replaced_is_detected() {
         .await
         .expect("same name again");
     assert_ne!(new_uid, t.uid);
+    env.ensure_operator().await.expect("operator back");
+
     let s = wait_phase(&t, "s1", Phase::Failed, 30).await;
     let msg = s.status.and_then(|s| s.message).unwrap_or_default();
-    assert!(
-        msg.contains("no longer exists") || msg.contains("was replaced"),
-        "{msg}"
+    assert!(msg.contains("was replaced"), "{msg}");
+    wait_event(&t, "s1", "PodReplaced").await;
+    // Approving it now is refused: it is over.
+    let err = approve(User::Bob, &t, "s1", "").await.expect_err("closed");
+    assert_eq!(err.code, 409, "{err:?}");
+}
+
+#[tokio::test]
+async fn approver_denies_with_comment() {
+    let (t, _op) = target_with_operator().await;
+    policy(
+        &t,
+        "p",
+        json!({"decision": "RequireApproval", "approval": {"required": 2, "groups": ["sre"]}}),
+    )
+    .await;
+    request(&t, "s1", &["sh"], Some("just looking")).await;
+    wait_phase(&t, "s1", Phase::Pending, 20).await;
+    let body =
+        serde_json::to_vec(&json!({"comment": "use the read-only dashboard"})).expect("json");
+    decide(User::Bob, &t, "s1", "deny", body)
+        .await
+        .expect("bob denies");
+    let s = wait_phase(&t, "s1", Phase::Denied, 10).await;
+    let st = s.status.expect("status");
+    let denial = st.denial.expect("denial recorded");
+    assert_eq!(denial.user.username, "bob");
+    assert_eq!(
+        denial.comment.as_deref(),
+        Some("use the read-only dashboard")
     );
+    assert_eq!(
+        st.message.as_deref(),
+        Some("denied by bob: use the read-only dashboard")
+    );
+    let ev = wait_event(&t, "s1", "Denied").await;
+    assert!(
+        ev.message
+            .unwrap_or_default()
+            .contains("denied by bob: use the read-only dashboard")
+    );
+    // Nobody can approve it afterwards.
+    let err = approve(User::Dave, &t, "s1", "")
+        .await
+        .expect_err("denied is final");
+    assert_eq!(err.code, 409);
+}
+
+#[tokio::test]
+async fn policy_rules_deny_what_they_do_not_allow() {
+    let (t, _op) = target_with_operator().await;
+    policy(
+        &t,
+        "strict",
+        json!({"decision": "AutoApprove", "reasonRequired": true,
+               "limits": {"allowTty": false, "allowedCommands": ["cat", "/bin/ls"]}}),
+    )
+    .await;
+    request(&t, "no-reason", &["cat", "/etc/hostname"], None).await;
+    request(&t, "not-allowed", &["sh"], Some("INC-7")).await;
+    request(
+        &t,
+        "allowed",
+        &["/usr/bin/cat", "/etc/hostname"],
+        Some("INC-7"),
+    )
+    .await;
+    let msg = |s: ExecSession| s.status.and_then(|s| s.message).unwrap_or_default();
+    let m = msg(wait_phase(&t, "no-reason", Phase::Denied, 20).await);
+    assert!(m.contains("requires a reason"), "{m}");
+    let m = msg(wait_phase(&t, "not-allowed", Phase::Denied, 20).await);
+    assert!(
+        m.contains("allows only these commands: cat, /bin/ls"),
+        "{m}"
+    );
+    wait_phase(&t, "allowed", Phase::Approved, 20).await;
+}
+
+#[tokio::test]
+async fn finished_sessions_are_deleted_after_retention() {
+    let (t, _op) = target_with_operator().await;
+    let created = request(&t, "s1", &["id"], None).await;
+    let uid = created.metadata.uid.clone().expect("uid");
+    let denied_at = std::time::Instant::now();
+    wait_phase(&t, "s1", Phase::Denied, 20).await;
+    let admin = env().client(User::Admin).await.expect("admin");
+    let api = sessions(admin, &t);
+    let retention = aexec_testenv::operator::RETENTION;
+    let gone = tokio::time::timeout(
+        retention + Duration::from_secs(20),
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            "s1",
+            kube::runtime::wait::conditions::is_deleted(&uid),
+        ),
+    )
+    .await;
+    assert!(
+        gone.is_ok(),
+        "session still there {}s after it finished",
+        retention.as_secs() + 20
+    );
+    // Not before its retention: a finished session stays readable that long.
+    assert!(
+        denied_at.elapsed() + Duration::from_secs(2) >= retention,
+        "deleted after {:?}",
+        denied_at.elapsed()
+    );
+    // Its Events stay for the audit trail.
+    assert!(!events_for(&t, "s1").await.is_empty());
 }
 
 #[tokio::test]
