@@ -54,6 +54,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("the ExecPolicy cache is gone (the policy watch ended)")]
+    PoliciesUnavailable,
     #[error("writing the status of {name}: {source}")]
     Write {
         name: String,
@@ -165,6 +167,12 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     } else {
         (PodState::Missing, BTreeMap::new(), BTreeMap::new())
     };
+    // Deciding on an empty cache would deny every session right after a restart ("no policy
+    // governs this pod"): wait until the policies have been listed once.
+    ctx.policies
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::PoliciesUnavailable)?;
     let policies: Vec<ExecPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
     let selected = policy::select(
         &policies,
