@@ -10,4 +10,5 @@ pub mod controller;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
+pub mod recording;
 pub mod run;
