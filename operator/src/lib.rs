@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod controller;
+pub mod frames;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
