@@ -182,6 +182,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Publishes an Event on the session for every decision recorded.
     pub recorder: kube::runtime::events::Recorder,
+    /// This replica's name, written into the status of the sessions it brokers.
+    pub instance: String,
 }
 
 impl std::fmt::Debug for AppState {
@@ -320,6 +322,10 @@ fn router(state: AppState) -> Router {
             &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/deny"),
             put(deny),
         )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/attach"),
+            get(attach),
+        )
         .fallback(not_found)
         // Bodies are read with their own bound (read_body), which answers with a Status.
         .layer(DefaultBodyLimit::disable())
@@ -397,7 +403,7 @@ async fn api_resources() -> Json<serde_json::Value> {
     Json(json!({
         "kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
-        "resources": [sub("approve", &["update"]), sub("deny", &["update"])]
+        "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"])]
     }))
 }
 
@@ -519,6 +525,19 @@ async fn approve(
     body: axum::body::Body,
 ) -> Response {
     decide(state, peer, namespace, name, headers, body, Action::Approve).await
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let headers = req.headers().clone();
+    match authorize(&state, &peer, &headers, &namespace, &name, "get", "attach").await {
+        Ok(caller) => crate::broker::attach(state, caller, namespace, name, req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn deny(

@@ -6,6 +6,7 @@
 //! the network sits at the edges ([`controller`], [`apiserver`], [`run`]).
 
 pub mod apiserver;
+pub mod broker;
 pub mod controller;
 pub mod frames;
 pub mod lifecycle;

@@ -176,6 +176,7 @@ pub async fn run(args: Args) -> Result<()> {
                     instance: Some(args.instance.clone()),
                 },
             ),
+            instance: args.instance.clone(),
         };
         let stop = stopped();
         let (bind, cert, key) = (

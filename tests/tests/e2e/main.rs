@@ -4,6 +4,7 @@
 //! its own. Run through `./dev test` (or `aexec-testenv run -- cargo test ...`), which puts the
 //! run inside a private network namespace.
 
+mod broker;
 mod common;
 mod ground;
 mod operator;

@@ -1,0 +1,425 @@
+//! The broker: `attach` on the aggregated API. The requester's WebSocket is relayed, frame by
+//! frame, to an exec stream the operator opens to the approved pod with its own credentials and
+//! the approved spec (command, container, stdin, tty), never the client's.
+//!
+//! Backpressure: each direction reads one message, and reads the next only once the other leg
+//! has taken it, so a slow side slows the other and memory per session stays at one frame per
+//! direction.
+
+use std::time::Duration;
+
+use aexec_crds::{ExecSession, ExecSessionStatus, Phase};
+use axum::{
+    extract::Request,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::{api::core::v1::Pod, jiff};
+use kube::{
+    Api, Client,
+    api::{AttachParams, PostParams},
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::Role},
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    apiserver::{AppState, Caller, StatusError, status_error},
+    frames::{self, Frame, Outcome},
+};
+
+/// How a relayed session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The command ended with this outcome (from the pod's status frame).
+    Command(Outcome),
+    /// The requester went away before the command ended.
+    ClientGone,
+    /// The pod's stream ended without a status.
+    PodGone(String),
+    /// The client broke the protocol.
+    ClientError(String),
+}
+
+/// The phase, message and exit code a session ends with.
+pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
+    match end {
+        End::Command(Outcome::Exited(0)) => (
+            Phase::Succeeded,
+            "the command exited with code 0".into(),
+            Some(0),
+        ),
+        End::Command(Outcome::Exited(c)) => (
+            Phase::Failed,
+            format!("the command exited with code {c}"),
+            Some(*c),
+        ),
+        End::Command(Outcome::Failed(m)) => (
+            Phase::Failed,
+            format!("the command could not run: {m}"),
+            None,
+        ),
+        End::ClientGone => (
+            Phase::Terminated,
+            "the requester disconnected before the command ended".into(),
+            None,
+        ),
+        End::PodGone(m) => (
+            Phase::Failed,
+            format!("the pod's stream ended without an exit status: {m}"),
+            None,
+        ),
+        End::ClientError(m) => (
+            Phase::Terminated,
+            format!("ended: the client broke the exec protocol: {m}"),
+            None,
+        ),
+    }
+}
+
+/// Chooses the subprotocol: v5 when offered (stdin half-close), else v4.
+fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    [frames::V5, frames::V4]
+        .into_iter()
+        .find(|p| offered.contains(p))
+}
+
+/// `GET .../execsessions/{name}/attach` with a WebSocket upgrade.
+pub async fn attach(
+    state: AppState,
+    caller: Caller,
+    namespace: String,
+    name: String,
+    req: Request,
+) -> Response {
+    match prepare(&state, &caller, &namespace, &name, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+    mut req: Request,
+) -> Result<Response, StatusError> {
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (Some(key), true) = (key, is_upgrade) else {
+        return Err(status_error(
+            400,
+            "BadRequest",
+            "attach is a WebSocket: upgrade the connection (kubectl aexec attach does)",
+        ));
+    };
+    let protocol = choose_protocol(headers).ok_or_else(|| {
+        status_error(
+            400,
+            "BadRequest",
+            format!(
+                "offer the {} (or {}) WebSocket subprotocol",
+                frames::V5,
+                frames::V4
+            ),
+        )
+    })?;
+
+    let sessions: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
+    let internal =
+        |what: &str, e: kube::Error| status_error(500, "InternalError", format!("{what}: {e}"));
+    let session = sessions
+        .get_opt(name)
+        .await
+        .map_err(|e| internal("reading the session", e))?
+        .ok_or_else(|| {
+            status_error(
+                404,
+                "NotFound",
+                format!("execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""),
+            )
+        })?;
+    check_attach(&session, caller, Utc::now())?;
+    let st = session.status.clone().unwrap_or_default();
+    let pod = Api::<Pod>::namespaced(state.client.clone(), namespace)
+        .get_opt(&session.spec.pod)
+        .await
+        .map_err(|e| internal("reading the pod", e))?;
+    let pod_uid = pod.as_ref().and_then(|p| p.metadata.uid.clone());
+    if pod_uid.is_none() || pod_uid != st.pod_uid {
+        return Err(status_error(
+            409,
+            "Conflict",
+            format!(
+                "pod {} is not the approved pod (UID {}): it was deleted or replaced; request a new session",
+                session.spec.pod,
+                st.pod_uid.as_deref().unwrap_or("unknown")
+            ),
+        ));
+    }
+
+    // Claim the session: the resourceVersion makes this write fail if anyone else (another
+    // replica, a second attach) changed it since we read it. Only one attach ever wins.
+    let mut claimed = session.clone();
+    let mut cst = st.clone();
+    cst.phase = Some(Phase::Active);
+    cst.broker = Some(state.instance.clone());
+    cst.start_time = Some(now_time());
+    cst.message = Some(format!("attached by {}", caller.user.username));
+    claimed.status = Some(cst);
+    let claimed = match sessions
+        .replace_status(name, &PostParams::default(), &claimed)
+        .await
+    {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Err(status_error(
+                409,
+                "Conflict",
+                "the session was attached or changed at the same moment; it can be attached only once",
+            ));
+        }
+        Err(e) => return Err(internal("claiming the session", e)),
+    };
+
+    // Open the pod leg before answering the client, so a failure is still a plain error.
+    let spec = &session.spec;
+    let ap = AttachParams {
+        container: st.container.clone(),
+        stdin: spec.stdin,
+        stdout: true,
+        stderr: !spec.tty,
+        tty: spec.tty,
+        ..Default::default()
+    };
+    let exec_req = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
+        .exec(&spec.pod, spec.command.clone(), &ap)
+        .map_err(|e| {
+            status_error(
+                500,
+                "InternalError",
+                format!("building the exec request: {e}"),
+            )
+        })?;
+    let pod_ws = match state.client.connect(exec_req).await {
+        Ok(c) => c.into_stream(),
+        Err(e) => {
+            let msg = format!("could not open the exec stream to the pod: {e}");
+            finish(&state.client, namespace, name, &End::PodGone(msg.clone())).await;
+            return Err(status_error(502, "BadGateway", msg));
+        }
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let client = state.client.clone();
+    let (ns, n, user) = (
+        namespace.to_owned(),
+        name.to_owned(),
+        caller.user.username.clone(),
+    );
+    let session_for_relay = claimed;
+    tokio::spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(error = %e, "the client's upgrade failed");
+                    finish(&client, &ns, &n, &End::ClientGone).await;
+                    return;
+                }
+            };
+            let client_ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            info!(%user, "attached");
+            let end = relay(client_ws, pod_ws, &session_for_relay).await;
+            info!(?end, "session ended");
+            finish(&client, &ns, &n, &end).await;
+        }
+        .instrument(info_span!("session", namespace = %namespace, session = %name)),
+    );
+
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(resp)
+}
+
+/// The business rules of attach (pure): only the requester, only while Approved, only before
+/// the deadline.
+pub fn check_attach(
+    session: &ExecSession,
+    caller: &Caller,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), StatusError> {
+    let requester = &session.spec.requester.username;
+    if &caller.user.username != requester {
+        return Err(status_error(
+            403,
+            "Forbidden",
+            format!(
+                "only the requester ({requester}) may attach to this session; {} may not",
+                caller.user.username
+            ),
+        ));
+    }
+    let st = session.status.clone().unwrap_or_default();
+    match st.phase.unwrap_or_default() {
+        Phase::Approved => {}
+        Phase::Active => {
+            return Err(status_error(
+                409,
+                "Conflict",
+                "the session is already attached; a session can be attached only once",
+            ));
+        }
+        p => {
+            return Err(status_error(
+                409,
+                "Conflict",
+                format!(
+                    "the session is {p}{}; only an Approved session can be attached",
+                    st.message.map(|m| format!(" ({m})")).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let deadline = st.deadline.map(|d| d.0.as_second()).unwrap_or(0);
+    if now.timestamp() >= deadline {
+        return Err(status_error(
+            409,
+            "Conflict",
+            "the approval has expired; request a new session",
+        ));
+    }
+    Ok(())
+}
+
+fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    let secs = Utc::now().timestamp();
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Relays frames both ways until the command's status arrives or a side goes away.
+async fn relay(client: Ws, pod: Ws, session: &ExecSession) -> End {
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut pod_tx, mut pod_rx) = pod.split();
+    let (stdin_allowed, tty) = (session.spec.stdin, session.spec.tty);
+    let mut ping = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            m = pod_rx.next() => match m {
+                Some(Ok(Message::Binary(data))) => {
+                    let frame = frames::parse(&data, usize::MAX);
+                    let status = match frame {
+                        Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).unwrap_or_else(|e| Outcome::Failed(e.to_string()))),
+                        _ => None,
+                    };
+                    if client_tx.send(Message::Binary(data)).await.is_err() {
+                        let _ = pod_tx.close().await;
+                        return End::ClientGone;
+                    }
+                    if let Some(outcome) = status {
+                        let _ = client_tx.close().await;
+                        let _ = pod_tx.close().await;
+                        return End::Command(outcome);
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    let _ = client_tx.close().await;
+                    return End::PodGone("the pod's stream closed".into());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = client_tx.close().await;
+                    return End::PodGone(e.to_string());
+                }
+            },
+            m = client_rx.next() => match m {
+                Some(Ok(Message::Binary(data))) => {
+                    let forward = match frames::parse(&data, frames::MAX_CLIENT_FRAME) {
+                        Ok(Frame::Stdin(_)) | Ok(Frame::Close(0)) if stdin_allowed => true,
+                        Ok(Frame::Resize(doc)) if tty => frames::parse_resize(doc).is_ok(),
+                        Ok(Frame::Empty(_)) | Ok(Frame::Resize(_)) => false,
+                        Ok(Frame::Stdin(_)) | Ok(Frame::Close(_)) => false,
+                        Ok(other) => {
+                            let _ = pod_tx.close().await;
+                            return End::ClientError(format!("a client may not send {other:?}"));
+                        }
+                        Err(e) => {
+                            let _ = pod_tx.close().await;
+                            return End::ClientError(e.to_string());
+                        }
+                    };
+                    if forward && pod_tx.send(Message::Binary(data)).await.is_err() {
+                        return End::PodGone("the pod's stream closed".into());
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = pod_tx.close().await;
+                    return End::ClientGone;
+                }
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                let _ = pod_tx.send(Message::Ping(Vec::new().into())).await;
+                let _ = client_tx.send(Message::Ping(Vec::new().into())).await;
+            }
+        }
+    }
+}
+
+/// Writes the session's final phase, retrying on conflicts.
+async fn finish(client: &Client, namespace: &str, name: &str, end: &End) {
+    let (phase, message, exit_code) = final_state(end);
+    let api: Api<ExecSession> = Api::namespaced(client.clone(), namespace);
+    for _ in 0..10 {
+        let Ok(Some(mut s)) = api.get_opt(name).await else {
+            return;
+        };
+        let mut st: ExecSessionStatus = s.status.clone().unwrap_or_default();
+        st.phase = Some(phase);
+        st.message = Some(message.clone());
+        st.exit_code = exit_code;
+        st.end_time = Some(now_time());
+        s.status = Some(st);
+        match api.replace_status(name, &PostParams::default(), &s).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => {
+                warn!(error = %e, "writing the final status");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

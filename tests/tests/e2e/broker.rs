@@ -1,0 +1,167 @@
+//! The broker: attach through the aggregated API, relayed to the pod by the operator.
+
+use std::time::Duration;
+
+use aexec_crds::{ExecPolicy, ExecSession, Phase};
+use aexec_testenv::{Target, User};
+use futures::{SinkExt, StreamExt};
+use kube::{Api, api::PostParams, runtime::wait::await_condition};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{env, kubectl};
+
+async fn setup(
+    command: &[&str],
+    stdin: bool,
+) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
+    let env = env();
+    let guard = env.operator().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
+    let p: ExecPolicy = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+        "metadata": {"name": format!("{}-auto", t.namespace)},
+        "spec": {"decision": "AutoApprove",
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
+    }))
+    .expect("policy");
+    Api::<ExecPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("policy");
+    let alice = env.client(User::Alice).await.expect("alice");
+    let s: ExecSession = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
+        "metadata": {"name": "s1"},
+        "spec": {"pod": t.pod, "command": command, "stdin": stdin,
+                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
+    }))
+    .expect("session");
+    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create");
+    let approved = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Approved);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(api, "s1", approved),
+    )
+    .await
+    .expect("approved in time")
+    .expect("watch");
+    (t, guard)
+}
+
+type Conn = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn attach(user: User, t: &Target) -> Result<Conn, kube::Error> {
+    let client = env().client(user).await.expect("client");
+    let req = http::Request::get(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/attach",
+        t.namespace
+    ))
+    .body(Vec::new())
+    .expect("request");
+    client.connect(req).await.map(|c| c.into_stream())
+}
+
+/// Reads frames until the status frame: (stdout, stderr, status JSON).
+async fn collect(ws: &mut Conn) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let fut = async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Binary(b)) = m {
+                match b.first() {
+                    Some(1) => out.extend_from_slice(&b[1..]),
+                    Some(2) => err.extend_from_slice(&b[1..]),
+                    Some(3) => return serde_json::from_slice(&b[1..]).expect("status json"),
+                    _ => {}
+                }
+            }
+        }
+        panic!("stream ended without a status");
+    };
+    let status = tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("status within 30s");
+    (out, err, status)
+}
+
+#[tokio::test]
+async fn attach_streams_output_and_exit_code() {
+    let cmd = ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"];
+    let (t, _op) = setup(&cmd, false).await;
+    let mut ws = attach(User::Alice, &t).await.expect("alice attaches");
+    let (out, err, status) = collect(&mut ws).await;
+
+    // The same as plain kubectl exec gives for the same pod and command.
+    let mut args = vec!["exec", "-n", &t.namespace, &t.pod, "--"];
+    args.extend(cmd);
+    let plain = kubectl(User::Admin, &args, None).await;
+    assert_eq!(out, plain.stdout);
+    assert_eq!(String::from_utf8_lossy(&err), "to-stderr\n");
+    assert!(String::from_utf8_lossy(&plain.stderr).starts_with("to-stderr\n"));
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+    assert_eq!(plain.status.code(), Some(3));
+
+    let admin = env().client(User::Admin).await.expect("admin");
+    let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
+    let done = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Failed);
+    let s = tokio::time::timeout(Duration::from_secs(10), await_condition(api, "s1", done))
+        .await
+        .expect("final phase in time")
+        .expect("watch")
+        .expect("session");
+    let st = s.status.expect("status");
+    assert_eq!(st.exit_code, Some(3));
+    assert!(st.start_time.is_some() && st.end_time.is_some());
+    assert_eq!(st.broker.as_deref(), Some("aexec-operator-0"));
+}
+
+#[tokio::test]
+async fn stdin_eof_is_delivered_through_the_broker() {
+    let (t, _op) = setup(&["cat"], true).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let input: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for chunk in input.chunks(16 * 1024) {
+        let mut m = vec![0u8];
+        m.extend_from_slice(chunk);
+        ws.send(Message::Binary(m.into()))
+            .await
+            .expect("send stdin");
+    }
+    ws.send(Message::Binary(vec![255u8, 0].into()))
+        .await
+        .expect("stdin EOF");
+    let (out, _, status) = collect(&mut ws).await;
+    assert_eq!(status["status"], "Success");
+    assert!(
+        out == input,
+        "cat returned {} bytes, sent {}",
+        out.len(),
+        input.len()
+    );
+}
+
+#[tokio::test]
+async fn only_requester_can_attach_and_only_once() {
+    let (t, _op) = setup(&["sh", "-c", "sleep 1; echo done"], false).await;
+    // bob approves sessions but has no attach permission: the API server refuses.
+    match attach(User::Bob, &t).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("bob must not attach: {:?}", other.map(|_| ())),
+    }
+    let mut first = attach(User::Alice, &t).await.expect("first attach");
+    match attach(User::Alice, &t).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409, "{s:?}");
+            assert!(s.message.contains("attached only once"), "{}", s.message);
+        }
+        other => panic!("a second attach must be refused: {:?}", other.map(|_| ())),
+    }
+    let (out, _, status) = collect(&mut first).await;
+    assert_eq!(out, b"done\n");
+    assert_eq!(status["status"], "Success");
+}
