@@ -423,3 +423,117 @@ async fn finish(client: &Client, namespace: &str, name: &str, end: &End) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aexec_crds::UserRef;
+    use serde_json::json;
+
+    fn session(phase: &str, deadline: &str) -> ExecSession {
+        serde_json::from_value(json!({
+            "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
+            "metadata": {"name": "s", "namespace": "ns"},
+            "spec": {"pod": "web", "command": ["sh"], "requester": {"username": "alice"}},
+            "status": {"phase": phase, "deadline": deadline, "podUID": "u1"}
+        }))
+        .expect("session")
+    }
+
+    fn caller(user: &str) -> Caller {
+        Caller {
+            user: UserRef {
+                username: user.into(),
+                groups: vec![],
+            },
+            uid: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn now() -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn only_the_requester_attaches_an_approved_unexpired_session() {
+        let ok = session("Approved", "2026-01-01T00:10:00Z");
+        assert_eq!(check_attach(&ok, &caller("alice"), now()), Ok(()));
+        let e = check_attach(&ok, &caller("bob"), now()).expect_err("not the requester");
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message.contains("only the requester (alice) may attach"),
+            "{}",
+            e.message
+        );
+        let e = check_attach(
+            &session("Active", "2026-01-01T00:10:00Z"),
+            &caller("alice"),
+            now(),
+        )
+        .expect_err("twice");
+        assert!(e.message.contains("attached only once"));
+        let e = check_attach(
+            &session("Pending", "2026-01-01T00:10:00Z"),
+            &caller("alice"),
+            now(),
+        )
+        .expect_err("pending");
+        assert!(e.message.contains("the session is Pending"));
+        let e = check_attach(
+            &session("Approved", "2026-01-01T00:00:00Z"),
+            &caller("alice"),
+            now(),
+        )
+        .expect_err("expired at the deadline");
+        assert!(e.message.contains("expired"));
+    }
+
+    #[test]
+    fn final_phases() {
+        assert_eq!(
+            final_state(&End::Command(Outcome::Exited(0))).0,
+            Phase::Succeeded
+        );
+        assert_eq!(
+            final_state(&End::Command(Outcome::Exited(2))),
+            (
+                Phase::Failed,
+                "the command exited with code 2".into(),
+                Some(2)
+            )
+        );
+        assert_eq!(
+            final_state(&End::Command(Outcome::Failed("no such container".into()))).0,
+            Phase::Failed
+        );
+        assert_eq!(final_state(&End::ClientGone).0, Phase::Terminated);
+        assert_eq!(final_state(&End::PodGone("eof".into())).0, Phase::Failed);
+        assert_eq!(
+            final_state(&End::ClientError("bad".into())).0,
+            Phase::Terminated
+        );
+    }
+
+    #[test]
+    fn protocol_negotiation_prefers_v5() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v4.channel.k8s.io, v5.channel.k8s.io"),
+        );
+        assert_eq!(choose_protocol(&h), Some(frames::V5));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("v4.channel.k8s.io"),
+        );
+        assert_eq!(choose_protocol(&h), Some(frames::V4));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("channel.k8s.io"),
+        );
+        assert_eq!(choose_protocol(&h), None);
+    }
+}

@@ -165,3 +165,141 @@ async fn only_requester_can_attach_and_only_once() {
     assert_eq!(out, b"done\n");
     assert_eq!(status["status"], "Success");
 }
+
+#[tokio::test]
+async fn client_cannot_change_command() {
+    let (t, _op) = setup(&["sh", "-c", "echo approved-command"], false).await;
+    // Exec-style parameters on the attach URL are ignored: the approved spec is what runs.
+    let client = env().client(User::Alice).await.expect("client");
+    let req = http::Request::get(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/attach?command=sh&command=-c&command=echo+pwned&container=other&tty=true",
+        t.namespace
+    ))
+    .body(Vec::new())
+    .expect("request");
+    let mut ws = client.connect(req).await.expect("attach").into_stream();
+    let (out, _, status) = collect(&mut ws).await;
+    assert_eq!(out, b"approved-command\n");
+    assert_eq!(status["status"], "Success");
+}
+
+#[tokio::test]
+async fn expired_session_cannot_attach() {
+    let env = env();
+    let _op = env.operator().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
+    let p: ExecPolicy = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+        "metadata": {"name": format!("{}-short", t.namespace)},
+        "spec": {"decision": "AutoApprove", "limits": {"approvalValidFor": "1s"},
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
+    }))
+    .expect("policy");
+    Api::<ExecPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("policy");
+    let alice = env.client(User::Alice).await.expect("alice");
+    let s: ExecSession = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
+        "spec": {"pod": t.pod, "command": ["id"],
+                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
+    }))
+    .expect("session");
+    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create");
+    let expired = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Expired);
+    tokio::time::timeout(Duration::from_secs(20), await_condition(api, "s1", expired))
+        .await
+        .expect("expired in time")
+        .expect("watch");
+    match attach(User::Alice, &t).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409, "{s:?}");
+            assert!(
+                s.message.contains("the session is Expired"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!(
+            "an expired session must not attach: {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
+
+#[tokio::test]
+async fn replaced_pod_cannot_be_attached() {
+    let env = env();
+    // Exclusive: the operator is stopped while the pod is replaced, so the session is still
+    // Approved when alice attaches and the broker itself must refuse the new pod.
+    let _op = env.operator_exclusive().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
+    let p: ExecPolicy = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+        "metadata": {"name": format!("{}-auto", t.namespace)},
+        "spec": {"decision": "AutoApprove",
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
+    }))
+    .expect("policy");
+    Api::<ExecPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("policy");
+    let alice = env.client(User::Alice).await.expect("alice");
+    let s: ExecSession = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
+        "spec": {"pod": t.pod, "command": ["id"],
+                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
+    }))
+    .expect("session");
+    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create");
+    let approved = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Approved);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(api, "s1", approved),
+    )
+    .await
+    .expect("approved")
+    .expect("watch");
+
+    // Replace the pod while the operator is down; when it is back, alice attaches at once: the
+    // broker must check the pinned UID itself, whatever the controller has noticed yet.
+    env.kill_operator().await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), &t.namespace);
+    pods.delete(&t.pod, &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    for _ in 0..100 {
+        if pods.get_opt(&t.pod).await.expect("get").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.run_pod(&admin, &t.namespace, &t.pod)
+        .await
+        .expect("same name, new UID");
+    env.ensure_operator().await.expect("operator back");
+    match attach(User::Alice, &t).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409, "{s:?}");
+            assert!(
+                s.message.contains("not the approved pod") || s.message.contains("was replaced"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!(
+            "the replaced pod must not be attached: {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
