@@ -184,6 +184,8 @@ pub struct AppState {
     pub recorder: kube::runtime::events::Recorder,
     /// This replica's name, written into the status of the sessions it brokers.
     pub instance: String,
+    /// The sessions this replica relays.
+    pub sessions: crate::broker::Sessions,
 }
 
 impl std::fmt::Debug for AppState {
@@ -326,6 +328,10 @@ fn router(state: AppState) -> Router {
             &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/attach"),
             get(attach),
         )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/terminate"),
+            put(terminate),
+        )
         .fallback(not_found)
         // Bodies are read with their own bound (read_body), which answers with a Status.
         .layer(DefaultBodyLimit::disable())
@@ -403,7 +409,8 @@ async fn api_resources() -> Json<serde_json::Value> {
     Json(json!({
         "kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
-        "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"])]
+        "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"]),
+            sub("terminate", &["update"])]
     }))
 }
 
@@ -536,6 +543,32 @@ async fn attach(
     let headers = req.headers().clone();
     match authorize(&state, &peer, &headers, &namespace, &name, "get", "attach").await {
         Ok(caller) => crate::broker::attach(state, caller, namespace, name, req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn terminate(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match authorize(
+        &state,
+        &peer,
+        &headers,
+        &namespace,
+        &name,
+        "update",
+        "terminate",
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match crate::broker::terminate(&state, &caller, &namespace, &name).await {
+        Ok(s) => (StatusCode::OK, Json(s)).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -44,6 +44,10 @@ pub enum End {
     PodGone(String),
     /// The client broke the protocol.
     ClientError(String),
+    /// A limit of the policy ended it (idle timeout, maximum duration).
+    Limit(String),
+    /// Someone ended it with `terminate`.
+    TerminatedBy(String),
 }
 
 /// The phase, message and exit code a session ends with.
@@ -79,6 +83,71 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
             format!("ended: the client broke the exec protocol: {m}"),
             None,
         ),
+        End::Limit(m) => (Phase::Terminated, format!("ended by the policy: {m}"), None),
+        End::TerminatedBy(who) => (Phase::Terminated, format!("terminated by {who}"), None),
+    }
+}
+
+/// The limits a relay enforces, resolved from the status (copied from the policy at approval).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_duration: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// From the session's status, with the lifecycle's defaults.
+    pub fn of(session: &ExecSession) -> Self {
+        let l = session
+            .status
+            .as_ref()
+            .and_then(|s| s.limits.clone())
+            .unwrap_or_default();
+        Limits {
+            max_duration: l
+                .max_duration
+                .map(Into::into)
+                .unwrap_or(crate::lifecycle::DEFAULT_MAX_DURATION),
+            idle_timeout: l
+                .idle_timeout
+                .map(Into::into)
+                .unwrap_or(crate::lifecycle::DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+}
+
+type StopSenders =
+    std::collections::HashMap<(String, String), tokio::sync::oneshot::Sender<String>>;
+
+/// Sessions this replica is relaying, so that `terminate` can reach them.
+#[derive(Clone, Debug, Default)]
+pub struct Sessions {
+    inner: std::sync::Arc<std::sync::Mutex<StopSenders>>,
+}
+
+impl Sessions {
+    fn register(&self, ns: &str, name: &str) -> tokio::sync::oneshot::Receiver<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert((ns.to_owned(), name.to_owned()), tx);
+        }
+        rx
+    }
+
+    fn remove(&self, ns: &str, name: &str) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.remove(&(ns.to_owned(), name.to_owned()));
+        }
+    }
+
+    /// Ends the relay of a session held here; false when this replica does not hold it.
+    pub fn terminate(&self, ns: &str, name: &str, by: &str) -> bool {
+        let tx = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(ns.to_owned(), name.to_owned())));
+        tx.is_some_and(|tx| tx.send(by.to_owned()).is_ok())
     }
 }
 
@@ -236,6 +305,7 @@ async fn prepare(
         caller.user.username.clone(),
     );
     let session_for_relay = claimed;
+    let sessions = state.sessions.clone();
     tokio::spawn(
         async move {
             let upgraded = match on_upgrade.await {
@@ -249,7 +319,16 @@ async fn prepare(
             let client_ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             info!(%user, "attached");
-            let end = relay(client_ws, pod_ws, &session_for_relay).await;
+            let stop = sessions.register(&ns, &n);
+            let end = relay(
+                client_ws,
+                pod_ws,
+                &session_for_relay,
+                Limits::of(&session_for_relay),
+                stop,
+            )
+            .await;
+            sessions.remove(&ns, &n);
             info!(?end, "session ended");
             finish(&client, &ns, &n, &end).await;
         }
@@ -331,15 +410,53 @@ fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Relays frames both ways until the command's status arrives or a side goes away.
-async fn relay(client: Ws, pod: Ws, session: &ExecSession) -> End {
+async fn relay(
+    client: Ws,
+    pod: Ws,
+    session: &ExecSession,
+    limits: Limits,
+    mut stop: tokio::sync::oneshot::Receiver<String>,
+) -> End {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut pod_tx, mut pod_rx) = pod.split();
     let (stdin_allowed, tty) = (session.spec.stdin, session.spec.tty);
     let mut ping = tokio::time::interval(Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let hard_stop = tokio::time::sleep_until(started + limits.max_duration);
+    tokio::pin!(hard_stop);
+    let idle = tokio::time::sleep_until(started + limits.idle_timeout);
+    tokio::pin!(idle);
+    // Why the session ends is told on the user's terminal, then both legs close.
+    let notice_channel = if tty { 1 } else { 2 };
+    macro_rules! end_with_notice {
+        ($end:expr, $text:expr) => {{
+            let text = format!("\r\n[aexec] {}\r\n", $text);
+            let notice = frames::encode(notice_channel, text.as_bytes());
+            let _ = client_tx.send(Message::Binary(notice.into())).await;
+            let _ = client_tx.close().await;
+            let _ = pod_tx.close().await;
+            return $end;
+        }};
+    }
     loop {
         tokio::select! {
+            () = &mut hard_stop => {
+                let d = kube::core::Duration::from(limits.max_duration);
+                let why = format!("the maximum duration of {d} was reached");
+                end_with_notice!(End::Limit(why.clone()), format!("session ended: {why}"));
+            }
+            () = &mut idle => {
+                let d = kube::core::Duration::from(limits.idle_timeout);
+                let why = format!("no input or output for {d} (idle timeout)");
+                end_with_notice!(End::Limit(why.clone()), format!("session ended: {why}"));
+            }
+            by = &mut stop => {
+                let by = by.unwrap_or_else(|_| "the operator".into());
+                end_with_notice!(End::TerminatedBy(by.clone()), format!("session terminated by {by}"));
+            }
             m = pod_rx.next() => match m {
                 Some(Ok(Message::Binary(data))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     let frame = frames::parse(&data, usize::MAX);
                     let status = match frame {
                         Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).unwrap_or_else(|e| Outcome::Failed(e.to_string()))),
@@ -350,8 +467,18 @@ async fn relay(client: Ws, pod: Ws, session: &ExecSession) -> End {
                         return End::ClientGone;
                     }
                     if let Some(outcome) = status {
-                        let _ = client_tx.close().await;
                         let _ = pod_tx.close().await;
+                        // Complete the closing handshake, so the status frame is not lost to a
+                        // connection torn down under it; a client that never answers gets 2 s.
+                        let _ = client_tx.close().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while let Some(Ok(m)) = client_rx.next().await {
+                                if m.is_close() {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
                         return End::Command(outcome);
                     }
                 }
@@ -381,6 +508,9 @@ async fn relay(client: Ws, pod: Ws, session: &ExecSession) -> End {
                             return End::ClientError(e.to_string());
                         }
                     };
+                    if forward {
+                        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    }
                     if forward && pod_tx.send(Message::Binary(data)).await.is_err() {
                         return End::PodGone("the pod's stream closed".into());
                     }
@@ -397,6 +527,54 @@ async fn relay(client: Ws, pod: Ws, session: &ExecSession) -> End {
             }
         }
     }
+}
+
+/// `PUT .../terminate`: ends an Active session relayed by this replica. RBAC decided who may
+/// (the requester's and approvers' roles include it); the session must be Active.
+pub async fn terminate(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+) -> Result<ExecSession, StatusError> {
+    let api: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
+    let session = api
+        .get_opt(name)
+        .await
+        .map_err(|e| status_error(500, "InternalError", format!("reading the session: {e}")))?
+        .ok_or_else(|| {
+            status_error(
+                404,
+                "NotFound",
+                format!("execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""),
+            )
+        })?;
+    let st = session.status.clone().unwrap_or_default();
+    if st.phase != Some(Phase::Active) {
+        return Err(status_error(
+            409,
+            "Conflict",
+            format!(
+                "the session is {}; only an Active session can be terminated (delete a pending one instead)",
+                st.phase.unwrap_or_default()
+            ),
+        ));
+    }
+    if !state
+        .sessions
+        .terminate(namespace, name, &caller.user.username)
+    {
+        return Err(status_error(
+            409,
+            "Conflict",
+            format!(
+                "the session is relayed by replica {}, not this one; try again",
+                st.broker.as_deref().unwrap_or("unknown")
+            ),
+        ));
+    }
+    info!(user = %caller.user.username, %namespace, session = %name, "terminate requested");
+    Ok(session)
 }
 
 /// Writes the session's final phase, retrying on conflicts.

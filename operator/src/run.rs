@@ -177,6 +177,7 @@ pub async fn run(args: Args) -> Result<()> {
                 },
             ),
             instance: args.instance.clone(),
+            sessions: Default::default(),
         };
         let stop = stopped();
         let (bind, cert, key) = (

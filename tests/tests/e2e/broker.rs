@@ -15,6 +15,15 @@ async fn setup(
     command: &[&str],
     stdin: bool,
 ) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
+    setup_with(command, stdin, json!({})).await
+}
+
+/// An auto-approving policy with `limits`, and an approved session `s1` for `command`.
+async fn setup_with(
+    command: &[&str],
+    stdin: bool,
+    limits: serde_json::Value,
+) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
     let env = env();
     let guard = env.operator().await.expect("operator");
     let admin = env.client(User::Admin).await.expect("admin");
@@ -22,7 +31,7 @@ async fn setup(
     let p: ExecPolicy = serde_json::from_value(json!({
         "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
         "metadata": {"name": format!("{}-auto", t.namespace)},
-        "spec": {"decision": "AutoApprove",
+        "spec": {"decision": "AutoApprove", "limits": limits,
                  "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
     }))
     .expect("policy");
@@ -301,5 +310,113 @@ async fn replaced_pod_cannot_be_attached() {
             "the replaced pod must not be attached: {:?}",
             other.map(|_| ())
         ),
+    }
+}
+
+/// Reads until the stream closes: (stdout, stderr).
+async fn drain(ws: &mut Conn, secs: u64) -> (Vec<u8>, Vec<u8>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let fut = async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                match b.first() {
+                    Some(1) => out.extend_from_slice(&b[1..]),
+                    Some(2) => err.extend_from_slice(&b[1..]),
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .expect("stream closed in time");
+    (out, err)
+}
+
+async fn final_session(t: &Target, phase: Phase) -> ExecSession {
+    let admin = env().client(User::Admin).await.expect("admin");
+    let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
+    let cond = move |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == phase);
+    tokio::time::timeout(Duration::from_secs(15), await_condition(api, "s1", cond))
+        .await
+        .unwrap_or_else(|_| panic!("not {phase} in time"))
+        .expect("watch")
+        .expect("session")
+}
+
+#[tokio::test]
+async fn idle_timeout_ends_session() {
+    let (t, _op) = setup_with(&["sleep", "60"], false, json!({"idleTimeout": "2s"})).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let start = std::time::Instant::now();
+    let (_, err) = drain(&mut ws, 20).await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "ended after {:?}",
+        start.elapsed()
+    );
+    let err = String::from_utf8_lossy(&err);
+    assert!(
+        err.contains("[aexec] session ended: no input or output for 2s (idle timeout)"),
+        "{err}"
+    );
+    let s = final_session(&t, Phase::Terminated).await;
+    let msg = s.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("idle timeout"), "{msg}");
+}
+
+#[tokio::test]
+async fn max_duration_ends_session() {
+    // Output every 200 ms keeps it from idling: only the maximum duration can end it.
+    let cmd = ["sh", "-c", "while true; do echo tick; sleep 0.2; done"];
+    let limits = json!({"maxDuration": "3s", "idleTimeout": "1s"});
+    let (t, _op) = setup_with(&cmd, false, limits).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let start = std::time::Instant::now();
+    let (out, err) = drain(&mut ws, 20).await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "ended after {:?}",
+        start.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&out).matches("tick").count() >= 5);
+    let err = String::from_utf8_lossy(&err);
+    assert!(
+        err.contains("session ended: the maximum duration of 3s was reached"),
+        "{err}"
+    );
+    let s = final_session(&t, Phase::Terminated).await;
+    let msg = s.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("maximum duration"), "{msg}");
+}
+
+#[tokio::test]
+async fn terminate_ends_session() {
+    let (t, _op) = setup(&["sleep", "60"], false).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    final_session(&t, Phase::Active).await;
+    // bob (approver role) ends it from outside.
+    let bob = env().client(User::Bob).await.expect("bob");
+    let url = format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/terminate",
+        t.namespace
+    );
+    let put = || {
+        http::Request::put(url.clone())
+            .body(Vec::new())
+            .expect("request")
+    };
+    bob.request_text(put()).await.expect("bob terminates");
+    let (_, err) = drain(&mut ws, 10).await;
+    assert!(String::from_utf8_lossy(&err).contains("session terminated by bob"));
+    let s = final_session(&t, Phase::Terminated).await;
+    assert_eq!(
+        s.status.and_then(|s| s.message).as_deref(),
+        Some("terminated by bob")
+    );
+    // A finished session cannot be terminated again.
+    match bob.request_text(put()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("expected 409, got {other:?}"),
     }
 }
