@@ -420,3 +420,33 @@ async fn terminate_ends_session() {
         other => panic!("expected 409, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn client_protocol_violations_end_the_session_cleanly() {
+    // A frame on a channel a client may not use, then one larger than the 1 MiB bound: each
+    // ends its session as Terminated, saying why.
+    for (bad, why) in [
+        (vec![7u8, b'x'], "unknown channel 7"),
+        (vec![0u8; (1 << 20) + 2], "exceeds the limit"),
+    ] {
+        let (t, _op) = setup(&["cat"], true).await;
+        let mut ws = attach(User::Alice, &t).await.expect("attach");
+        ws.send(Message::Binary(bad.into())).await.expect("send");
+        let _ = drain(&mut ws, 10).await;
+        let s = final_session(&t, Phase::Terminated).await;
+        let msg = s.status.and_then(|s| s.message).unwrap_or_default();
+        assert!(msg.contains("the client broke the exec protocol"), "{msg}");
+        assert!(msg.contains(why), "{msg}");
+    }
+}
+
+#[tokio::test]
+async fn client_disconnect_terminates_the_session() {
+    let (t, _op) = setup(&["sleep", "60"], false).await;
+    let ws = attach(User::Alice, &t).await.expect("attach");
+    final_session(&t, Phase::Active).await;
+    drop(ws);
+    let s = final_session(&t, Phase::Terminated).await;
+    let msg = s.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("the requester disconnected"), "{msg}");
+}
