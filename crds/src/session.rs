@@ -221,7 +221,8 @@ pub struct RecordingStatus {
     /// Total size of all segments, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<i64>,
-    /// SHA-256 (hex) of the last segment: the head of the hash chain.
+    /// Head of the hash chain (hex): the chain value of the last segment, which commits to every
+    /// segment before it. Verification compares the stored recording against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Number of segments written.
