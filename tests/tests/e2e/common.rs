@@ -3,7 +3,6 @@
 use std::{process::Output, time::Duration};
 
 use aexec_testenv::{TestEnv, User};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The shared control plane.
 pub fn env() -> &'static TestEnv {
@@ -39,35 +38,4 @@ pub async fn kubectl(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output 
         .await
         .expect("kubectl finished within 60s")
         .expect("kubectl ran")
-}
-
-/// Reads from `r` until the bytes read so far satisfy `done`, failing after `secs` seconds with
-/// what was read.
-pub async fn read_until(
-    r: &mut (impl AsyncRead + Unpin),
-    buf: &mut Vec<u8>,
-    secs: u64,
-    done: impl Fn(&str) -> bool,
-) {
-    let fut = async {
-        let mut chunk = [0u8; 4096];
-        while !done(&String::from_utf8_lossy(buf)) {
-            let n = r.read(&mut chunk).await.expect("read");
-            assert!(
-                n > 0,
-                "stream ended; read so far: {:?}",
-                String::from_utf8_lossy(buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .is_err()
-    {
-        panic!(
-            "timed out after {secs}s; read so far: {:?}",
-            String::from_utf8_lossy(buf)
-        );
-    }
 }

@@ -10,7 +10,7 @@ use kube::{
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::common::{env, kubectl, read_until};
+use crate::common::{env, kubectl};
 
 #[tokio::test]
 async fn kubectl_exec_into_kwok_pod_returns_output_and_exit_code() {
@@ -88,37 +88,27 @@ async fn kubectl_exec_into_kwok_pod_through_kube_rs_with_tty_and_resize() {
         height: 45,
     })
     .expect("first resize");
-    stdin.write_all(b"stty size; tty\n").await.expect("type");
-    read_until(&mut stdout, &mut seen, 20, |s| {
-        s.contains("45 123") && s.contains("/dev/pts/")
-    })
+    // A resize travels on its own channel and is applied asynchronously by the node, so the
+    // shell may answer before it lands: ask until the size shows (bounded).
+    ask_until(
+        &mut stdin,
+        &mut stdout,
+        &mut seen,
+        b"stty size; tty\n",
+        "45 123",
+    )
     .await;
+    assert!(
+        String::from_utf8_lossy(&seen).contains("/dev/pts/"),
+        "a real terminal"
+    );
 
     size.try_send(TerminalSize {
         width: 132,
         height: 50,
     })
     .expect("second resize");
-    // The shell may print its prompt before the resize lands; ask until it shows.
-    for _ in 0..20 {
-        stdin.write_all(b"stty size\n").await.expect("type");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let mut chunk = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            read_until(&mut stdout, &mut chunk, 1, |s| s.contains("50 132")),
-        )
-        .await;
-        seen.extend(chunk);
-        if String::from_utf8_lossy(&seen).contains("50 132") {
-            break;
-        }
-    }
-    assert!(
-        String::from_utf8_lossy(&seen).contains("50 132"),
-        "resize not seen: {:?}",
-        String::from_utf8_lossy(&seen)
-    );
+    ask_until(&mut stdin, &mut stdout, &mut seen, b"stty size\n", "50 132").await;
 
     stdin.write_all(b"exit 7\n").await.expect("type exit");
     let status = tokio::time::timeout(std::time::Duration::from_secs(20), status)
@@ -136,6 +126,37 @@ async fn kubectl_exec_into_kwok_pod_through_kube_rs_with_tty_and_resize() {
         })
         .and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("7"));
+}
+
+/// Types `line` until `want` appears in the output (20 tries, 300 ms each).
+async fn ask_until(
+    stdin: &mut (impl tokio::io::AsyncWrite + Unpin),
+    stdout: &mut (impl tokio::io::AsyncRead + Unpin),
+    seen: &mut Vec<u8>,
+    line: &[u8],
+    want: &str,
+) {
+    use tokio::io::AsyncReadExt;
+    for _ in 0..20 {
+        stdin.write_all(line).await.expect("type");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await {
+            assert!(
+                n > 0,
+                "stream ended; seen {:?}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        if String::from_utf8_lossy(seen).contains(want) {
+            return;
+        }
+    }
+    panic!(
+        "{want:?} never showed; seen {:?}",
+        String::from_utf8_lossy(seen)
+    );
 }
 
 #[tokio::test]
