@@ -186,6 +186,8 @@ pub struct AppState {
     pub instance: String,
     /// The sessions this replica relays.
     pub sessions: crate::broker::Sessions,
+    /// Where recordings are written.
+    pub recordings: crate::storage::LocalDir,
 }
 
 impl std::fmt::Debug for AppState {
@@ -332,6 +334,10 @@ fn router(state: AppState) -> Router {
             &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/terminate"),
             put(terminate),
         )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/recording"),
+            get(recording),
+        )
         .fallback(not_found)
         // Bodies are read with their own bound (read_body), which answers with a Status.
         .layer(DefaultBodyLimit::disable())
@@ -410,7 +416,8 @@ async fn api_resources() -> Json<serde_json::Value> {
         "kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
         "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"]),
-            sub("terminate", &["update"])]
+            sub("terminate", &["update"]),
+            sub("recording", &["get"])]
     }))
 }
 
@@ -571,6 +578,85 @@ async fn terminate(
         Ok(s) => (StatusCode::OK, Json(s)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// `?format=v3|v2|text` of `recording`.
+#[derive(Debug, Deserialize)]
+struct RecordingQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn recording(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<RecordingQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        authorize(
+            &state,
+            &peer,
+            &headers,
+            &namespace,
+            &name,
+            "get",
+            "recording",
+        )
+        .await?;
+        let session = Api::<ExecSession>::namespaced(state.client.clone(), &namespace)
+            .get_opt(&name)
+            .await
+            .map_err(|e| status_error(500, "InternalError", format!("reading the session: {e}")))?
+            .ok_or_else(|| {
+                status_error(
+                    404,
+                    "NotFound",
+                    format!("execsessions.aexec.dev \"{name}\" not found"),
+                )
+            })?;
+        let cast = crate::recorder::read_verified(&state.recordings, &session)
+            .await
+            .map_err(|e| {
+                status_error(
+                    409,
+                    "Conflict",
+                    format!("the recording failed verification or cannot be read: {e}"),
+                )
+            })?;
+        let format = q.format.as_deref().unwrap_or("v3");
+        let parsed = || {
+            crate::recording::cast::CastReader::parse(&cast).map_err(|e| {
+                status_error(
+                    500,
+                    "InternalError",
+                    format!("the recording is not valid asciicast: {e}"),
+                )
+            })
+        };
+        let (ctype, body) = match format {
+            "v3" => ("application/x-asciicast", cast.clone()),
+            "v2" => (
+                "application/x-asciicast",
+                crate::recording::cast::to_v2(&parsed()?).into_bytes(),
+            ),
+            "text" => (
+                "text/plain; charset=utf-8",
+                crate::recording::cast::to_text(&parsed()?).into_bytes(),
+            ),
+            other => {
+                return Err(status_error(
+                    400,
+                    "BadRequest",
+                    format!("unknown format {other:?}: use v3, v2 or text"),
+                ));
+            }
+        };
+        Ok::<_, StatusError>(([(axum::http::header::CONTENT_TYPE, ctype)], body).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn deny(

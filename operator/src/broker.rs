@@ -31,6 +31,8 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     apiserver::{AppState, Caller, StatusError, status_error},
     frames::{self, Frame, Outcome},
+    recorder::Recorder,
+    recording::cast::Event,
 };
 
 /// How a relayed session ended.
@@ -291,7 +293,14 @@ async fn prepare(
         Ok(c) => c.into_stream(),
         Err(e) => {
             let msg = format!("could not open the exec stream to the pod: {e}");
-            finish(&state.client, namespace, name, &End::PodGone(msg.clone())).await;
+            finish(
+                &state.client,
+                namespace,
+                name,
+                &End::PodGone(msg.clone()),
+                None,
+            )
+            .await;
             return Err(status_error(502, "BadGateway", msg));
         }
     };
@@ -306,13 +315,14 @@ async fn prepare(
     );
     let session_for_relay = claimed;
     let sessions = state.sessions.clone();
+    let recordings = state.recordings.clone();
     tokio::spawn(
         async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
                     warn!(error = %e, "the client's upgrade failed");
-                    finish(&client, &ns, &n, &End::ClientGone).await;
+                    finish(&client, &ns, &n, &End::ClientGone, None).await;
                     return;
                 }
             };
@@ -320,17 +330,26 @@ async fn prepare(
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             info!(%user, "attached");
             let stop = sessions.register(&ns, &n);
+            let recorder = Recorder::start(recordings, &session_for_relay);
             let end = relay(
                 client_ws,
                 pod_ws,
                 &session_for_relay,
                 Limits::of(&session_for_relay),
                 stop,
+                &recorder,
             )
             .await;
             sessions.remove(&ns, &n);
             info!(?end, "session ended");
-            finish(&client, &ns, &n, &end).await;
+            let recording = match recorder.finish().await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the recording could not be sealed");
+                    None
+                }
+            };
+            finish(&client, &ns, &n, &end, recording).await;
         }
         .instrument(info_span!("session", namespace = %namespace, session = %name)),
     );
@@ -416,6 +435,7 @@ async fn relay(
     session: &ExecSession,
     limits: Limits,
     mut stop: tokio::sync::oneshot::Receiver<String>,
+    recorder: &Recorder,
 ) -> End {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut pod_tx, mut pod_rx) = pod.split();
@@ -462,6 +482,13 @@ async fn relay(
                         Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).unwrap_or_else(|e| Outcome::Failed(e.to_string()))),
                         _ => None,
                     };
+                    match (frame, &status) {
+                        (Ok(Frame::Stdout(d)), _) => recorder.record(Event::Output(d.to_vec())).await,
+                        (Ok(Frame::Stderr(d)), _) => recorder.record(Event::Error(d.to_vec())).await,
+                        (_, Some(Outcome::Exited(code))) => recorder.record(Event::Exit(*code)).await,
+                        (_, Some(Outcome::Failed(m))) => recorder.record(Event::Marker(format!("failed: {m}"))).await,
+                        _ => {}
+                    }
                     if client_tx.send(Message::Binary(data)).await.is_err() {
                         let _ = pod_tx.close().await;
                         return End::ClientGone;
@@ -495,8 +522,21 @@ async fn relay(
             m = client_rx.next() => match m {
                 Some(Ok(Message::Binary(data))) => {
                     let forward = match frames::parse(&data, frames::MAX_CLIENT_FRAME) {
-                        Ok(Frame::Stdin(_)) | Ok(Frame::Close(0)) if stdin_allowed => true,
-                        Ok(Frame::Resize(doc)) if tty => frames::parse_resize(doc).is_ok(),
+                        Ok(Frame::Stdin(d)) if stdin_allowed => {
+                            recorder.record(Event::Input(d.to_vec())).await;
+                            true
+                        }
+                        Ok(Frame::Close(0)) if stdin_allowed => {
+                            recorder.record(Event::Marker("stdin closed".into())).await;
+                            true
+                        }
+                        Ok(Frame::Resize(doc)) if tty => match frames::parse_resize(doc) {
+                            Ok(size) => {
+                                recorder.record(Event::Resize { cols: size.cols, rows: size.rows }).await;
+                                true
+                            }
+                            Err(_) => false,
+                        },
                         Ok(Frame::Empty(_)) | Ok(Frame::Resize(_)) => false,
                         Ok(Frame::Stdin(_)) | Ok(Frame::Close(_)) => false,
                         Ok(other) => {
@@ -578,7 +618,13 @@ pub async fn terminate(
 }
 
 /// Writes the session's final phase, retrying on conflicts.
-async fn finish(client: &Client, namespace: &str, name: &str, end: &End) {
+async fn finish(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    end: &End,
+    recording: Option<aexec_crds::RecordingStatus>,
+) {
     let (phase, message, exit_code) = final_state(end);
     let api: Api<ExecSession> = Api::namespaced(client.clone(), namespace);
     for _ in 0..10 {
@@ -590,6 +636,9 @@ async fn finish(client: &Client, namespace: &str, name: &str, end: &End) {
         st.message = Some(message.clone());
         st.exit_code = exit_code;
         st.end_time = Some(now_time());
+        if recording.is_some() {
+            st.recording = recording.clone();
+        }
         s.status = Some(st);
         match api.replace_status(name, &PostParams::default(), &s).await {
             Ok(_) => return,

@@ -12,5 +12,7 @@ pub mod frames;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
+pub mod recorder;
 pub mod recording;
 pub mod run;
+pub mod storage;

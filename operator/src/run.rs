@@ -57,6 +57,14 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:8080", env = "AEXEC_OPS_BIND")]
     pub ops_bind: SocketAddr,
 
+    /// Directory where recordings are written (a volume in a cluster).
+    #[arg(
+        long,
+        default_value = "/var/lib/aexec/recordings",
+        env = "AEXEC_RECORDINGS_DIR"
+    )]
+    pub recordings_dir: PathBuf,
+
     /// Name of this replica, shown in Events and in the status of sessions it brokers.
     #[arg(long, env = "POD_NAME", default_value = "aexec-operator")]
     pub instance: String,
@@ -178,6 +186,7 @@ pub async fn run(args: Args) -> Result<()> {
             ),
             instance: args.instance.clone(),
             sessions: Default::default(),
+            recordings: crate::storage::LocalDir::new(args.recordings_dir.clone()),
         };
         let stop = stopped();
         let (bind, cert, key) = (

@@ -84,6 +84,11 @@ impl TestEnv {
         Ok(guard)
     }
 
+    /// Where the test operator writes recordings (its local-directory store).
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.dir.join("recordings")
+    }
+
     /// Kills the operator with SIGKILL (hold [`Self::operator_exclusive`]).
     pub async fn kill_operator(&self) {
         if let Some(mut c) = self.operator.process.lock().await.take() {
@@ -124,6 +129,7 @@ impl TestEnv {
             "--default-policy=deny".into(),
             format!("--retention={}s", RETENTION.as_secs()),
             "--instance=aexec-operator-0".into(),
+            format!("--recordings-dir={}", self.recordings_dir().display()),
         ];
         let mut c = Component::spawn(
             "aexec-operator",
