@@ -571,3 +571,143 @@ async fn tampered_recording_fails_verification() {
         ),
     }
 }
+
+/// Sends `line` as stdin until `want` shows in the output (the resize is applied asynchronously
+/// by the node, so the shell may answer before it lands).
+async fn type_until(ws: &mut Conn, seen: &mut Vec<u8>, line: &[u8], want: &str) {
+    for _ in 0..20 {
+        let mut m = vec![0u8];
+        m.extend_from_slice(line);
+        ws.send(Message::Binary(m.into())).await.expect("type");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(Some(Ok(Message::Binary(b)))) =
+            tokio::time::timeout_at(deadline, ws.next()).await
+        {
+            if b.first() == Some(&1) {
+                seen.extend_from_slice(&b[1..]);
+            }
+        }
+        if String::from_utf8_lossy(seen).contains(want) {
+            return;
+        }
+    }
+    panic!("{want:?} never showed: {:?}", String::from_utf8_lossy(seen));
+}
+
+#[tokio::test]
+async fn interactive_tty_session_is_recorded() {
+    let env = env();
+    let _op = env.operator().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
+    let p: ExecPolicy = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+        "metadata": {"name": format!("{}-auto", t.namespace)},
+        "spec": {"decision": "AutoApprove",
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
+    }))
+    .expect("policy");
+    Api::<ExecPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("policy");
+    let alice = env.client(User::Alice).await.expect("alice");
+    let s: ExecSession = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
+        "spec": {"pod": t.pod, "command": ["sh"], "stdin": true, "tty": true,
+                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
+    }))
+    .expect("session");
+    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
+    api.create(&PostParams::default(), &s)
+        .await
+        .expect("create");
+    let approved = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Approved);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(api, "s1", approved),
+    )
+    .await
+    .expect("approved")
+    .expect("watch");
+
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let mut seen = Vec::new();
+    ws.send(Message::Binary(
+        frames(4, br#"{"Width":100,"Height":30}"#).into(),
+    ))
+    .await
+    .expect("resize");
+    type_until(&mut ws, &mut seen, b"stty size\n", "30 100").await;
+    ws.send(Message::Binary(
+        frames(4, br#"{"Width":120,"Height":40}"#).into(),
+    ))
+    .await
+    .expect("resize");
+    type_until(&mut ws, &mut seen, b"stty size\n", "40 120").await;
+    ws.send(Message::Binary(
+        frames(0, b"echo typed-$((6*7)); exit 0\n").into(),
+    ))
+    .await
+    .expect("type");
+    let (out, _, status) = collect(&mut ws).await;
+    seen.extend(out);
+    assert_eq!(status["status"], "Success");
+    assert!(String::from_utf8_lossy(&seen).contains("typed-42"));
+    final_session(&t, Phase::Succeeded).await;
+
+    let cast = recording(User::Carol, &t, "v3").await.expect("recording");
+    let rec = aexec_operator::recording::cast::CastReader::parse(&cast).expect("valid v3");
+    use aexec_operator::recording::cast::Event as E;
+    // In order: the first resize, typed input, its echo and answer, the second resize, the
+    // exit code.
+    let pos = |f: &dyn Fn(&E) -> bool| {
+        rec.events
+            .iter()
+            .position(|(_, e)| f(e))
+            .expect("event recorded")
+    };
+    let r1 = pos(&|e| {
+        matches!(
+            e,
+            E::Resize {
+                cols: 100,
+                rows: 30
+            }
+        )
+    });
+    let typed = pos(&|e| matches!(e, E::Input(b) if b.starts_with(b"stty size")));
+    let answer =
+        pos(&|e| matches!(e, E::Output(b) if String::from_utf8_lossy(b).contains("30 100")));
+    let r2 = pos(&|e| {
+        matches!(
+            e,
+            E::Resize {
+                cols: 120,
+                rows: 40
+            }
+        )
+    });
+    let forty_two =
+        pos(&|e| matches!(e, E::Output(b) if String::from_utf8_lossy(b).contains("typed-42")));
+    let exit = pos(&|e| matches!(e, E::Exit(0)));
+    assert!(r1 < typed && typed < answer && answer < r2 && r2 < forty_two && forty_two < exit);
+    assert!(rec.header.aexec.tty && rec.header.aexec.requester.username == "alice");
+}
+
+fn frames(channel: u8, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![channel];
+    m.extend_from_slice(payload);
+    m
+}
+
+#[tokio::test]
+async fn command_not_found_fails_the_session_with_the_reason() {
+    let (t, _op) = setup(&["no-such-command-aexec"], false).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let (_, _, status) = collect(&mut ws).await;
+    assert_eq!(status["status"], "Failure");
+    let s = final_session(&t, Phase::Failed).await;
+    let msg = s.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("no-such-command-aexec"), "{msg}");
+}
