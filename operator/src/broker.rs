@@ -428,6 +428,23 @@ fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// Completes the WebSocket closing handshake, so the last frames (status, notice) are not lost
+/// to a connection torn down under them; a client that never answers gets 2 s.
+async fn close_gracefully(
+    tx: &mut futures::stream::SplitSink<Ws, Message>,
+    rx: &mut futures::stream::SplitStream<Ws>,
+) {
+    let _ = tx.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = rx.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Relays frames both ways until the command's status arrives or a side goes away.
 async fn relay(
     client: Ws,
@@ -453,8 +470,8 @@ async fn relay(
             let text = format!("\r\n[aexec] {}\r\n", $text);
             let notice = frames::encode(notice_channel, text.as_bytes());
             let _ = client_tx.send(Message::Binary(notice.into())).await;
-            let _ = client_tx.close().await;
             let _ = pod_tx.close().await;
+            close_gracefully(&mut client_tx, &mut client_rx).await;
             return $end;
         }};
     }
@@ -495,17 +512,7 @@ async fn relay(
                     }
                     if let Some(outcome) = status {
                         let _ = pod_tx.close().await;
-                        // Complete the closing handshake, so the status frame is not lost to a
-                        // connection torn down under it; a client that never answers gets 2 s.
-                        let _ = client_tx.close().await;
-                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while let Some(Ok(m)) = client_rx.next().await {
-                                if m.is_close() {
-                                    break;
-                                }
-                            }
-                        })
-                        .await;
+                        close_gracefully(&mut client_tx, &mut client_rx).await;
                         return End::Command(outcome);
                     }
                 }

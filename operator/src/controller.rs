@@ -54,7 +54,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("the ExecPolicy cache is gone (the policy watch ended)")]
+    #[error("the ExecPolicy cache is not filled yet (is the ExecPolicy watch failing?)")]
     PoliciesUnavailable,
     #[error("writing the status of {name}: {source}")]
     Write {
@@ -83,19 +83,31 @@ pub async fn run(
     let sessions: Api<ExecSession> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
     let (policies, writer) = reflector::store();
-    // Every policy event re-evaluates every session: pending ones may change fate.
-    let policy_changes = watcher(
-        Api::<ExecPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects()
-    .filter_map(|r| async move {
-        if let Err(e) = &r {
-            warn!(error = %e, "watching ExecPolicies");
+    // The policy cache is fed by a task of its own, so it fills whatever the controller is doing
+    // (reconciles wait for it). Every policy event re-evaluates every session: pending ones may
+    // change fate. The channel holds one pending trigger; more would only repeat it.
+    let (trigger_tx, policy_changes) = futures::channel::mpsc::channel::<()>(1);
+    let policy_task = tokio::spawn({
+        let mut trigger_tx = trigger_tx;
+        let stream = watcher(
+            Api::<ExecPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+        async move {
+            futures::pin_mut!(stream);
+            while let Some(r) = stream.next().await {
+                match r {
+                    Ok(_) => {
+                        let _ = trigger_tx.try_send(());
+                    }
+                    Err(e) => warn!(error = %e, "watching ExecPolicies"),
+                }
+            }
         }
-        r.ok().map(|_| ())
+        .instrument(info_span!("policies"))
     });
 
     let controller = Controller::new(sessions, watcher::Config::default());
@@ -129,6 +141,7 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+    policy_task.abort();
 }
 
 async fn reconcile(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -169,10 +182,10 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     };
     // Deciding on an empty cache would deny every session right after a restart ("no policy
     // governs this pod"): wait until the policies have been listed once.
-    ctx.policies
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::PoliciesUnavailable)?;
+    match tokio::time::timeout(Duration::from_secs(30), ctx.policies.wait_until_ready()).await {
+        Ok(Ok(())) => {}
+        _ => return Err(Error::PoliciesUnavailable),
+    }
     let policies: Vec<ExecPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
     let selected = policy::select(
         &policies,
