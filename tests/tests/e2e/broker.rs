@@ -28,6 +28,15 @@ async fn setup_with(
     let guard = env.operator().await.expect("operator");
     let admin = env.client(User::Admin).await.expect("admin");
     let t = env.target(&admin).await.expect("target");
+    auto_policy(&t, limits).await;
+    request(&t, command, stdin, false).await;
+    final_session(&t, Phase::Approved).await;
+    (t, guard)
+}
+
+/// An auto-approving policy with `limits`, governing only the target's namespace.
+async fn auto_policy(t: &Target, limits: serde_json::Value) {
+    let admin = env().client(User::Admin).await.expect("admin");
     let p: ExecPolicy = serde_json::from_value(json!({
         "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
         "metadata": {"name": format!("{}-auto", t.namespace)},
@@ -35,31 +44,25 @@ async fn setup_with(
                  "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
     }))
     .expect("policy");
-    Api::<ExecPolicy>::all(admin.clone())
+    Api::<ExecPolicy>::all(admin)
         .create(&PostParams::default(), &p)
         .await
         .expect("policy");
-    let alice = env.client(User::Alice).await.expect("alice");
+}
+
+/// alice requests session `s1` for `command` in the target pod.
+async fn request(t: &Target, command: &[&str], stdin: bool, tty: bool) {
+    let alice = env().client(User::Alice).await.expect("alice");
     let s: ExecSession = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
-        "metadata": {"name": "s1"},
-        "spec": {"pod": t.pod, "command": command, "stdin": stdin,
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
+        "spec": {"pod": t.pod, "command": command, "stdin": stdin, "tty": tty,
                  "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
     }))
     .expect("session");
-    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
-    api.create(&PostParams::default(), &s)
+    Api::<ExecSession>::namespaced(alice, &t.namespace)
+        .create(&PostParams::default(), &s)
         .await
-        .expect("create");
-    let approved = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Approved);
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        await_condition(api, "s1", approved),
-    )
-    .await
-    .expect("approved in time")
-    .expect("watch");
-    (t, guard)
+        .expect("alice creates the session");
 }
 
 type Conn = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
@@ -198,33 +201,9 @@ async fn expired_session_cannot_attach() {
     let _op = env.operator().await.expect("operator");
     let admin = env.client(User::Admin).await.expect("admin");
     let t = env.target(&admin).await.expect("target");
-    let p: ExecPolicy = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-        "metadata": {"name": format!("{}-short", t.namespace)},
-        "spec": {"decision": "AutoApprove", "limits": {"approvalValidFor": "1s"},
-                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
-    }))
-    .expect("policy");
-    Api::<ExecPolicy>::all(admin.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("policy");
-    let alice = env.client(User::Alice).await.expect("alice");
-    let s: ExecSession = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
-        "spec": {"pod": t.pod, "command": ["id"],
-                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
-    }))
-    .expect("session");
-    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
-    api.create(&PostParams::default(), &s)
-        .await
-        .expect("create");
-    let expired = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Expired);
-    tokio::time::timeout(Duration::from_secs(20), await_condition(api, "s1", expired))
-        .await
-        .expect("expired in time")
-        .expect("watch");
+    auto_policy(&t, json!({"approvalValidFor": "1s"})).await;
+    request(&t, &["id"], false, false).await;
+    final_session(&t, Phase::Expired).await;
     match attach(User::Alice, &t).await {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 409, "{s:?}");
@@ -249,36 +228,9 @@ async fn replaced_pod_cannot_be_attached() {
     let _op = env.operator_exclusive().await.expect("operator");
     let admin = env.client(User::Admin).await.expect("admin");
     let t = env.target(&admin).await.expect("target");
-    let p: ExecPolicy = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-        "metadata": {"name": format!("{}-auto", t.namespace)},
-        "spec": {"decision": "AutoApprove",
-                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
-    }))
-    .expect("policy");
-    Api::<ExecPolicy>::all(admin.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("policy");
-    let alice = env.client(User::Alice).await.expect("alice");
-    let s: ExecSession = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
-        "spec": {"pod": t.pod, "command": ["id"],
-                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
-    }))
-    .expect("session");
-    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
-    api.create(&PostParams::default(), &s)
-        .await
-        .expect("create");
-    let approved = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Approved);
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        await_condition(api, "s1", approved),
-    )
-    .await
-    .expect("approved")
-    .expect("watch");
+    auto_policy(&t, json!({})).await;
+    request(&t, &["id"], false, false).await;
+    final_session(&t, Phase::Approved).await;
 
     // Replace the pod while the operator is down; when it is back, alice attaches at once: the
     // broker must check the pinned UID itself, whatever the controller has noticed yet.
@@ -600,36 +552,9 @@ async fn interactive_tty_session_is_recorded() {
     let _op = env.operator().await.expect("operator");
     let admin = env.client(User::Admin).await.expect("admin");
     let t = env.target(&admin).await.expect("target");
-    let p: ExecPolicy = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-        "metadata": {"name": format!("{}-auto", t.namespace)},
-        "spec": {"decision": "AutoApprove",
-                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
-    }))
-    .expect("policy");
-    Api::<ExecPolicy>::all(admin.clone())
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("policy");
-    let alice = env.client(User::Alice).await.expect("alice");
-    let s: ExecSession = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
-        "spec": {"pod": t.pod, "command": ["sh"], "stdin": true, "tty": true,
-                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
-    }))
-    .expect("session");
-    let api: Api<ExecSession> = Api::namespaced(alice, &t.namespace);
-    api.create(&PostParams::default(), &s)
-        .await
-        .expect("create");
-    let approved = |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == Phase::Approved);
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        await_condition(api, "s1", approved),
-    )
-    .await
-    .expect("approved")
-    .expect("watch");
+    auto_policy(&t, json!({})).await;
+    request(&t, &["sh"], true, true).await;
+    final_session(&t, Phase::Approved).await;
 
     let mut ws = attach(User::Alice, &t).await.expect("attach");
     let mut seen = Vec::new();
