@@ -61,8 +61,8 @@ run k -n prod get execsessions -o wide
 say "The spec is immutable once created: what is approved is what runs"
 run k -n prod patch execsession inc-1234 --type=merge -p '{"spec":{"command":["rm","-rf","/"]}}' || true
 
-say "What exists today: the API, this control plane and its tests. The operator (approvals,"
-say "brokered exec, recording) and the kubectl aexec plugin come next; see docs/architecture.md."
+say "The operator that decides, brokers and records these sessions is built and tested end to end"
+say "(./dev test); the kubectl aexec plugin and this demo's full story come next. See docs/architecture.md."
 if [ -t 0 ] && [ -z "${CI:-}" ]; then
   say "A shell inside the control plane: kubectl as admin; other users: as alice|bob|carol|dave|mallory ..."
   export -f as k
