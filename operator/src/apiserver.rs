@@ -580,6 +580,25 @@ async fn terminate(
     }
 }
 
+/// Reads a session, or the `Status` a caller should see: 404 naming it, 500 on a read failure.
+pub async fn get_session(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<ExecSession, StatusError> {
+    Api::<ExecSession>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| status_error(500, "InternalError", format!("reading the session: {e}")))?
+        .ok_or_else(|| {
+            status_error(
+                404,
+                "NotFound",
+                format!("execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""),
+            )
+        })
+}
+
 /// `?format=v3|v2|text` of `recording`.
 #[derive(Debug, Deserialize)]
 struct RecordingQuery {
@@ -605,17 +624,7 @@ async fn recording(
             "recording",
         )
         .await?;
-        let session = Api::<ExecSession>::namespaced(state.client.clone(), &namespace)
-            .get_opt(&name)
-            .await
-            .map_err(|e| status_error(500, "InternalError", format!("reading the session: {e}")))?
-            .ok_or_else(|| {
-                status_error(
-                    404,
-                    "NotFound",
-                    format!("execsessions.aexec.dev \"{name}\" not found"),
-                )
-            })?;
+        let session = get_session(&state.client, &namespace, &name).await?;
         let cast = crate::recorder::read_verified(&state.recordings, &session)
             .await
             .map_err(|e| {
@@ -744,19 +753,7 @@ async fn decide_inner(
     // Optimistic concurrency: read, decide, write with the resourceVersion read; on conflict
     // (the controller or another approver wrote meanwhile) decide again on the new version.
     for _ in 0..5 {
-        let session = sessions
-            .get_opt(name)
-            .await
-            .map_err(|e| internal("reading the session", e))?
-            .ok_or_else(|| {
-                status_error(
-                    404,
-                    "NotFound",
-                    format!(
-                        "execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""
-                    ),
-                )
-            })?;
+        let session = get_session(&state.client, namespace, name).await?;
         let policy = match session.status.as_ref().and_then(|s| s.policy.clone()) {
             Some(p) => policies
                 .get_opt(&p)

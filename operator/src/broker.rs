@@ -29,7 +29,7 @@ use tokio_tungstenite::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    apiserver::{AppState, Caller, StatusError, status_error},
+    apiserver::{AppState, Caller, StatusError, get_session, status_error},
     frames::{self, Frame, Outcome},
     recorder::Recorder,
     recording::cast::Event,
@@ -216,17 +216,7 @@ async fn prepare(
     let sessions: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
     let internal =
         |what: &str, e: kube::Error| status_error(500, "InternalError", format!("{what}: {e}"));
-    let session = sessions
-        .get_opt(name)
-        .await
-        .map_err(|e| internal("reading the session", e))?
-        .ok_or_else(|| {
-            status_error(
-                404,
-                "NotFound",
-                format!("execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""),
-            )
-        })?;
+    let session = get_session(&state.client, namespace, name).await?;
     check_attach(&session, caller, Utc::now())?;
     let st = session.status.clone().unwrap_or_default();
     let pod = Api::<Pod>::namespaced(state.client.clone(), namespace)
@@ -584,18 +574,7 @@ pub async fn terminate(
     namespace: &str,
     name: &str,
 ) -> Result<ExecSession, StatusError> {
-    let api: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
-    let session = api
-        .get_opt(name)
-        .await
-        .map_err(|e| status_error(500, "InternalError", format!("reading the session: {e}")))?
-        .ok_or_else(|| {
-            status_error(
-                404,
-                "NotFound",
-                format!("execsessions.aexec.dev \"{name}\" not found in namespace \"{namespace}\""),
-            )
-        })?;
+    let session = get_session(&state.client, namespace, name).await?;
     let st = session.status.clone().unwrap_or_default();
     if st.phase != Some(Phase::Active) {
         return Err(status_error(
