@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod recorder;
-pub mod recording;
+/// The recording format lives in its own crate, shared with the plugin.
+pub use aexec_recording as recording;
 pub mod run;
 pub mod storage;

@@ -821,7 +821,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::recording::cast::{CastReader, CastWriter, Event, Header, SessionFacts};
+    use crate::cast::{CastReader, CastWriter, Event, Header, SessionFacts};
 
     fn session() -> SessionRef {
         SessionRef {

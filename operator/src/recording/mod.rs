@@ -1,5 +1,0 @@
-//! Recordings: the asciicast v3 event stream ([`cast`]) and its storage as hash-chained
-//! segments sealed by a manifest ([`chain`]). Pure: no storage backend, no clock.
-
-pub mod cast;
-pub mod chain;
