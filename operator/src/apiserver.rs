@@ -604,6 +604,10 @@ pub async fn get_session(
 struct RecordingQuery {
     #[serde(default)]
     format: Option<String>,
+    /// One stored object as it is (`manifest.json`, `seg-NNNNNN.cast`, `seg-NNNNNN.json`), not
+    /// verified: for clients that verify the chain themselves (`kubectl aexec verify`).
+    #[serde(default)]
+    object: Option<String>,
 }
 
 async fn recording(
@@ -625,6 +629,9 @@ async fn recording(
         )
         .await?;
         let session = get_session(&state.client, &namespace, &name).await?;
+        if let Some(object) = q.object.as_deref() {
+            return raw_object(&state, &session, object).await;
+        }
         let cast = crate::recorder::read_verified(&state.recordings, &session)
             .await
             .map_err(|e| {
@@ -666,6 +673,41 @@ async fn recording(
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// One stored object of a session's recording, byte for byte.
+async fn raw_object(
+    state: &AppState,
+    session: &ExecSession,
+    object: &str,
+) -> Result<Response, StatusError> {
+    if crate::recording::chain::parse_file_name(object).is_none() {
+        return Err(status_error(
+            400,
+            "BadRequest",
+            format!(
+                "unknown recording object {object:?}: use manifest.json, seg-NNNNNN.cast or seg-NNNNNN.json"
+            ),
+        ));
+    }
+    use crate::storage::Storage as _;
+    let key = format!("{}/{object}", crate::recorder::prefix(session));
+    match state
+        .recordings
+        .get(&key, crate::recorder::MAX_OBJECT)
+        .await
+    {
+        Ok(bytes) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response()),
+        Err(e) => Err(status_error(
+            404,
+            "NotFound",
+            format!("recording object {object:?} cannot be read: {e:#}"),
+        )),
+    }
 }
 
 async fn deny(
