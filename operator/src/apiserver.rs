@@ -187,7 +187,7 @@ pub struct AppState {
     /// The sessions this replica relays.
     pub sessions: crate::broker::Sessions,
     /// Where recordings are written.
-    pub recordings: crate::storage::LocalDir,
+    pub recordings: std::sync::Arc<crate::spool::Spool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -690,7 +690,6 @@ async fn raw_object(
             ),
         ));
     }
-    use crate::storage::Storage as _;
     let key = format!("{}/{object}", crate::recorder::prefix(session));
     match state
         .recordings

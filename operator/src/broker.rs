@@ -50,6 +50,8 @@ pub enum End {
     Limit(String),
     /// Someone ended it with `terminate`.
     TerminatedBy(String),
+    /// The recording stopped and the policy requires one (fail closed).
+    RecordingFailed(String),
 }
 
 /// The phase, message and exit code a session ends with.
@@ -87,6 +89,13 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
         ),
         End::Limit(m) => (Phase::Terminated, format!("ended by the policy: {m}"), None),
         End::TerminatedBy(who) => (Phase::Terminated, format!("terminated by {who}"), None),
+        End::RecordingFailed(m) => (
+            Phase::Failed,
+            format!(
+                "ended because the policy requires a recording and it could not be stored: {m}"
+            ),
+            None,
+        ),
     }
 }
 
@@ -95,6 +104,8 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
 pub struct Limits {
     pub max_duration: Duration,
     pub idle_timeout: Duration,
+    /// End the session when the recording cannot be stored.
+    pub recording_required: bool,
 }
 
 impl Limits {
@@ -114,6 +125,7 @@ impl Limits {
                 .idle_timeout
                 .map(Into::into)
                 .unwrap_or(crate::lifecycle::DEFAULT_IDLE_TIMEOUT),
+            recording_required: l.recording_required,
         }
     }
 }
@@ -283,12 +295,15 @@ async fn prepare(
         Ok(c) => c.into_stream(),
         Err(e) => {
             let msg = format!("could not open the exec stream to the pod: {e}");
+            // The recording says what happened, even though nothing ran.
+            let recorder = Recorder::start(state.recordings.clone(), &claimed);
+            let _ = recorder.record(Event::Marker(msg.clone())).await;
             finish(
                 &state.client,
                 namespace,
                 name,
                 &End::PodGone(msg.clone()),
-                None,
+                recorder.finish().await,
             )
             .await;
             return Err(status_error(502, "BadGateway", msg));
@@ -312,7 +327,14 @@ async fn prepare(
                 Ok(u) => u,
                 Err(e) => {
                     warn!(error = %e, "the client's upgrade failed");
-                    finish(&client, &ns, &n, &End::ClientGone, None).await;
+                    finish(
+                        &client,
+                        &ns,
+                        &n,
+                        &End::ClientGone,
+                        crate::recorder::Finished::none(),
+                    )
+                    .await;
                     return;
                 }
             };
@@ -332,14 +354,8 @@ async fn prepare(
             .await;
             sessions.remove(&ns, &n);
             info!(?end, "session ended");
-            let recording = match recorder.finish().await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "the recording could not be sealed");
-                    None
-                }
-            };
-            finish(&client, &ns, &n, &end, recording).await;
+            let recorded = recorder.finish().await;
+            finish(&client, &ns, &n, &end, recorded).await;
         }
         .instrument(info_span!("session", namespace = %namespace, session = %name)),
     );
@@ -465,6 +481,21 @@ async fn relay(
             return $end;
         }};
     }
+    // Every frame is recorded before it is forwarded. When the recording stops (the spool is
+    // full), a policy that requires one ends the session; otherwise the relay goes on unrecorded
+    // and the recording says where it stopped.
+    macro_rules! rec {
+        ($ev:expr) => {{
+            if let Err(why) = recorder.record($ev).await
+                && limits.recording_required
+            {
+                end_with_notice!(
+                    End::RecordingFailed(why.clone()),
+                    format!("session ended: the recording cannot be stored ({why})")
+                );
+            }
+        }};
+    }
     loop {
         tokio::select! {
             () = &mut hard_stop => {
@@ -490,10 +521,10 @@ async fn relay(
                         _ => None,
                     };
                     match (frame, &status) {
-                        (Ok(Frame::Stdout(d)), _) => recorder.record(Event::Output(d.to_vec())).await,
-                        (Ok(Frame::Stderr(d)), _) => recorder.record(Event::Error(d.to_vec())).await,
-                        (_, Some(Outcome::Exited(code))) => recorder.record(Event::Exit(*code)).await,
-                        (_, Some(Outcome::Failed(m))) => recorder.record(Event::Marker(format!("failed: {m}"))).await,
+                        (Ok(Frame::Stdout(d)), _) => rec!(Event::Output(d.to_vec())),
+                        (Ok(Frame::Stderr(d)), _) => rec!(Event::Error(d.to_vec())),
+                        (_, Some(Outcome::Exited(code))) => rec!(Event::Exit(*code)),
+                        (_, Some(Outcome::Failed(m))) => rec!(Event::Marker(format!("failed: {m}"))),
                         _ => {}
                     }
                     if client_tx.send(Message::Binary(data)).await.is_err() {
@@ -520,16 +551,16 @@ async fn relay(
                 Some(Ok(Message::Binary(data))) => {
                     let forward = match frames::parse(&data, frames::MAX_CLIENT_FRAME) {
                         Ok(Frame::Stdin(d)) if stdin_allowed => {
-                            recorder.record(Event::Input(d.to_vec())).await;
+                            rec!(Event::Input(d.to_vec()));
                             true
                         }
                         Ok(Frame::Close(0)) if stdin_allowed => {
-                            recorder.record(Event::Marker("stdin closed".into())).await;
+                            rec!(Event::Marker("stdin closed".into()));
                             true
                         }
                         Ok(Frame::Resize(doc)) if tty => match frames::parse_resize(doc) {
                             Ok(size) => {
-                                recorder.record(Event::Resize { cols: size.cols, rows: size.rows }).await;
+                                rec!(Event::Resize { cols: size.cols, rows: size.rows });
                                 true
                             }
                             Err(_) => false,
@@ -609,9 +640,15 @@ async fn finish(
     namespace: &str,
     name: &str,
     end: &End,
-    recording: Option<aexec_crds::RecordingStatus>,
+    recorded: crate::recorder::Finished,
 ) {
-    let (phase, message, exit_code) = final_state(end);
+    let (phase, mut message, exit_code) = final_state(end);
+    if let Some(why) = &recorded.failure
+        && !matches!(end, End::RecordingFailed(_))
+    {
+        message.push_str(&format!("; the recording stopped early: {why}"));
+    }
+    let recording = recorded.status;
     let api: Api<ExecSession> = Api::namespaced(client.clone(), namespace);
     for _ in 0..10 {
         let Ok(Some(mut s)) = api.get_opt(name).await else {

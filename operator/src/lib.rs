@@ -16,4 +16,5 @@ pub mod recorder;
 /// The recording format lives in its own crate, shared with the plugin.
 pub use aexec_recording as recording;
 pub mod run;
+pub mod spool;
 pub mod storage;

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub approvals: Family<ApprovalLabel, Counter>,
     /// Reconcile failures.
     pub reconcile_errors: Counter,
+    /// Bytes of recordings in the local spool, waiting for the store.
+    pub spool_bytes: Gauge,
+    /// Failed passes of the uploader (the store refused or was unreachable).
+    pub storage_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -69,8 +73,22 @@ impl Default for Metrics {
             "Failed reconciles",
             reconcile_errors.clone(),
         );
+        let spool_bytes = Gauge::default();
+        let storage_errors = Counter::default();
+        registry.register(
+            "spool_bytes",
+            "Bytes of recordings in the local spool, waiting for upload",
+            spool_bytes.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Failed upload passes to the recording store",
+            storage_errors.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
+            spool_bytes,
+            storage_errors,
             sessions,
             transitions,
             decision_seconds,

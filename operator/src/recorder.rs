@@ -1,11 +1,17 @@
 //! The recorder: a task per session that turns relayed frames into asciicast v3, cuts it into
-//! hash-chained segments, writes each segment (and its sidecar) to storage as soon as it is cut
-//! (at most every 2 s or 1 MiB), and seals the recording with a manifest at the end.
+//! hash-chained segments, spools each segment (and its sidecar) as soon as it is cut (at most
+//! every 2 s or 1 MiB) for upload to the store, and seals the recording with a manifest at the
+//! end. If the spool refuses a segment (full: the store has been down too long), the recording
+//! stops, is sealed as interrupted, and the relay is told, so a policy that requires recording
+//! ends the session (fail closed).
 //!
 //! The relay hands events over a bounded channel: when storage is slow the relay waits, so memory
 //! stays bounded and nothing is dropped silently.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use aexec_crds::{ExecSession, RecordingStatus};
 use anyhow::{Context, Result};
@@ -17,7 +23,7 @@ use crate::{
         cast::{CastWriter, Event, Header, SessionFacts},
         chain::{self, SegmentLimits, SegmentMeta, Segmenter, SessionRef},
     },
-    storage::{LocalDir, Storage},
+    spool::Spool,
 };
 
 /// Events in flight between the relay and the recorder: a bound, so a stalled store slows the
@@ -39,72 +45,118 @@ pub fn prefix(session: &ExecSession) -> String {
 #[derive(Debug)]
 pub struct Recorder {
     tx: mpsc::Sender<(Duration, Event)>,
-    task: tokio::task::JoinHandle<Result<RecordingStatus>>,
+    task: tokio::task::JoinHandle<Finished>,
     started: tokio::time::Instant,
+    failure: Arc<OnceLock<String>>,
+}
+
+/// What a recording ended with.
+#[derive(Debug)]
+pub struct Finished {
+    /// For the session's status; `None` when not even a manifest could be written.
+    pub status: Option<RecordingStatus>,
+    /// Why the recording stopped before the session did, if it did.
+    pub failure: Option<String>,
+}
+
+impl Finished {
+    /// Nothing was recorded (the session ended before the relay started).
+    pub fn none() -> Self {
+        Finished {
+            status: None,
+            failure: None,
+        }
+    }
+}
+
+/// The facts a recording's header carries, from the approved session.
+fn facts(session: &ExecSession) -> SessionFacts {
+    let st = session.status.clone().unwrap_or_default();
+    SessionFacts {
+        namespace: session.metadata.namespace.clone().unwrap_or_default(),
+        name: session.metadata.name.clone().unwrap_or_default(),
+        uid: session.metadata.uid.clone().unwrap_or_default(),
+        pod: session.spec.pod.clone(),
+        pod_uid: st.pod_uid.clone().unwrap_or_default(),
+        container: st.container.clone().unwrap_or_default(),
+        command: session.spec.command.clone(),
+        tty: session.spec.tty,
+        stdin: session.spec.stdin,
+        requester: session.spec.requester.clone(),
+        reason: session.spec.reason.clone(),
+        policy: st.policy.clone(),
+        approvers: st
+            .approvals
+            .iter()
+            .map(|a| a.user.username.clone())
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn session_ref(session: &ExecSession) -> SessionRef {
+    SessionRef {
+        namespace: session.metadata.namespace.clone().unwrap_or_default(),
+        name: session.metadata.name.clone().unwrap_or_default(),
+        uid: session.metadata.uid.clone().unwrap_or_default(),
+    }
 }
 
 impl Recorder {
-    /// Starts recording `session` into `store`.
-    pub fn start(store: LocalDir, session: &ExecSession) -> Self {
-        let st = session.status.clone().unwrap_or_default();
-        let facts = SessionFacts {
-            namespace: session.metadata.namespace.clone().unwrap_or_default(),
-            name: session.metadata.name.clone().unwrap_or_default(),
-            uid: session.metadata.uid.clone().unwrap_or_default(),
-            pod: session.spec.pod.clone(),
-            pod_uid: st.pod_uid.clone().unwrap_or_default(),
-            container: st.container.clone().unwrap_or_default(),
-            command: session.spec.command.clone(),
-            tty: session.spec.tty,
-            stdin: session.spec.stdin,
-            requester: session.spec.requester.clone(),
-            reason: session.spec.reason.clone(),
-            policy: st.policy.clone(),
-            approvers: st
-                .approvals
-                .iter()
-                .map(|a| a.user.username.clone())
-                .collect(),
-            ..Default::default()
-        };
-        let session_ref = SessionRef {
-            namespace: facts.namespace.clone(),
-            name: facts.name.clone(),
-            uid: facts.uid.clone(),
-        };
+    /// Starts recording `session` through `spool`.
+    pub fn start(spool: Arc<Spool>, session: &ExecSession) -> Self {
         let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-        let header = Header::new(facts, timestamp, None);
+        let header = Header::new(facts(session), timestamp, None);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, prefix(session), session_ref, header, rx));
+        let failure = Arc::new(OnceLock::new());
+        let task = tokio::spawn(run(
+            spool,
+            prefix(session),
+            session_ref(session),
+            header,
+            rx,
+            failure.clone(),
+        ));
         Recorder {
             tx,
             task,
             started: tokio::time::Instant::now(),
+            failure,
         }
     }
 
-    /// Records an event now. Waits when the recorder is behind (backpressure).
-    pub async fn record(&self, ev: Event) {
+    /// Records an event now. Waits when the recorder is behind (backpressure). An error says
+    /// the recording stopped (the spool is full, or the disk failed): nothing more is recorded.
+    pub async fn record(&self, ev: Event) -> Result<(), String> {
         let at = self.started.elapsed();
         if self.tx.send((at, ev)).await.is_err() {
-            warn!("the recorder stopped early; see its error when the session ends");
+            return Err(self
+                .failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the recorder stopped".into()));
         }
+        Ok(())
     }
 
     /// Ends the recording: flushes, seals, and returns what goes into the session's status.
-    pub async fn finish(self) -> Result<RecordingStatus> {
+    pub async fn finish(self) -> Finished {
         drop(self.tx);
-        self.task.await.context("the recorder task panicked")?
+        self.task.await.unwrap_or_else(|e| Finished {
+            status: None,
+            failure: Some(format!("the recorder task failed: {e}")),
+        })
     }
 }
 
 async fn run(
-    store: LocalDir,
+    spool: Arc<Spool>,
     prefix: String,
     session: SessionRef,
     header: Header,
     mut rx: mpsc::Receiver<(Duration, Event)>,
-) -> Result<RecordingStatus> {
+    failure: Arc<OnceLock<String>>,
+) -> Finished {
     let (mut writer, head_line) = CastWriter::new(&header);
     let mut seg = Segmenter::new(SegmentLimits::default());
     seg.push(head_line.as_bytes(), 0);
@@ -113,92 +165,182 @@ async fn run(
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last = Duration::ZERO;
-    loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some((at, ev)) => {
-                    last = at;
-                    buf.clear();
-                    writer.event(at, &ev, &mut buf);
-                    let micros = micros(at);
-                    seg.push(&buf, micros);
-                    if seg.should_cut(micros) {
-                        write_cut(&store, &prefix, &mut seg, &mut metas).await?;
+    let stopped: Result<(), String> = async {
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some((at, ev)) => {
+                        last = at;
+                        buf.clear();
+                        writer.event(at, &ev, &mut buf);
+                        let micros = micros(at);
+                        seg.push(&buf, micros);
+                        if seg.should_cut(micros) && let Some(cut) = seg.cut() {
+                            write_segment(&spool, &prefix, &mut metas, cut).await?;
+                        }
                     }
-                }
-                None => break,
-            },
-            _ = tick.tick() => {
-                if seg.should_cut(micros(started.elapsed())) {
-                    write_cut(&store, &prefix, &mut seg, &mut metas).await?;
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if seg.should_cut(micros(started.elapsed())) && let Some(cut) = seg.cut() {
+                        write_segment(&spool, &prefix, &mut metas, cut).await?;
+                    }
                 }
             }
         }
+        buf.clear();
+        writer.finish(last, &mut buf);
+        seg.push(&buf, micros(last));
+        if let Some(cut) = seg.finish() {
+            write_segment(&spool, &prefix, &mut metas, cut).await?;
+        }
+        Ok(())
     }
-    buf.clear();
-    writer.finish(last, &mut buf);
-    seg.push(&buf, micros(last));
-    if let Some((meta, bytes)) = seg.finish() {
-        write_segment(&store, &prefix, &meta, bytes).await?;
-        metas.push(meta);
-    }
-    let count = metas.len();
-    let manifest = chain::seal(session, metas, chrono::Utc::now().to_rfc3339())
-        .map_err(|e| anyhow::anyhow!("sealing the recording: {e}"))?;
+    .await;
+    let sealed_at = chrono::Utc::now().to_rfc3339();
+    let (manifest, failure_msg) = match stopped {
+        Ok(()) => match chain::seal(session.clone(), metas.clone(), sealed_at.clone()) {
+            Ok(m) => (m, None),
+            Err(e) => {
+                let why = format!("the segments do not chain: {e}");
+                (
+                    chain::seal_from_metas(session, metas, sealed_at, &why),
+                    Some(why),
+                )
+            }
+        },
+        Err(why) => {
+            warn!(error = %why, "the recording stopped before the session");
+            // Keep what was stored, sealed and marked interrupted; refuse further events.
+            let _ = failure.set(why.clone());
+            rx.close();
+            (
+                chain::seal_from_metas(
+                    session,
+                    metas,
+                    sealed_at,
+                    &format!("the recording stopped: {why}"),
+                ),
+                Some(why),
+            )
+        }
+    };
     let key = format!("{prefix}/{}", chain::MANIFEST_NAME);
-    store
-        .put(&key, serde_json::to_vec_pretty(&manifest)?)
-        .await?;
-    Ok(RecordingStatus {
-        uri: Some(store.uri(&key)),
+    let status = match serde_json::to_vec_pretty(&manifest) {
+        Ok(bytes) => match spool.put(&key, &bytes, false).await {
+            Ok(()) => Some(status_of(&spool, &key, &manifest)),
+            Err(e) => {
+                warn!(error = %e, "the recording could not be sealed");
+                None
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "the manifest could not be encoded");
+            None
+        }
+    };
+    Finished {
+        status,
+        failure: failure_msg,
+    }
+}
+
+/// The session's `status.recording` for a sealed manifest.
+fn status_of(spool: &Spool, key: &str, manifest: &chain::Manifest) -> RecordingStatus {
+    RecordingStatus {
+        uri: Some(spool.uri(key)),
         format: Some("asciicast-v3".into()),
         bytes: i64::try_from(manifest.total_bytes).ok(),
         sha256: Some(manifest.head.clone()),
-        segments: i64::try_from(count).ok(),
-        interrupted: false,
-    })
+        segments: i64::try_from(manifest.segments.len()).ok(),
+        interrupted: manifest.interrupted,
+    }
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-async fn write_cut(
-    store: &LocalDir,
+/// Spools a cut segment and then its sidecar (a crash between the two leaves a segment without
+/// a sidecar, which sealing after a crash leaves out and says so).
+async fn write_segment(
+    spool: &Spool,
     prefix: &str,
-    seg: &mut Segmenter,
     metas: &mut Vec<SegmentMeta>,
-) -> Result<()> {
-    if let Some((meta, bytes)) = seg.cut() {
-        write_segment(store, prefix, &meta, bytes).await?;
-        metas.push(meta);
-    }
+    (meta, bytes): (SegmentMeta, Vec<u8>),
+) -> Result<(), String> {
+    spool
+        .put(
+            &format!("{prefix}/{}", chain::segment_name(meta.index)),
+            &bytes,
+            true,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let sidecar = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    spool
+        .put(
+            &format!("{prefix}/{}", chain::sidecar_name(meta.index)),
+            &sidecar,
+            false,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    metas.push(meta);
     Ok(())
 }
 
-async fn write_segment(
-    store: &LocalDir,
-    prefix: &str,
-    meta: &SegmentMeta,
-    bytes: Vec<u8>,
-) -> Result<()> {
-    store
-        .put(
-            &format!("{prefix}/{}", chain::segment_name(meta.index)),
-            bytes,
-        )
+/// Seals the recording of a session whose broker died (this replica, before a restart): from
+/// the sidecars in the spool and the store, keeping the longest valid chain from segment 0,
+/// marked interrupted. An existing manifest (the crash came after sealing) is kept as it is.
+pub async fn seal_interrupted(
+    spool: &Spool,
+    session: &ExecSession,
+    reason: &str,
+) -> Result<RecordingStatus> {
+    let prefix = prefix(session);
+    let key = format!("{prefix}/{}", chain::MANIFEST_NAME);
+    let (names, list_err) = spool.list(&prefix).await;
+    if names.iter().any(|n| n == chain::MANIFEST_NAME)
+        && let Ok(bytes) = spool.get(&key, MAX_OBJECT).await
+        && let Ok(manifest) = serde_json::from_slice::<chain::Manifest>(&bytes)
+    {
+        return Ok(status_of(spool, &key, &manifest));
+    }
+    let mut why = reason.to_owned();
+    if let Some(e) = list_err {
+        why.push_str(&format!(
+            "; the store could not be listed, only spooled segments were kept: {e:#}"
+        ));
+    }
+    let mut metas = Vec::new();
+    for name in &names {
+        if let Some(chain::RecordingFile::Sidecar(_)) = chain::parse_file_name(name) {
+            let bytes = spool
+                .get(&format!("{prefix}/{name}"), MAX_OBJECT)
+                .await
+                .with_context(|| format!("reading {name}"))?;
+            match serde_json::from_slice::<SegmentMeta>(&bytes) {
+                Ok(m) => metas.push(m),
+                Err(e) => warn!(file = %name, error = %e, "an unreadable sidecar is left out"),
+            }
+        }
+    }
+    let manifest = chain::seal_from_metas(
+        session_ref(session),
+        metas,
+        chrono::Utc::now().to_rfc3339(),
+        &why,
+    );
+    spool
+        .put(&key, &serde_json::to_vec_pretty(&manifest)?, false)
         .await?;
-    store
-        .put(
-            &format!("{prefix}/{}", chain::sidecar_name(meta.index)),
-            serde_json::to_vec(meta)?,
-        )
-        .await
+    Ok(status_of(spool, &key, &manifest))
 }
 
 /// Reads a sealed recording back, verifying every segment against the manifest and the chain
 /// head recorded in the session's status. Returns the cast bytes.
-pub async fn read_verified(store: &LocalDir, session: &ExecSession) -> Result<Vec<u8>, String> {
+pub async fn read_verified(store: &Spool, session: &ExecSession) -> Result<Vec<u8>, String> {
     let prefix = prefix(session);
     let head = session
         .status
@@ -229,4 +371,89 @@ pub async fn read_verified(store: &LocalDir, session: &ExecSession) -> Result<Ve
     }
     verifier.finish().map_err(|e| e.to_string())?;
     Ok(cast)
+}
+
+/// At startup: ends the sessions this replica (`instance`) was relaying when it stopped. Their
+/// streams died with the process and cannot resume; their recordings are sealed from what was
+/// spooled or stored, marked interrupted, and the sessions fail with a message saying so.
+pub async fn recover(client: kube::Client, spool: Arc<Spool>, instance: String) {
+    let api: kube::Api<ExecSession> = kube::Api::all(client.clone());
+    let mut delay = Duration::from_millis(500);
+    let list = loop {
+        match api.list(&Default::default()).await {
+            Ok(l) => break l,
+            Err(e) => {
+                warn!(error = %e, "listing sessions to recover; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    for s in list {
+        let st = s.status.clone().unwrap_or_default();
+        if st.phase != Some(aexec_crds::Phase::Active) || st.broker.as_deref() != Some(&instance) {
+            continue;
+        }
+        let (ns, name) = (
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        );
+        let why = format!(
+            "the operator replica {instance} relaying the session stopped (crash or kill) while it was active"
+        );
+        let recording = match seal_interrupted(&spool, &s, &why).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(namespace = %ns, session = %name, error = %format!("{e:#}"), "sealing an interrupted recording");
+                None
+            }
+        };
+        tracing::info!(namespace = %ns, session = %name, "an interrupted session was ended and its recording sealed");
+        let mut message = format!("{why}; the session was ended");
+        if recording.is_some() {
+            message.push_str(" and its recording sealed, marked interrupted");
+        }
+        if let Err(e) = end_interrupted(&client, &ns, &name, &instance, message, recording).await {
+            warn!(namespace = %ns, session = %name, error = %e, "ending an interrupted session");
+        }
+    }
+}
+
+/// Writes the final status of an interrupted session, if it is still Active on `instance`.
+async fn end_interrupted(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    instance: &str,
+    message: String,
+    recording: Option<RecordingStatus>,
+) -> Result<(), kube::Error> {
+    let api: kube::Api<ExecSession> = kube::Api::namespaced(client.clone(), ns);
+    for _ in 0..10 {
+        let Some(mut s) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let mut st = s.status.clone().unwrap_or_default();
+        if st.phase != Some(aexec_crds::Phase::Active) || st.broker.as_deref() != Some(instance) {
+            return Ok(());
+        }
+        st.phase = Some(aexec_crds::Phase::Failed);
+        st.message = Some(message.clone());
+        st.end_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        if recording.is_some() {
+            st.recording = recording.clone();
+        }
+        s.status = Some(st);
+        match api
+            .replace_status(name, &kube::api::PostParams::default(), &s)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

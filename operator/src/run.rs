@@ -57,13 +57,62 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:8080", env = "AEXEC_OPS_BIND")]
     pub ops_bind: SocketAddr,
 
-    /// Directory where recordings are written (a volume in a cluster).
+    /// Where recordings are kept: a local directory (--recordings-dir) or an S3 bucket.
+    #[arg(long, value_enum, default_value_t = StorageKind::Local, env = "AEXEC_STORAGE")]
+    pub storage: StorageKind,
+
+    /// Directory where recordings are kept with --storage=local (a volume in a cluster).
     #[arg(
         long,
         default_value = "/var/lib/aexec/recordings",
         env = "AEXEC_RECORDINGS_DIR"
     )]
     pub recordings_dir: PathBuf,
+
+    /// S3 bucket for recordings (--storage=s3). Credentials come from the usual AWS chain:
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, web identity (IRSA), instance metadata.
+    #[arg(long, env = "AEXEC_S3_BUCKET", default_value = "")]
+    pub s3_bucket: String,
+
+    /// Key prefix inside the bucket, e.g. `recordings/`.
+    #[arg(long, env = "AEXEC_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+
+    /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph); AWS's otherwise.
+    #[arg(long, env = "AEXEC_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// AWS region of the bucket; otherwise AWS_REGION or the profile's.
+    #[arg(long, env = "AEXEC_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style addressing (endpoint/bucket/key), which most S3-compatible stores need.
+    #[arg(long, env = "AEXEC_S3_FORCE_PATH_STYLE")]
+    pub s3_force_path_style: bool,
+
+    /// S3 Object Lock mode for every recording object (the bucket must have Object Lock on).
+    #[arg(
+        long,
+        value_enum,
+        env = "AEXEC_S3_OBJECT_LOCK_MODE",
+        requires = "s3_object_lock_days"
+    )]
+    pub s3_object_lock_mode: Option<crate::storage::ObjectLock>,
+
+    /// Object Lock retention in days.
+    #[arg(long, env = "AEXEC_S3_OBJECT_LOCK_DAYS", requires = "s3_object_lock_mode",
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub s3_object_lock_days: Option<u32>,
+
+    /// Local directory where recording segments wait until the store has them (an emptyDir
+    /// in a cluster: it survives a container restart, so an interrupted recording is sealed).
+    #[arg(long, default_value = "/var/lib/aexec/spool", env = "AEXEC_SPOOL_DIR")]
+    pub spool_dir: PathBuf,
+
+    /// Bytes the spool may hold while the store is slow or down; when a segment does not fit,
+    /// sessions whose policy requires recording are ended (fail closed).
+    #[arg(long, default_value_t = 1 << 30, env = "AEXEC_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: u64,
 
     /// Name of this replica, shown in Events and in the status of sessions it brokers.
     #[arg(long, env = "POD_NAME", default_value = "aexec-operator")]
@@ -72,6 +121,36 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AEXEC_LOG_FORMAT")]
     pub log_format: LogFormat,
+}
+
+/// Recording stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// A local directory (--recordings-dir).
+    Local,
+    /// An S3 bucket or S3-compatible store (--s3-*).
+    S3,
+}
+
+impl Args {
+    /// The recording store the arguments describe.
+    pub async fn store(&self) -> Result<crate::storage::Store> {
+        use crate::storage::{LocalDir, S3Settings, S3Store, Store};
+        Ok(match self.storage {
+            StorageKind::Local => Store::Local(LocalDir::new(self.recordings_dir.clone())),
+            StorageKind::S3 => Store::S3(
+                S3Store::new(S3Settings {
+                    bucket: self.s3_bucket.clone(),
+                    prefix: self.s3_prefix.clone(),
+                    endpoint: self.s3_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    force_path_style: self.s3_force_path_style,
+                    object_lock: self.s3_object_lock_mode.zip(self.s3_object_lock_days),
+                })
+                .await?,
+            ),
+        })
+    }
 }
 
 /// How logs are written.
@@ -141,6 +220,15 @@ struct Ops {
 pub async fn run(args: Args) -> Result<()> {
     let client = client(args.kubeconfig.as_ref()).await?;
     let metrics = Metrics::default();
+    let spool = Arc::new(
+        crate::spool::Spool::open(
+            args.spool_dir.clone(),
+            args.spool_max_bytes,
+            args.store().await?,
+            metrics.clone(),
+        )
+        .await?,
+    );
     let front_proxy = Arc::new(FrontProxy::load(&client).await?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -186,7 +274,7 @@ pub async fn run(args: Args) -> Result<()> {
             ),
             instance: args.instance.clone(),
             sessions: Default::default(),
-            recordings: crate::storage::LocalDir::new(args.recordings_dir.clone()),
+            recordings: spool.clone(),
         };
         let stop = stopped();
         let (bind, cert, key) = (
@@ -223,11 +311,24 @@ pub async fn run(args: Args) -> Result<()> {
         .instrument(info_span!("controller"))
     });
 
+    let upload_task = tokio::spawn(
+        spool
+            .clone()
+            .upload_loop(stopped())
+            .instrument(info_span!("uploader")),
+    );
+    // Sessions this replica was relaying when it stopped (a crash, a SIGKILL) cannot resume:
+    // their recordings are sealed as interrupted and the sessions ended.
+    tokio::spawn(
+        crate::recorder::recover(client.clone(), spool.clone(), args.instance.clone())
+            .instrument(info_span!("recovery")),
+    );
+
     info!("operator running");
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
-    let (api, ops, ctl) = tokio::join!(api_task, ops_task, controller_task);
+    let (api, ops, ctl, _) = tokio::join!(api_task, ops_task, controller_task, upload_task);
     if let Ok(Err(e)) = api {
         error!(error = %e, "aggregated API");
         return Err(e);

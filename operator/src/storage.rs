@@ -1,9 +1,16 @@
-//! Where recordings are kept, behind one trait: a local directory (the default, no cloud needed).
-//! S3 (aws-sdk-s3) is the second implementation, to come.
+//! Where recordings are kept, behind one trait with two implementations: a local directory (the
+//! default, no cloud needed) and S3 or any S3-compatible store (aws-sdk-s3). [`Store`] picks one
+//! at startup. Writes never go to a store directly: they go through the local spool
+//! ([`crate::spool`]), which uploads them and keeps them while the store is unreachable.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use aws_sdk_s3::{
+    error::DisplayErrorContext,
+    primitives::{ByteStream, DateTime},
+    types::ObjectLockMode,
+};
 
 /// An object store for recording files, addressed by `<namespace>/<session>-<uid>/<file>` keys.
 pub trait Storage: Send + Sync + std::fmt::Debug {
@@ -16,8 +23,58 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Reads an object whole, at most `max` bytes.
     fn get(&self, key: &str, max: u64)
     -> impl std::future::Future<Output = Result<Vec<u8>>> + Send;
+    /// The keys under `prefix` (a `<namespace>/<session>-<uid>` directory), file names only.
+    fn list(&self, prefix: &str) -> impl std::future::Future<Output = Result<Vec<String>>> + Send;
     /// The URI of a key, for the session's status.
     fn uri(&self, key: &str) -> String;
+}
+
+/// Refuses keys that could climb out of a prefix or name nothing.
+pub fn check_key(key: &str) -> Result<()> {
+    if key
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        bail!("invalid recording key {key:?}");
+    }
+    Ok(())
+}
+
+/// The store chosen on the command line.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Local(LocalDir),
+    S3(S3Store),
+}
+
+impl Storage for Store {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        match self {
+            Store::Local(s) => s.put(key, bytes).await,
+            Store::S3(s) => s.put(key, bytes).await,
+        }
+    }
+
+    async fn get(&self, key: &str, max: u64) -> Result<Vec<u8>> {
+        match self {
+            Store::Local(s) => s.get(key, max).await,
+            Store::S3(s) => s.get(key, max).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        match self {
+            Store::Local(s) => s.list(prefix).await,
+            Store::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    fn uri(&self, key: &str) -> String {
+        match self {
+            Store::Local(s) => s.uri(key),
+            Store::S3(s) => s.uri(key),
+        }
+    }
 }
 
 /// Recordings in a local directory. Writes go to a temporary file renamed into place, so a
@@ -34,51 +91,254 @@ impl LocalDir {
 
     fn path(&self, key: &str) -> Result<PathBuf> {
         // Keys come from our own naming, but never let one climb out of the root.
-        if key
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-        {
-            bail!("invalid recording key {key:?}");
-        }
+        check_key(key)?;
         Ok(self.root.join(key))
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file renamed into place (and synced, so a
+/// crash of the machine does not leave an empty file under the final name).
+pub async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, bytes)
+        .await
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_data()
+        .await
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    drop(f);
+    tokio::fs::rename(&tmp, path)
+        .await
+        .with_context(|| format!("renaming {} into place", tmp.display()))
+}
+
+/// Reads `path` whole if it is at most `max` bytes.
+pub async fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let len = tokio::fs::metadata(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > max {
+        bail!(
+            "{} is {len} bytes, more than the {max} allowed",
+            path.display()
+        );
+    }
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The file names in `dir` (none if it does not exist), temporary files left out.
+pub async fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut rd = match tokio::fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    while let Some(entry) = rd
+        .next_entry()
+        .await
+        .with_context(|| format!("listing {}", dir.display()))?
+    {
+        if let Some(name) = entry.file_name().to_str()
+            && !name.ends_with(".tmp")
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 impl Storage for LocalDir {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
-        let path = self.path(key)?;
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        tokio::fs::create_dir_all(dir)
-            .await
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = path.with_extension("tmp");
-        tokio::fs::write(&tmp, &bytes)
-            .await
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .with_context(|| format!("renaming {} into place", tmp.display()))
+        write_atomic(&self.path(key)?, &bytes).await
     }
 
     async fn get(&self, key: &str, max: u64) -> Result<Vec<u8>> {
-        let path = self.path(key)?;
-        let len = tokio::fs::metadata(&path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?
-            .len();
-        if len > max {
-            bail!(
-                "{} is {len} bytes, more than the {max} allowed",
-                path.display()
-            );
-        }
-        tokio::fs::read(&path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))
+        read_bounded(&self.path(key)?, max).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        list_dir(&self.path(prefix)?).await
     }
 
     fn uri(&self, key: &str) -> String {
         format!("file://{}", self.root.join(key).display())
+    }
+}
+
+/// Settings of the S3 store.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Prepended to every key (`recordings/`, say); empty for the bucket's root.
+    pub prefix: String,
+    /// A custom endpoint (MinIO, Ceph, ...); the AWS endpoint of the region otherwise.
+    pub endpoint: Option<String>,
+    /// The region; otherwise the usual AWS chain (AWS_REGION, profile, instance metadata).
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub force_path_style: bool,
+    /// Object Lock retention for every object written: mode and days. The bucket must have
+    /// Object Lock enabled.
+    pub object_lock: Option<(ObjectLock, u32)>,
+}
+
+/// S3 Object Lock modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum ObjectLock {
+    /// Users with `s3:BypassGovernanceRetention` can still delete or shorten retention.
+    Governance,
+    /// Nobody, not even the root account, can delete an object before its retention ends.
+    Compliance,
+}
+
+/// Recordings in an S3 bucket. Credentials come from the usual AWS chain: environment
+/// variables, shared config and credentials files, web identity (EKS IRSA / pod identity),
+/// ECS and EC2 instance metadata.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    settings: S3Settings,
+}
+
+impl S3Store {
+    /// Builds the client (no request is made).
+    pub async fn new(settings: S3Settings) -> Result<Self> {
+        if settings.bucket.is_empty() {
+            bail!("--s3-bucket is required with --storage=s3");
+        }
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(3))
+                    .operation_attempt_timeout(std::time::Duration::from_secs(20))
+                    .build(),
+            );
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        if shared.region().is_none() {
+            bail!(
+                "no AWS region: pass --s3-region or set AWS_REGION (any value works for most S3-compatible servers)"
+            );
+        }
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared);
+        if let Some(endpoint) = &settings.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        conf = conf.force_path_style(settings.force_path_style);
+        Ok(S3Store {
+            client: aws_sdk_s3::Client::from_conf(conf.build()),
+            settings,
+        })
+    }
+
+    fn key(&self, key: &str) -> Result<String> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.settings.prefix))
+    }
+}
+
+impl Storage for S3Store {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let full = self.key(key)?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .body(ByteStream::from(bytes));
+        if let Some((mode, days)) = self.settings.object_lock {
+            let until = std::time::SystemTime::now()
+                + std::time::Duration::from_secs(u64::from(days) * 86_400);
+            req = req
+                .object_lock_mode(match mode {
+                    ObjectLock::Governance => ObjectLockMode::Governance,
+                    ObjectLock::Compliance => ObjectLockMode::Compliance,
+                })
+                .object_lock_retain_until_date(DateTime::from(until));
+        }
+        req.send().await.map_err(|e| {
+            anyhow::anyhow!("uploading {}: {}", self.uri(key), DisplayErrorContext(e))
+        })?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str, max: u64) -> Result<Vec<u8>> {
+        let full = self.key(key)?;
+        let resp = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("downloading {}: {}", self.uri(key), DisplayErrorContext(e))
+            })?;
+        let len = u64::try_from(resp.content_length().unwrap_or(0)).unwrap_or(0);
+        if len > max {
+            bail!(
+                "{} is {len} bytes, more than the {max} allowed",
+                self.uri(key)
+            );
+        }
+        let bytes = resp
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("downloading {}", self.uri(key)))?
+            .into_bytes();
+        if bytes.len() as u64 > max {
+            bail!("{} is more than the {max} bytes allowed", self.uri(key));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = format!("{}/", self.key(prefix)?);
+        let mut names = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.settings.bucket)
+            .prefix(&dir)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                anyhow::anyhow!("listing {}: {}", self.uri(prefix), DisplayErrorContext(e))
+            })?;
+            for obj in page.contents() {
+                if let Some(name) = obj.key().and_then(|k| k.strip_prefix(&dir))
+                    && !name.contains('/')
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!(
+            "s3://{}/{}{key}",
+            self.settings.bucket, self.settings.prefix
+        )
     }
 }
 
@@ -87,10 +347,13 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn put_get_and_bounds() {
-        let dir = std::env::temp_dir().join(format!("aexec-storage-{}", std::process::id()));
-        let s = LocalDir::new(&dir);
+    async fn put_get_list_and_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = LocalDir::new(dir.path());
         s.put("ns/s-1/seg-000000.cast", b"hello".to_vec())
+            .await
+            .expect("put");
+        s.put("ns/s-1/seg-000000.json", b"{}".to_vec())
             .await
             .expect("put");
         assert_eq!(
@@ -101,9 +364,42 @@ mod tests {
             s.get("ns/s-1/seg-000000.cast", 2).await.is_err(),
             "bounded read"
         );
+        assert_eq!(
+            s.list("ns/s-1").await.expect("list"),
+            ["seg-000000.cast", "seg-000000.json"]
+        );
+        assert!(s.list("ns/none").await.expect("list").is_empty());
         assert!(s.put("../escape", vec![]).await.is_err());
         assert!(s.put("ns//x", vec![]).await.is_err());
         assert!(s.uri("ns/s-1/manifest.json").starts_with("file://"));
-        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn s3_needs_a_bucket_and_a_region() {
+        let e = S3Store::new(S3Settings::default())
+            .await
+            .expect_err("no bucket");
+        assert!(e.to_string().contains("--s3-bucket"), "{e}");
+        let s = S3Store::new(S3Settings {
+            bucket: "b".into(),
+            prefix: "rec/".into(),
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            force_path_style: true,
+            object_lock: None,
+        })
+        .await
+        .expect("client");
+        assert_eq!(
+            s.uri("ns/s-1/manifest.json"),
+            "s3://b/rec/ns/s-1/manifest.json"
+        );
+        assert!(s.key("../x").is_err());
+        // Nothing listens on port 1: a clear error naming the object, quickly.
+        let e = s.get("ns/s-1/manifest.json", 10).await.expect_err("down");
+        assert!(
+            e.to_string().contains("s3://b/rec/ns/s-1/manifest.json"),
+            "{e}"
+        );
     }
 }

@@ -468,8 +468,20 @@ impl TestEnv {
         )
         .await?;
         let s3 = self.s3_client().await;
+        if s3
+            .head_bucket()
+            .bucket(&self.s3.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(()); // a restart: the data directory has it
+        }
+        // Object Lock on, as a bank would have it: the operator writes every recording object
+        // with a GOVERNANCE retention.
         s3.create_bucket()
             .bucket(&self.s3.bucket)
+            .object_lock_enabled_for_bucket(true)
             .send()
             .await
             .map_err(|e| {
@@ -480,6 +492,23 @@ impl TestEnv {
                 )
             })?;
         Ok(())
+    }
+
+    /// Stops MinIO (SIGKILL): a recording store outage. Hold
+    /// [`Self::operator_exclusive`]: every session's uploads stall meanwhile.
+    pub fn stop_minio(&self) -> Result<()> {
+        let mut cs = self.components.lock().map_err(|_| anyhow!("poisoned"))?;
+        let before = cs.len();
+        cs.retain(|c| c.name != "minio");
+        if cs.len() == before {
+            bail!("MinIO is not running");
+        }
+        Ok(())
+    }
+
+    /// Starts MinIO again on the same data directory (after [`Self::stop_minio`]).
+    pub async fn restart_minio(&self) -> Result<()> {
+        self.start_minio().await
     }
 
     /// The kubeconfig file of `user` (one context, named after the user).

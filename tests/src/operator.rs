@@ -21,6 +21,9 @@ pub const OPS_PORT: u16 = 8080;
 /// How long the test operator keeps finished sessions: short, so that deletion is tested, and
 /// long enough for every test to inspect its finished sessions.
 pub const RETENTION: Duration = Duration::from_secs(40);
+/// The test operator's spool budget: larger than any test's burst while MinIO is up, small
+/// enough that an outage test fills it quickly.
+pub const SPOOL_MAX_BYTES: u64 = 32 << 20;
 /// Namespace of the operator's Service.
 pub const NAMESPACE: &str = "aexec-system";
 
@@ -84,9 +87,9 @@ impl TestEnv {
         Ok(guard)
     }
 
-    /// Where the test operator writes recordings (its local-directory store).
-    pub fn recordings_dir(&self) -> PathBuf {
-        self.dir.join("recordings")
+    /// The test operator's local spool, where recording files wait for upload to MinIO.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.join("spool")
     }
 
     /// Kills the operator with SIGKILL (hold [`Self::operator_exclusive`]).
@@ -129,13 +132,27 @@ impl TestEnv {
             "--default-policy=deny".into(),
             format!("--retention={}s", RETENTION.as_secs()),
             "--instance=aexec-operator-0".into(),
-            format!("--recordings-dir={}", self.recordings_dir().display()),
+            "--storage=s3".into(),
+            format!("--s3-endpoint={}", self.s3.endpoint),
+            format!("--s3-bucket={}", self.s3.bucket),
+            format!("--s3-region={}", self.s3.region),
+            "--s3-force-path-style".into(),
+            "--s3-object-lock-mode=GOVERNANCE".into(),
+            "--s3-object-lock-days=1".into(),
+            format!("--spool-dir={}", self.spool_dir().display()),
+            format!("--spool-max-bytes={SPOOL_MAX_BYTES}"),
         ];
         let mut c = Component::spawn(
             "aexec-operator",
             &binary()?,
             &args,
-            &[("RUST_LOG", "info,aexec_operator=debug,kube=warn")],
+            &[
+                ("RUST_LOG", "info,aexec_operator=debug,kube=warn"),
+                // The standard AWS credential chain, from the environment.
+                ("AWS_ACCESS_KEY_ID", self.s3.access_key.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key.as_str()),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
             &self.dir.join("logs"),
         )?;
         let readyz = format!("http://{ops}/readyz");

@@ -18,6 +18,7 @@ pub struct Upstream {
     pub kwok_stages: PathBuf,
     pub minio: PathBuf,
     pub helm: PathBuf,
+    pub asciinema: PathBuf,
 }
 
 /// The build script, found relative to this crate so it works from any working directory.
@@ -58,6 +59,7 @@ impl Upstream {
             kwok_stages: get("kwok-stages")?,
             minio: get("minio")?,
             helm: get("helm")?,
+            asciinema: get("asciinema")?,
         })
     }
 
@@ -70,6 +72,7 @@ impl Upstream {
             &self.kwok,
             &self.kwok_stages,
             &self.minio,
+            &self.asciinema,
         ]
         .into_iter()
         .filter(|p| !p.exists())

@@ -105,6 +105,21 @@ build_kwok() {
 build_minio() { build_simple minio github.com/minio/minio "$MINIO_VERSION" github.com/minio/minio; }
 build_helm() { build_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"; }
+# asciinema's own CLI, the reference player and converter for the recordings' format; a Rust
+# crate, built with cargo from crates.io (its dependencies locked by the crate).
+build_asciinema() {
+  local v=$ASCIINEMA_VERSION out=$bin/asciinema-$ASCIINEMA_VERSION start=$SECONDS
+  [ -x "$out" ] && return
+  command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+  echo "  compiling asciinema $v from crates.io (cold build takes a few minutes; log: $work/asciinema.log)"
+  if ! CARGO_TARGET_DIR=$work/asciinema-target cargo install --locked --force asciinema \
+    --version "$v" --root "$work/asciinema-$v" >"$work/asciinema.log" 2>&1; then
+    tail -n 30 "$work/asciinema.log" >&2
+    die "compiling asciinema failed (full log: $work/asciinema.log)"
+  fi
+  cp "$work/asciinema-$v/bin/asciinema" "$out.tmp" && mv "$out.tmp" "$out"
+  echo "  built $out in $((SECONDS - start))s"
+}
 
 # `build.sh --paths` prints NAME=PATH lines for the test environment to read.
 if [ "${1:-}" = "--paths" ]; then
@@ -115,10 +130,11 @@ if [ "${1:-}" = "--paths" ]; then
   echo "kwok-stages=$bin/kwok-$(kwok_key)-stages"
   echo "minio=$bin/minio-$MINIO_VERSION"
   echo "helm=$bin/helm-$HELM_VERSION"
+  echo "asciinema=$bin/asciinema-$ASCIINEMA_VERSION"
   exit 0
 fi
 
-all=(etcd kubernetes kwok minio)
+all=(etcd kubernetes kwok minio asciinema)
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 i=0
@@ -126,8 +142,8 @@ for c in "${want[@]}"; do
   i=$((i + 1))
   echo "[$i/${#want[@]}] $c"
   case $c in
-    etcd | kubernetes | kwok | minio | helm) (build_"$c") ;;
-    *) die "unknown component '$c' (known: etcd kubernetes kwok minio helm)" ;;
+    etcd | kubernetes | kwok | minio | helm | asciinema) (build_"$c") ;;
+    *) die "unknown component '$c' (known: etcd kubernetes kwok minio helm asciinema)" ;;
   esac
 done
 echo "upstream binaries ready in $bin"

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{env, kubectl};
 
-async fn setup(
+pub(crate) async fn setup(
     command: &[&str],
     stdin: bool,
 ) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
@@ -19,7 +19,7 @@ async fn setup(
 }
 
 /// An auto-approving policy with `limits`, and an approved session `s1` for `command`.
-async fn setup_with(
+pub(crate) async fn setup_with(
     command: &[&str],
     stdin: bool,
     limits: serde_json::Value,
@@ -35,7 +35,7 @@ async fn setup_with(
 }
 
 /// An auto-approving policy with `limits`, governing only the target's namespace.
-async fn auto_policy(t: &Target, limits: serde_json::Value) {
+pub(crate) async fn auto_policy(t: &Target, limits: serde_json::Value) {
     let admin = env().client(User::Admin).await.expect("admin");
     let p: ExecPolicy = serde_json::from_value(json!({
         "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
@@ -51,7 +51,7 @@ async fn auto_policy(t: &Target, limits: serde_json::Value) {
 }
 
 /// alice requests session `s1` for `command` in the target pod.
-async fn request(t: &Target, command: &[&str], stdin: bool, tty: bool) {
+pub(crate) async fn request(t: &Target, command: &[&str], stdin: bool, tty: bool) {
     let alice = env().client(User::Alice).await.expect("alice");
     let s: ExecSession = serde_json::from_value(json!({
         "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
@@ -65,9 +65,10 @@ async fn request(t: &Target, command: &[&str], stdin: bool, tty: bool) {
         .expect("alice creates the session");
 }
 
-type Conn = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Conn =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
-async fn attach(user: User, t: &Target) -> Result<Conn, kube::Error> {
+pub(crate) async fn attach(user: User, t: &Target) -> Result<Conn, kube::Error> {
     let client = env().client(user).await.expect("client");
     let req = http::Request::get(format!(
         "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/attach",
@@ -79,7 +80,7 @@ async fn attach(user: User, t: &Target) -> Result<Conn, kube::Error> {
 }
 
 /// Reads frames until the status frame: (stdout, stderr, status JSON).
-async fn collect(ws: &mut Conn) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
+pub(crate) async fn collect(ws: &mut Conn) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let fut = async {
         while let Some(m) = ws.next().await {
@@ -266,7 +267,7 @@ async fn replaced_pod_cannot_be_attached() {
 }
 
 /// Reads until the stream closes: (stdout, stderr).
-async fn drain(ws: &mut Conn, secs: u64) -> (Vec<u8>, Vec<u8>) {
+pub(crate) async fn drain(ws: &mut Conn, secs: u64) -> (Vec<u8>, Vec<u8>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let fut = async {
         while let Some(Ok(m)) = ws.next().await {
@@ -285,7 +286,7 @@ async fn drain(ws: &mut Conn, secs: u64) -> (Vec<u8>, Vec<u8>) {
     (out, err)
 }
 
-async fn final_session(t: &Target, phase: Phase) -> ExecSession {
+pub(crate) async fn final_session(t: &Target, phase: Phase) -> ExecSession {
     let admin = env().client(User::Admin).await.expect("admin");
     let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
     let cond = move |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == phase);
@@ -404,7 +405,11 @@ async fn client_disconnect_terminates_the_session() {
 }
 
 /// GET the recording as `user` in `format`.
-async fn recording(user: User, t: &Target, format: &str) -> Result<Vec<u8>, kube::Error> {
+pub(crate) async fn recording(
+    user: User,
+    t: &Target,
+    format: &str,
+) -> Result<Vec<u8>, kube::Error> {
     let client = env().client(user).await.expect("client");
     let req = http::Request::get(format!(
         "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/recording?format={format}",
@@ -499,19 +504,30 @@ async fn tampered_recording_fails_verification() {
     recording(User::Carol, &t, "v3")
         .await
         .expect("intact recording verifies");
-    // Change one byte of the stored segment.
-    let seg = env()
-        .recordings_dir()
-        .join(&t.namespace)
-        .join(format!("s1-{uid}"))
-        .join("seg-000000.cast");
-    let mut bytes = std::fs::read(&seg).expect("segment on disk");
+    // Change one byte of the segment stored in MinIO (a new object version: Object Lock keeps
+    // the original, but the latest is what a reader gets).
+    let key = crate::storage::uploaded(&t, &uid).await + "/seg-000000.cast";
+    let s3 = env().s3_client().await;
+    let obj = s3
+        .get_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("segment in MinIO");
+    let mut bytes = obj.body.collect().await.expect("body").to_vec();
     let pos = bytes
         .windows(6)
         .position(|w| w == b"secret")
         .expect("output in segment");
     bytes[pos] = b'S';
-    std::fs::write(&seg, bytes).expect("tamper");
+    s3.put_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .body(bytes.into())
+        .send()
+        .await
+        .expect("tamper");
     match recording(User::Carol, &t, "v3").await {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 409, "{s:?}");

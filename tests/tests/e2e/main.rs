@@ -8,3 +8,4 @@ mod broker;
 mod common;
 mod ground;
 mod operator;
+mod storage;

@@ -1,0 +1,419 @@
+//! The spool: every recording file is first written to a local directory, then uploaded to the
+//! store by one background task, and deleted locally once the store has it.
+//!
+//! So the session never waits on the network: a slow or unreachable store fills the spool
+//! instead, and the uploader catches up when the store is back (with a capped backoff). The
+//! spool has a byte budget (`--spool-max-bytes`): a segment that does not fit is refused with
+//! [`SpoolError::Full`], and the recorder then ends the session if its policy requires a
+//! recording (fail closed). Sidecars and manifests are small and always accepted, so a recording
+//! can still be sealed when the spool is full.
+//!
+//! Reads look in the spool first and then in the store, so a recording is readable (and
+//! verifiable) before, during and after its upload. After a crash, whatever was spooled is still
+//! on disk: the uploader finds it at startup, and [`crate::recorder::recover`] seals it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::{
+    metrics::Metrics,
+    recording::chain::MANIFEST_NAME,
+    storage::{Storage, Store, check_key, list_dir, read_bounded, write_atomic},
+};
+
+/// Why the spool refused a file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error(
+        "the local spool is full ({used} of {max} bytes waiting for the recording store, which is not taking uploads: {last_error})"
+    )]
+    Full {
+        used: u64,
+        max: u64,
+        last_error: String,
+    },
+    #[error("writing to the local spool: {0:#}")]
+    Io(anyhow::Error),
+}
+
+/// The spool in front of a [`Store`].
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    used: AtomicU64,
+    store: Store,
+    wake: Notify,
+    last_error: std::sync::Mutex<Option<String>>,
+    metrics: Metrics,
+}
+
+impl Spool {
+    /// Opens the spool in `dir`, counting what a previous run left there (it is uploaded first).
+    pub async fn open(
+        dir: PathBuf,
+        max_bytes: u64,
+        store: Store,
+        metrics: Metrics,
+    ) -> Result<Self> {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating the spool directory {}", dir.display()))?;
+        let mut used = 0;
+        for (_, files) in pending(&dir).await? {
+            for f in files {
+                used += tokio::fs::metadata(&f).await.map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        if used > 0 {
+            info!(
+                bytes = used,
+                "the spool holds files from a previous run; uploading them"
+            );
+        }
+        metrics
+            .spool_bytes
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        Ok(Spool {
+            dir,
+            max_bytes,
+            used: AtomicU64::new(used),
+            store,
+            wake: Notify::new(),
+            last_error: std::sync::Mutex::new(None),
+            metrics,
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.dir.join(key))
+    }
+
+    fn add_used(&self, delta: i64) {
+        let now = if delta >= 0 {
+            self.used.fetch_add(delta.unsigned_abs(), Ordering::SeqCst) + delta.unsigned_abs()
+        } else {
+            self.used
+                .fetch_sub(delta.unsigned_abs(), Ordering::SeqCst)
+                .saturating_sub(delta.unsigned_abs())
+        };
+        self.metrics
+            .spool_bytes
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    /// Spools a file for upload. A `budgeted` file (a segment) is refused when it does not fit
+    /// in the budget; small bookkeeping files (sidecars, manifests) are always taken.
+    pub async fn put(&self, key: &str, bytes: &[u8], budgeted: bool) -> Result<(), SpoolError> {
+        let len = bytes.len() as u64;
+        let used = self.used.load(Ordering::SeqCst);
+        if budgeted && used + len > self.max_bytes {
+            return Err(SpoolError::Full {
+                used,
+                max: self.max_bytes,
+                last_error: self
+                    .last_error()
+                    .unwrap_or_else(|| "it is slower than the session".into()),
+            });
+        }
+        let path = self.path(key).map_err(SpoolError::Io)?;
+        write_atomic(&path, bytes).await.map_err(SpoolError::Io)?;
+        self.add_used(i64::try_from(len).unwrap_or(i64::MAX));
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Reads a file of a recording, from the spool if it is still there, else from the store.
+    pub async fn get(&self, key: &str, max: u64) -> Result<Vec<u8>> {
+        match read_bounded(&self.path(key)?, max).await {
+            Ok(b) => Ok(b),
+            // Not spooled, or uploaded and removed between the look and the read.
+            Err(_) if !self.path(key)?.exists() => self.store.get(key, max).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The files of a recording, in the spool or in the store. When the store cannot be listed
+    /// (it is down), what the spool has is returned with the store's error.
+    pub async fn list(&self, prefix: &str) -> (Vec<String>, Option<anyhow::Error>) {
+        let mut names = match self.path(prefix) {
+            Ok(p) => list_dir(&p).await.unwrap_or_default(),
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let err = match self.store.list(prefix).await {
+            Ok(more) => {
+                names.extend(more);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        names.sort();
+        names.dedup();
+        (names, err)
+    }
+
+    /// The URI of a key in the store.
+    pub fn uri(&self, key: &str) -> String {
+        self.store.uri(key)
+    }
+
+    /// Whether files of `prefix` are still waiting for upload.
+    pub async fn holds(&self, prefix: &str) -> bool {
+        match self.path(prefix) {
+            Ok(p) => !list_dir(&p).await.unwrap_or_default().is_empty(),
+            Err(_) => false,
+        }
+    }
+
+    /// The store's last upload error, while it is failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = e;
+        }
+    }
+
+    /// Uploads spooled files until `stop`: at once when something is spooled, after a capped
+    /// backoff while the store fails.
+    pub async fn upload_loop(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let wait = match self.upload_pending().await {
+                Ok(()) => {
+                    if self.last_error().is_some() {
+                        info!("the recording store takes uploads again; the spool is drained");
+                        self.set_error(None);
+                    }
+                    backoff = Duration::from_millis(500);
+                    None
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if self.last_error().as_deref() != Some(msg.as_str()) {
+                        warn!(error = %msg, "the recording store refuses uploads; keeping files in the spool");
+                    }
+                    self.metrics.storage_errors.inc();
+                    self.set_error(Some(msg));
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    Some(b)
+                }
+            };
+            tokio::select! {
+                () = &mut stop => return,
+                () = self.wake.notified(), if wait.is_none() => {}
+                () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+        }
+    }
+
+    /// One pass over the spool: every session's files in order, the manifest last.
+    async fn upload_pending(&self) -> Result<()> {
+        for (dir, files) in pending(&self.dir).await? {
+            let sealed = files.iter().any(|f| f.ends_with(MANIFEST_NAME));
+            for file in files {
+                let key = file
+                    .strip_prefix(&self.dir)
+                    .ok()
+                    .and_then(Path::to_str)
+                    .map(str::to_owned)
+                    .with_context(|| {
+                        format!("a spooled file outside the spool: {}", file.display())
+                    })?;
+                let bytes = match tokio::fs::read(&file).await {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+                };
+                let len = bytes.len();
+                self.store.put(&key, bytes).await?;
+                tokio::fs::remove_file(&file)
+                    .await
+                    .with_context(|| format!("removing uploaded {}", file.display()))?;
+                self.add_used(-i64::try_from(len).unwrap_or(i64::MAX));
+            }
+            // The manifest is the last file of a recording: once it is uploaded, nothing more
+            // comes, and the session's directory can go.
+            if sealed && list_dir(&dir).await?.is_empty() {
+                let _ = tokio::fs::remove_dir(&dir).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The spooled files, by session directory (`<spool>/<namespace>/<session>-<uid>`), each
+/// directory's files in upload order: segments and sidecars by name, the manifest last. (The
+/// recorder writes the manifest after every other file, so a listed manifest comes with all of
+/// them.)
+async fn pending(root: &Path) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
+    let mut out = Vec::new();
+    for ns in list_dir(root).await? {
+        let ns_dir = root.join(&ns);
+        if !ns_dir.is_dir() {
+            continue;
+        }
+        for session in list_dir(&ns_dir).await? {
+            let dir = ns_dir.join(&session);
+            if !dir.is_dir() {
+                continue;
+            }
+            let names = list_dir(&dir).await?;
+            let files = upload_order(&names)
+                .into_iter()
+                .map(|n| dir.join(n))
+                .collect();
+            out.push((dir, files));
+        }
+    }
+    Ok(out)
+}
+
+/// The order files of one recording are uploaded in (pure): by name, the manifest last, so a
+/// store never holds a manifest naming a segment it does not have.
+pub fn upload_order(names: &[String]) -> Vec<&str> {
+    let mut order: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != MANIFEST_NAME)
+        .collect();
+    order.sort_unstable();
+    if names.iter().any(|n| n == MANIFEST_NAME) {
+        order.push(MANIFEST_NAME);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalDir;
+
+    #[test]
+    fn manifest_goes_last() {
+        let names: Vec<String> = [
+            "seg-000001.cast",
+            "manifest.json",
+            "seg-000000.json",
+            "seg-000000.cast",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            upload_order(&names),
+            [
+                "seg-000000.cast",
+                "seg-000000.json",
+                "seg-000001.cast",
+                "manifest.json"
+            ]
+        );
+    }
+
+    async fn spool(max: u64, store_root: &Path, spool_root: &Path) -> Arc<Spool> {
+        Arc::new(
+            Spool::open(
+                spool_root.to_owned(),
+                max,
+                Store::Local(LocalDir::new(store_root)),
+                Metrics::default(),
+            )
+            .await
+            .expect("spool"),
+        )
+    }
+
+    #[tokio::test]
+    async fn budget_refuses_segments_not_bookkeeping() {
+        let (store, dir) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let s = spool(10, store.path(), dir.path()).await;
+        s.put("ns/s-1/seg-000000.cast", b"12345678", true)
+            .await
+            .expect("fits");
+        let e = s
+            .put("ns/s-1/seg-000001.cast", b"123", true)
+            .await
+            .expect_err("over budget");
+        assert!(
+            e.to_string().contains("spool is full (8 of 10 bytes"),
+            "{e}"
+        );
+        s.put("ns/s-1/seg-000000.json", b"{}", false)
+            .await
+            .expect("sidecar always");
+        assert!(s.holds("ns/s-1").await);
+        // Readable from the spool before any upload.
+        assert_eq!(
+            s.get("ns/s-1/seg-000000.cast", 100).await.expect("get"),
+            b"12345678"
+        );
+    }
+
+    #[tokio::test]
+    async fn uploads_then_reads_from_the_store_and_survives_a_restart() {
+        let (store, dir) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let s = spool(1000, store.path(), dir.path()).await;
+        s.put("ns/s-1/seg-000000.cast", b"abc", true)
+            .await
+            .expect("put");
+        s.put("ns/s-1/manifest.json", b"{}", false)
+            .await
+            .expect("put");
+        // A restart: the new spool counts what the old one left.
+        let s = spool(1000, store.path(), dir.path()).await;
+        assert_eq!(s.used.load(Ordering::SeqCst), 5);
+        s.upload_pending().await.expect("upload");
+        assert_eq!(s.used.load(Ordering::SeqCst), 0);
+        assert!(!s.holds("ns/s-1").await);
+        assert!(
+            !dir.path().join("ns/s-1").exists(),
+            "sealed session dir removed"
+        );
+        assert_eq!(
+            s.get("ns/s-1/seg-000000.cast", 100).await.expect("get"),
+            b"abc"
+        );
+        let (names, err) = s.list("ns/s-1").await;
+        assert!(err.is_none());
+        assert_eq!(names, ["manifest.json", "seg-000000.cast"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_keeps_files_and_reports() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // A store root that is a file: every upload fails.
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").expect("file");
+        let s = spool(1000, &blocker, &dir.path().join("spool")).await;
+        s.put("ns/s-1/seg-000000.cast", b"abc", true)
+            .await
+            .expect("put");
+        assert!(s.upload_pending().await.is_err());
+        assert!(s.holds("ns/s-1").await, "kept for a retry");
+        assert_eq!(
+            s.get("ns/s-1/seg-000000.cast", 100).await.expect("get"),
+            b"abc"
+        );
+    }
+}

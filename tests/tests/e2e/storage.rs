@@ -1,0 +1,354 @@
+//! Recordings in S3 (MinIO with Object Lock): upload through the spool, outages, a killed
+//! operator, and asciinema's own tool reading what we wrote.
+
+use std::{path::PathBuf, time::Duration};
+
+use aexec_crds::{ExecSession, Phase};
+use aexec_testenv::{Target, User};
+use futures::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::broker::{
+    attach, auto_policy, collect, drain, final_session, recording, request, setup,
+};
+use crate::common::env;
+
+/// The spool directory of session `s1` in `t`.
+fn spooled(t: &Target, uid: &str) -> PathBuf {
+    env()
+        .spool_dir()
+        .join(&t.namespace)
+        .join(format!("s1-{uid}"))
+}
+
+/// Waits until the operator has uploaded every file of `s1` (its spool directory is gone) and
+/// returns the recording's key prefix in the bucket.
+pub(crate) async fn uploaded(t: &Target, uid: &str) -> String {
+    let dir = spooled(t, uid);
+    for _ in 0..100 {
+        if !dir.exists() {
+            return format!("{}/s1-{uid}", t.namespace);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{} was not uploaded within 20s", dir.display());
+}
+
+/// The object names under `prefix` in the bucket.
+async fn objects(prefix: &str) -> Vec<String> {
+    let out = env()
+        .s3_client()
+        .await
+        .list_objects_v2()
+        .bucket(&env().s3.bucket)
+        .prefix(format!("{prefix}/"))
+        .send()
+        .await
+        .expect("list objects");
+    let mut names: Vec<String> = out
+        .contents()
+        .iter()
+        .filter_map(|o| {
+            o.key()?
+                .strip_prefix(&format!("{prefix}/"))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn uid(s: &ExecSession) -> String {
+    s.metadata.uid.clone().expect("uid")
+}
+
+#[tokio::test]
+async fn recordings_are_uploaded_to_s3_under_object_lock() {
+    let (t, _op) = setup(&["sh", "-c", "echo stored-in-minio"], false).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let _ = collect(&mut ws).await;
+    let s = final_session(&t, Phase::Succeeded).await;
+    let prefix = uploaded(&t, &uid(&s)).await;
+    assert_eq!(
+        objects(&prefix).await,
+        ["manifest.json", "seg-000000.cast", "seg-000000.json"]
+    );
+    let rec = s.status.expect("status").recording.expect("recording");
+    assert_eq!(
+        rec.uri.as_deref(),
+        Some(format!("s3://{}/{prefix}/manifest.json", env().s3.bucket).as_str())
+    );
+
+    // Every object is under a GOVERNANCE retention: its version cannot be deleted.
+    let s3 = env().s3_client().await;
+    let key = format!("{prefix}/seg-000000.cast");
+    let retention = s3
+        .get_object_retention()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("retention")
+        .retention
+        .expect("a retention");
+    assert_eq!(
+        retention.mode,
+        Some(aws_sdk_s3::types::ObjectLockRetentionMode::Governance)
+    );
+    let until = retention.retain_until_date.expect("until").secs();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("secs");
+    assert!(
+        until > now + 23 * 3600,
+        "retained for a day: {until} vs {now}"
+    );
+    let version = s3
+        .head_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("head")
+        .version_id
+        .expect("a version (Object Lock turns versioning on)");
+    let deleted = s3
+        .delete_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .version_id(&version)
+        .send()
+        .await;
+    assert!(deleted.is_err(), "a locked version must not be deletable");
+    let text = recording(User::Carol, &t, "text").await.expect("recording");
+    assert!(String::from_utf8_lossy(&text).contains("stored-in-minio"));
+}
+
+#[tokio::test]
+async fn storage_outage_recovers_from_spool() {
+    let _op = env().operator_exclusive().await.expect("operator");
+    let admin = env().client(User::Admin).await.expect("admin");
+    let t = env().target(&admin).await.expect("target");
+    auto_policy(&t, json!({})).await;
+    env().stop_minio().expect("stop MinIO");
+
+    request(
+        &t,
+        &["sh", "-c", "echo during-the-outage; echo done"],
+        false,
+        false,
+    )
+    .await;
+    final_session(&t, Phase::Approved).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let (out, _, _) = collect(&mut ws).await;
+    let s = final_session(&t, Phase::Succeeded).await;
+    let was_spooled = spooled(&t, &uid(&s)).exists();
+    // Readable (and verified) from the spool while the store is down.
+    let during = recording(User::Carol, &t, "text").await;
+    env().restart_minio().await.expect("restart MinIO");
+
+    assert_eq!(out, b"during-the-outage\ndone\n");
+    assert!(was_spooled, "the recording waits in the spool");
+    let during = during.expect("recording readable during the outage");
+    assert!(String::from_utf8_lossy(&during).contains("during-the-outage"));
+    let st = s.status.clone().expect("status");
+    assert!(
+        !st.message.clone().unwrap_or_default().contains("recording"),
+        "an outage the spool absorbs is not a failure: {:?}",
+        st.message
+    );
+    assert!(!st.recording.expect("recording").interrupted);
+
+    // MinIO is back: the spool drains into it and the recording verifies from there.
+    let prefix = uploaded(&t, &uid(&s)).await;
+    assert!(objects(&prefix).await.contains(&"manifest.json".to_owned()));
+    let after = recording(User::Carol, &t, "v3").await.expect("recording");
+    assert!(String::from_utf8_lossy(&after).contains("during-the-outage"));
+}
+
+#[tokio::test]
+async fn storage_outage_fails_closed_when_the_spool_is_full() {
+    let _op = env().operator_exclusive().await.expect("operator");
+    let admin = env().client(User::Admin).await.expect("admin");
+    let t = env().target(&admin).await.expect("target");
+    auto_policy(&t, json!({"recordingRequired": true})).await;
+    env().stop_minio().expect("stop MinIO");
+
+    // 192 MB of output against a 32 MiB spool and no store.
+    let cmd = ["sh", "-c", "yes fail-closed-filler | head -c 192000000"];
+    request(&t, &cmd, false, false).await;
+    final_session(&t, Phase::Approved).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let (out, err) = drain(&mut ws, 120).await;
+    let s = final_session(&t, Phase::Failed).await;
+    env().restart_minio().await.expect("restart MinIO");
+
+    assert!(
+        out.len() < 192_000_000,
+        "the session was cut short ({} bytes)",
+        out.len()
+    );
+    assert!(out.starts_with(b"fail-closed-filler\n"));
+    let err = String::from_utf8_lossy(&err);
+    assert!(
+        err.contains("[aexec] session ended: the recording cannot be stored")
+            && err.contains("spool is full"),
+        "the user is told why: {err}"
+    );
+    let st = s.status.clone().expect("status");
+    let message = st.message.unwrap_or_default();
+    assert!(
+        message.contains("requires a recording") && message.contains("spool is full"),
+        "{message}"
+    );
+    let rec = st.recording.expect("what was recorded is sealed");
+    assert!(rec.interrupted);
+    assert!(rec.bytes.unwrap_or(0) > 16 << 20, "{rec:?}");
+
+    // Once the store is back, the interrupted recording is uploaded and verifies.
+    uploaded(&t, &uid(&s)).await;
+    let manifest = recording(User::Carol, &t, "v3&object=manifest.json")
+        .await
+        .expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
+    assert_eq!(manifest["interrupted"], true);
+    assert!(
+        manifest["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spool is full"),
+        "{manifest}"
+    );
+    recording(User::Carol, &t, "v3")
+        .await
+        .expect("the kept part verifies");
+}
+
+#[tokio::test]
+async fn recording_survives_operator_kill() {
+    let _op = env().operator_exclusive().await.expect("operator");
+    let admin = env().client(User::Admin).await.expect("admin");
+    let t = env().target(&admin).await.expect("target");
+    auto_policy(&t, json!({})).await;
+    let cmd = [
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 900 ]; do echo tick-$i; i=$((i+1)); sleep 0.1; done",
+    ];
+    request(&t, &cmd, false, false).await;
+    final_session(&t, Phase::Approved).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    // About 5 s of output, then SIGKILL.
+    let mut out = Vec::new();
+    let seen = async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m
+                && b.first() == Some(&1)
+            {
+                out.extend_from_slice(&b[1..]);
+                if String::from_utf8_lossy(&out).contains("tick-50\n") {
+                    return;
+                }
+            }
+        }
+        panic!("the stream ended early");
+    };
+    tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("ticks");
+    env().kill_operator().await;
+    let last = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick-")?.parse::<u32>().ok())
+        .max()
+        .expect("a tick");
+    drop(ws);
+
+    // The restarted operator seals what it had and ends the session.
+    env().ensure_operator().await.expect("restart");
+    let s = final_session(&t, Phase::Failed).await;
+    let st = s.status.expect("status");
+    assert!(
+        st.message
+            .clone()
+            .unwrap_or_default()
+            .contains("stopped (crash or kill)"),
+        "{:?}",
+        st.message
+    );
+    assert!(st.recording.expect("recording").interrupted);
+    let text = recording(User::Carol, &t, "text")
+        .await
+        .expect("the interrupted recording verifies");
+    let text = String::from_utf8_lossy(&text);
+    // Segments are cut every 2 s: at most a few seconds before the kill are lost.
+    let kept = last.saturating_sub(30);
+    assert!(
+        text.contains(&format!("tick-{kept}\n")),
+        "tick-{kept} (the client saw tick-{last}) is in the recording:\n{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(text.contains("tick-0\n"));
+}
+
+#[tokio::test]
+async fn recording_plays_in_asciinema() {
+    let printf = r"printf 'line one\nline two\n\033[1mbold\033[0m \303\251t\303\251\n'";
+    let (t, _op) = setup(&["sh", "-c", printf], false).await;
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let (out, _, _) = collect(&mut ws).await;
+    final_session(&t, Phase::Succeeded).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    for format in ["v3", "v2"] {
+        let cast = recording(User::Carol, &t, format).await.expect("recording");
+        let input = dir.path().join(format!("s1-{format}.cast"));
+        std::fs::write(&input, &cast).expect("write cast");
+        // asciinema's own converter must read the file, and its raw output (the terminal
+        // stream it would play) is exactly what the command wrote.
+        let raw = dir.path().join(format!("s1-{format}.raw"));
+        let run = std::process::Command::new(&env().upstream.asciinema)
+            .arg("convert")
+            .args(["--output-format", "raw"])
+            .arg(&input)
+            .arg(&raw)
+            .output()
+            .expect("asciinema runs");
+        assert!(
+            run.status.success(),
+            "asciinema rejects the {format} file: {}\n{}",
+            String::from_utf8_lossy(&run.stderr),
+            String::from_utf8_lossy(&cast)
+        );
+        // (raw output starts with the terminal-size escape `ESC [8;ROWS;COLSt` of the header.)
+        let raw = std::fs::read(&raw).expect("raw");
+        let body = raw
+            .strip_prefix(b"\x1b[8;".as_slice())
+            .and_then(|r| Some(&r[r.iter().position(|&b| b == b't')? + 1..]))
+            .unwrap_or(&raw);
+        assert_eq!(
+            String::from_utf8_lossy(body),
+            String::from_utf8_lossy(&out),
+            "{format}: asciinema plays back the bytes"
+        );
+        let txt = dir.path().join(format!("s1-{format}.txt"));
+        let run = std::process::Command::new(&env().upstream.asciinema)
+            .arg("convert")
+            .args(["--output-format", "txt"])
+            .arg(&input)
+            .arg(&txt)
+            .output()
+            .expect("asciinema runs");
+        assert!(run.status.success());
+        let txt = std::fs::read_to_string(&txt).expect("txt");
+        assert!(
+            txt.contains("line two") && txt.contains("bold été"),
+            "{txt}"
+        );
+    }
+}
