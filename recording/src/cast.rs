@@ -58,6 +58,10 @@
 //! exactly its characters: output that happens to look like base64 or like a prefix is never
 //! misread, which is why "base64:" inside `o` data is not used. Players ignore `b` lines, which
 //! costs nothing on screen: invalid bytes have no glyph (a terminal would draw U+FFFD at best).
+//! Output of 64 bytes or more that is mostly control characters without a short JSON escape
+//! (NULs from `/dev/zero`, say: six bytes each as `\u0000`) is written as `b` runs too, since
+//! base64 costs 4/3 and such bytes have no glyph to play. Input stays text: keystrokes like
+//! Ctrl-C are short and are what a reviewer looks for.
 //! A character split across two chunks (the broker relays frames, not characters) is not
 //! invalid: the writer keeps an incomplete trailing sequence (at most 3 bytes) per stream and
 //! prepends it to that stream's next chunk, so the character is written whole, at the time of
@@ -311,6 +315,16 @@ impl Stream {
     }
 }
 
+/// Whether `text` would more than double as a JSON string: control characters without a short
+/// escape (`\u00XX`, six bytes each) dominate it, as in `head -c N /dev/zero`.
+fn mostly_escapes(text: &str) -> bool {
+    let long = text
+        .bytes()
+        .filter(|&b| b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t' | 0x08 | 0x0c))
+        .count();
+    long * 5 > text.len()
+}
+
 /// The incomplete UTF-8 sequence at the end of a stream's last chunk (at most 3 bytes).
 #[derive(Clone, Copy, Debug, Default)]
 struct Carry {
@@ -461,6 +475,13 @@ impl CastWriter {
                 cut -= 1;
             }
             let (piece, rest) = text.split_at(cut);
+            if stream != Stream::In && piece.len() >= 64 && mostly_escapes(piece) {
+                // NULs and other control bytes cost six bytes each as JSON text; base64 costs
+                // 4/3. Such output has no glyphs, so players lose nothing by skipping it.
+                self.raw(stream, piece.as_bytes(), at_us, out);
+                text = rest;
+                continue;
+            }
             match stream {
                 Stream::Out => self.line(at_us, CODE_OUTPUT, piece, out),
                 Stream::Err => {
@@ -1425,6 +1446,24 @@ mod tests {
         assert_eq!(ls[3], r#"[0.000000, "o", "err"]"#);
         assert_eq!(ls[4], r#"[0.001000, "o", "€y"]"#);
         assert_eq!(ls.len(), 5);
+    }
+
+    #[test]
+    fn control_heavy_output_is_written_as_base64_not_sixfold_escapes() {
+        let zeros = vec![0u8; 200_000];
+        let file = write(&[(ms(1), Event::Output(zeros.clone()))]);
+        let body = file.len() - CastWriter::new(&header()).1.len();
+        assert!(body < zeros.len() * 3 / 2, "{body} bytes for 200000 NULs");
+        let rec = CastReader::parse(&file).unwrap();
+        assert_eq!(rec.events, vec![(ms(1), Event::Output(zeros))]);
+        // Ordinary terminal output with a few escapes stays readable text.
+        let colored = b"\x1b[1mbold\x1b[0m and plain text\n".repeat(100);
+        let file = write(&[(ms(1), Event::Output(colored.clone()))]);
+        assert!(!lines(&file).iter().any(|l| l.contains(r#""b""#)));
+        assert_eq!(
+            CastReader::parse(&file).unwrap().events,
+            vec![(ms(1), Event::Output(colored))]
+        );
     }
 
     #[test]
