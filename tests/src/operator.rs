@@ -22,7 +22,8 @@ pub const OPS_PORT: u16 = 8080;
 /// long enough for every test to inspect its finished sessions.
 pub const RETENTION: Duration = Duration::from_secs(40);
 /// The test operator's spool budget: larger than any test's burst while MinIO is up, small
-/// enough that an outage test fills it quickly.
+/// enough that an outage test fills it quickly. `AEXEC_TEST_SPOOL_MAX_BYTES` overrides it
+/// (the benchmarks move hundreds of MiB).
 pub const SPOOL_MAX_BYTES: u64 = 32 << 20;
 /// Namespace of the operator's Service.
 pub const NAMESPACE: &str = "aexec-system";
@@ -92,6 +93,22 @@ impl TestEnv {
         self.dir.join("spool")
     }
 
+    /// The operator's process id as `/proc` shows it, while it runs (for memory and CPU
+    /// figures). `/proc` is the host's (the run has its own PID namespace but not its own
+    /// mount of /proc), so the process is found by its `--spool-dir`, unique to this run.
+    pub async fn operator_pid(&self) -> Option<u32> {
+        self.operator.process.lock().await.as_ref()?;
+        let marker = format!("--spool-dir={}", self.spool_dir().display());
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .split(|&b| b == 0)
+                .any(|a| a == marker.as_bytes())
+                .then_some(pid)
+        })
+    }
+
     /// Kills the operator with SIGKILL (hold [`Self::operator_exclusive`]).
     pub async fn kill_operator(&self) {
         if let Some(mut c) = self.operator.process.lock().await.take() {
@@ -140,7 +157,13 @@ impl TestEnv {
             "--s3-object-lock-mode=GOVERNANCE".into(),
             "--s3-object-lock-days=1".into(),
             format!("--spool-dir={}", self.spool_dir().display()),
-            format!("--spool-max-bytes={SPOOL_MAX_BYTES}"),
+            format!(
+                "--spool-max-bytes={}",
+                std::env::var("AEXEC_TEST_SPOOL_MAX_BYTES")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(SPOOL_MAX_BYTES)
+            ),
         ];
         let mut c = Component::spawn(
             "aexec-operator",

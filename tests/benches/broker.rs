@@ -1,0 +1,538 @@
+//! Benchmarks on the local control plane: a session brokered and recorded by the operator
+//! against plain exec to the same pod through the same API server, measured side by side in one
+//! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
+//! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run.
+//!
+//! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
+//! (a v5 WebSocket to `pods/exec`), the aexec side a v5 WebSocket to `execsessions/attach`,
+//! both read by the same frame loop. `kubectl exec` is timed too, for scale.
+
+use std::time::{Duration, Instant};
+
+use aexec_crds::{ExecPolicy, ExecSession, Phase};
+use aexec_testenv::{Target, TestEnv, User};
+use anyhow::{Context, Result, bail};
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use kube::{
+    Api, Client,
+    api::{PostParams, ResourceExt},
+    runtime::wait::await_condition,
+};
+use serde_json::json;
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+struct Bench {
+    env: &'static TestEnv,
+    admin: Client,
+    alice: Client,
+    t: Target,
+    n: u32,
+    quick: bool,
+}
+
+fn main() -> Result<()> {
+    // `./dev bench` sets AEXEC_TEST_SPOOL_MAX_BYTES: the benchmarks move hundreds of MiB, and
+    // a burst the uploader has not caught up with must not fail closed.
+    let quick = std::env::var_os("AEXEC_BENCH_QUICK").is_some();
+    let env = TestEnv::shared();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(env, quick))
+}
+
+async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
+    let _op = env.operator().await?;
+    let admin = env.client(User::Admin).await?;
+    let alice = env.client(User::Alice).await?;
+    let t = env.target(&admin).await?;
+    policy(
+        &admin,
+        &t,
+        json!({"decision": "AutoApprove",
+               "limits": {"maxDuration": "2h", "idleTimeout": "1h", "recordingRequired": true}}),
+    )
+    .await?;
+    let mut b = Bench {
+        env,
+        admin,
+        alice,
+        t,
+        n: 0,
+        quick,
+    };
+    println!(
+        "# kubectl-aexec benchmarks (medians; aexec = brokered by the operator, recording to MinIO on)"
+    );
+    println!("machine: {}", machine());
+    b.throughput_out().await?;
+    b.throughput_in().await?;
+    b.latency().await?;
+    b.time_to_first_byte().await?;
+    b.approval_to_attach().await?;
+    b.footprint().await?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+async fn policy(admin: &Client, t: &Target, spec: serde_json::Value) -> Result<()> {
+    let mut spec = spec;
+    spec["namespaceSelector"] =
+        json!({"matchLabels": {"kubernetes.io/metadata.name": t.namespace}});
+    let p: ExecPolicy = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+        "metadata": {"name": format!("{}-bench", t.namespace)}, "spec": spec
+    }))?;
+    Api::<ExecPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &p)
+        .await?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// What a frame loop saw: stdout bytes, and when the first one came.
+struct Drained {
+    bytes: u64,
+    first: Option<Instant>,
+}
+
+/// Reads frames until the status frame (channel 3).
+async fn drain(ws: &mut Ws) -> Result<Drained> {
+    let mut d = Drained {
+        bytes: 0,
+        first: None,
+    };
+    while let Some(m) = ws.next().await {
+        if let Message::Binary(b) = m? {
+            match b.first() {
+                Some(1) | Some(2) => {
+                    d.first.get_or_insert_with(Instant::now);
+                    d.bytes += b.len() as u64 - 1;
+                }
+                Some(3) => return Ok(d),
+                _ => {}
+            }
+        }
+    }
+    bail!("the stream ended without a status")
+}
+
+fn query(cmd: &[&str], stdin: bool, tty: bool) -> String {
+    let mut q: Vec<String> = vec!["stdout=true".into()];
+    if !tty {
+        q.push("stderr=true".into());
+    }
+    if stdin {
+        q.push("stdin=true".into());
+    }
+    if tty {
+        q.push("tty=true".into());
+    }
+    for c in cmd {
+        q.push(format!("command={}", url_escape(c)));
+    }
+    q.join("&")
+}
+
+fn url_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn connect(client: &Client, path: String) -> Result<Ws> {
+    let req = http::Request::get(path).body(Vec::new())?;
+    Ok(client.connect(req).await?.into_stream())
+}
+
+impl Bench {
+    /// Plain exec to the pod, as admin: a v5 WebSocket to pods/exec.
+    async fn plain(&self, cmd: &[&str], stdin: bool, tty: bool) -> Result<Ws> {
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{}/exec?container={}&{}",
+            self.t.namespace,
+            self.t.pod,
+            self.t.container,
+            query(cmd, stdin, tty)
+        );
+        connect(&self.admin, path).await
+    }
+
+    /// An approved session for `cmd`, created as alice (auto-approved by the bench policy).
+    async fn session(&mut self, cmd: &[&str], stdin: bool, tty: bool) -> Result<String> {
+        self.n += 1;
+        let name = format!("b{}", self.n);
+        self.request(&name, cmd, stdin, tty).await?;
+        wait_phase(&self.admin, &self.t.namespace, &name, Phase::Approved).await?;
+        Ok(name)
+    }
+
+    async fn request(&self, name: &str, cmd: &[&str], stdin: bool, tty: bool) -> Result<()> {
+        request(&self.alice, &self.t, name, cmd, stdin, tty).await
+    }
+
+    async fn attach(&self, name: &str) -> Result<Ws> {
+        attach(&self.alice, &self.t.namespace, name).await
+    }
+
+    fn repeats(&self, full: usize) -> usize {
+        if self.quick { 1 } else { full }
+    }
+
+    async fn throughput_out(&mut self) -> Result<()> {
+        let mib: u64 = if self.quick { 16 } else { 256 };
+        let cmd_s = format!("head -c {} /dev/zero", mib << 20);
+        let cmd = ["sh", "-c", cmd_s.as_str()];
+        let (mut plain, mut aexec, mut kubectl) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu = Vec::new();
+        for _ in 0..self.repeats(3) {
+            let start = Instant::now();
+            let mut ws = self.plain(&cmd, false, false).await?;
+            let d = drain(&mut ws).await?;
+            check_bytes(d.bytes, mib)?;
+            plain.push(mib as f64 / start.elapsed().as_secs_f64());
+
+            let name = self.session(&cmd, false, false).await?;
+            let cpu0 = operator_cpu(self.env).await;
+            let start = Instant::now();
+            let mut ws = self.attach(&name).await?;
+            let d = drain(&mut ws).await?;
+            let secs = start.elapsed().as_secs_f64();
+            check_bytes(d.bytes, mib)?;
+            aexec.push(mib as f64 / secs);
+            if let (Some(a), Some(b)) = (cpu0, operator_cpu(self.env).await) {
+                cpu.push((b - a) / mib as f64 * 1000.0);
+            }
+
+            let start = Instant::now();
+            let out = self.kubectl(&cmd, None).await?;
+            check_bytes(out, mib)?;
+            kubectl.push(mib as f64 / start.elapsed().as_secs_f64());
+        }
+        let (p, a) = (median(plain), median(aexec));
+        println!(
+            "throughput out ({mib} MiB): plain {p:.1} MiB/s, aexec {a:.1} MiB/s, ratio {:.2}x (target >= 0.9x); kubectl exec {:.1} MiB/s",
+            a / p,
+            median(kubectl)
+        );
+        if !cpu.is_empty() {
+            println!(
+                "operator CPU per MiB relayed and recorded: {:.2} ms",
+                median(cpu)
+            );
+        }
+        Ok(())
+    }
+
+    async fn throughput_in(&mut self) -> Result<()> {
+        let mib: u64 = if self.quick { 8 } else { 64 };
+        let cmd = ["sh", "-c", "cat > /dev/null"];
+        let chunk = vec![b'x'; 32 << 10];
+        let send_all = async |ws: &mut Ws| -> Result<()> {
+            let mut frame = Vec::with_capacity(chunk.len() + 1);
+            for _ in 0..(mib << 20) / chunk.len() as u64 {
+                frame.clear();
+                frame.push(0);
+                frame.extend_from_slice(&chunk);
+                ws.send(Message::Binary(frame.clone().into())).await?;
+            }
+            ws.send(Message::Binary(vec![255, 0].into())).await?;
+            drain(ws).await?;
+            Ok(())
+        };
+        let (mut plain, mut aexec) = (Vec::new(), Vec::new());
+        for _ in 0..self.repeats(3) {
+            let start = Instant::now();
+            let mut ws = self.plain(&cmd, true, false).await?;
+            send_all(&mut ws).await?;
+            plain.push(mib as f64 / start.elapsed().as_secs_f64());
+
+            let name = self.session(&cmd, true, false).await?;
+            let start = Instant::now();
+            let mut ws = self.attach(&name).await?;
+            send_all(&mut ws).await?;
+            aexec.push(mib as f64 / start.elapsed().as_secs_f64());
+        }
+        let (p, a) = (median(plain), median(aexec));
+        println!(
+            "throughput in ({mib} MiB): plain {p:.1} MiB/s, aexec {a:.1} MiB/s, ratio {:.2}x (target >= 0.9x)",
+            a / p
+        );
+        Ok(())
+    }
+
+    /// Keystroke to echo in a tty running `cat`: one byte out, wait for it back.
+    async fn latency(&mut self) -> Result<()> {
+        let n = if self.quick { 20 } else { 300 };
+        let cmd = ["cat"];
+        async fn rtts(ws: &mut Ws, n: usize) -> Result<Vec<f64>> {
+            let mut out = Vec::with_capacity(n);
+            // Warm up: the first echo also carries the tty's setup.
+            for i in 0..n + 10 {
+                let start = Instant::now();
+                ws.send(Message::Binary(vec![0, b'a' + (i % 26) as u8].into()))
+                    .await?;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Binary(b))) if b.first() == Some(&1) && b.len() > 1 => {
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => bail!("the tty closed"),
+                    }
+                }
+                if i >= 10 {
+                    out.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            Ok(out)
+        }
+        let mut ws = self.plain(&cmd, true, true).await?;
+        let plain = rtts(&mut ws, n).await?;
+        let _ = ws.close(None).await;
+        let name = self.session(&cmd, true, true).await?;
+        let mut ws = self.attach(&name).await?;
+        let aexec = rtts(&mut ws, n).await?;
+        let _ = ws.close(None).await;
+        let (p50p, p99p) = (percentile(plain.clone(), 0.5), percentile(plain, 0.99));
+        let (p50a, p99a) = (percentile(aexec.clone(), 0.5), percentile(aexec, 0.99));
+        println!(
+            "keystroke echo ({n} keys): plain p50 {p50p:.2} ms p99 {p99p:.2} ms; aexec p50 {p50a:.2} ms p99 {p99a:.2} ms; added p50 {:+.2} ms (target <= +1), p99 {:+.2} ms (target <= +5)",
+            p50a - p50p,
+            p99a - p99p
+        );
+        Ok(())
+    }
+
+    /// `-- true`: from nothing to the exit status. aexec includes creating the session, the
+    /// policy's auto-approval and the attach.
+    async fn time_to_first_byte(&mut self) -> Result<()> {
+        let cmd = ["true"];
+        let (mut plain, mut aexec, mut kubectl) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..self.repeats(15) {
+            let start = Instant::now();
+            let mut ws = self.plain(&cmd, false, false).await?;
+            drain(&mut ws).await?;
+            plain.push(start.elapsed().as_secs_f64() * 1000.0);
+
+            self.n += 1;
+            let name = format!("b{}", self.n);
+            let start = Instant::now();
+            self.request(&name, &cmd, false, false).await?;
+            wait_phase(&self.admin, &self.t.namespace, &name, Phase::Approved).await?;
+            let mut ws = self.attach(&name).await?;
+            drain(&mut ws).await?;
+            aexec.push(start.elapsed().as_secs_f64() * 1000.0);
+
+            let start = Instant::now();
+            self.kubectl(&cmd, None).await?;
+            kubectl.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let (p, a) = (median(plain), median(aexec));
+        println!(
+            "time to exit status of `true`: plain {p:.1} ms, aexec {a:.1} ms (create + auto-approve + attach), ratio {:.2}x (target <= 1.5x); kubectl exec {:.1} ms",
+            a / p,
+            median(kubectl)
+        );
+        Ok(())
+    }
+
+    /// From bob's approve to alice's first output byte, alice waiting on a watch.
+    async fn approval_to_attach(&mut self) -> Result<()> {
+        let t = self.env.target(&self.admin).await?;
+        policy(
+            &self.admin,
+            &t,
+            json!({"decision": "RequireApproval", "approval": {"required": 1, "groups": ["sre"]}}),
+        )
+        .await?;
+        let bob = self.env.client(User::Bob).await?;
+        let mut samples = Vec::new();
+        for i in 0..self.repeats(10) {
+            let name = format!("a{i}");
+            request(&self.alice, &t, &name, &["echo", "x"], false, false).await?;
+            wait_phase(&self.admin, &t.namespace, &name, Phase::Pending).await?;
+            let (alice, ns, n2) = (self.alice.clone(), t.namespace.clone(), name.clone());
+            let waiter = tokio::spawn(async move {
+                wait_phase(&alice, &ns, &n2, Phase::Approved).await?;
+                let mut ws = attach(&alice, &ns, &n2).await?;
+                let d = drain(&mut ws).await?;
+                d.first.context("no output")
+            });
+            // Let alice's watch start before the approval.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let start = Instant::now();
+            let req = http::Request::put(format!(
+                "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/{name}/approve",
+                t.namespace
+            ))
+            .header("content-type", "application/json")
+            .body(br#"{"comment":"bench"}"#.to_vec())?;
+            bob.request_text(req).await?;
+            let first = waiter.await??;
+            samples.push(first.duration_since(start).as_secs_f64() * 1000.0);
+        }
+        println!(
+            "approval to first byte: p50 {:.1} ms (target < 200 ms, watch-driven)",
+            median(samples)
+        );
+        Ok(())
+    }
+
+    /// Operator RSS with idle attached sessions (`cat` waiting for input).
+    async fn footprint(&mut self) -> Result<()> {
+        let counts: &[usize] = if self.quick {
+            &[1, 20]
+        } else {
+            &[1, 100, 1000]
+        };
+        let base = operator_rss_kib(self.env).await.context("operator RSS")?;
+        println!("operator RSS, no session attached: {} KiB", base);
+        let mut held: Vec<Ws> = Vec::new();
+        for &n in counts {
+            while held.len() < n {
+                let name = self.session(&["cat"], true, false).await?;
+                held.push(self.attach(&name).await?);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss = operator_rss_kib(self.env).await.context("operator RSS")?;
+            println!(
+                "operator RSS with {n} idle sessions: {rss} KiB, {:.1} KiB per session above the idle operator (target < 100 KiB)",
+                rss.saturating_sub(base) as f64 / n as f64
+            );
+        }
+        for mut ws in held {
+            let _ = ws.send(Message::Binary(vec![255, 0].into())).await;
+            let _ = ws.close(None).await;
+        }
+        Ok(())
+    }
+
+    /// `kubectl exec` as admin; returns the stdout byte count.
+    async fn kubectl(&self, cmd: &[&str], stdin: Option<&[u8]>) -> Result<u64> {
+        use tokio::io::AsyncReadExt;
+        let mut c = tokio::process::Command::new(&self.env.upstream.kubectl);
+        c.arg("--kubeconfig")
+            .arg(self.env.kubeconfig(User::Admin))
+            .args(["exec", "-n", &self.t.namespace, &self.t.pod])
+            .args(if stdin.is_some() { vec!["-i"] } else { vec![] })
+            .arg("--")
+            .args(cmd)
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null());
+        let mut child = c.spawn()?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            let k = out.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        child.wait().await?;
+        Ok(n)
+    }
+}
+
+fn check_bytes(got: u64, mib: u64) -> Result<()> {
+    if got != mib << 20 {
+        bail!("expected {} bytes, got {got}", mib << 20);
+    }
+    Ok(())
+}
+
+async fn request(
+    alice: &Client,
+    t: &Target,
+    name: &str,
+    cmd: &[&str],
+    stdin: bool,
+    tty: bool,
+) -> Result<()> {
+    let s: ExecSession = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": name},
+        "spec": {"pod": t.pod, "command": cmd, "stdin": stdin, "tty": tty,
+                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
+    }))?;
+    Api::<ExecSession>::namespaced(alice.clone(), &t.namespace)
+        .create(&PostParams::default(), &s)
+        .await?;
+    Ok(())
+}
+
+async fn attach(alice: &Client, ns: &str, name: &str) -> Result<Ws> {
+    connect(
+        alice,
+        format!("/apis/subresources.aexec.dev/v1alpha1/namespaces/{ns}/execsessions/{name}/attach"),
+    )
+    .await
+}
+
+async fn wait_phase(client: &Client, ns: &str, name: &str, phase: Phase) -> Result<()> {
+    let api: Api<ExecSession> = Api::namespaced(client.clone(), ns);
+    let cond = move |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == phase);
+    let s = tokio::time::timeout(Duration::from_secs(30), await_condition(api, name, cond))
+        .await
+        .with_context(|| format!("{name} not {phase} within 30s"))??;
+    let _ = s.map(|s| s.name_any());
+    Ok(())
+}
+
+/// The operator's resident memory, from /proc.
+async fn operator_rss_kib(env: &TestEnv) -> Option<u64> {
+    let pid = env.operator_pid().await?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The operator's CPU time so far (user + system), in seconds.
+async fn operator_cpu(env: &TestEnv) -> Option<f64> {
+    let pid = env.operator_pid().await?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
