@@ -160,20 +160,19 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     // Dereference: only sessions that can still change need the pod and the namespace.
     let live = !before.is_terminal() && before != Phase::Active;
     let (pod, ns_labels, pod_labels) = if live {
-        let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&session.spec.pod)
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("pod {ns}/{}", session.spec.pod),
-                source,
-            })?;
-        let namespace = Api::<Namespace>::all(ctx.client.clone())
-            .get_opt(&ns)
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("namespace {ns}"),
-                source,
-            })?;
+        // Both reads at once: they are on the path from a request to its decision.
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+        let namespaces = Api::<Namespace>::all(ctx.client.clone());
+        let (pod, namespace) =
+            tokio::join!(pods.get_opt(&session.spec.pod), namespaces.get_opt(&ns));
+        let pod = pod.map_err(|source| Error::Read {
+            what: format!("pod {ns}/{}", session.spec.pod),
+            source,
+        })?;
+        let namespace = namespace.map_err(|source| Error::Read {
+            what: format!("namespace {ns}"),
+            source,
+        })?;
         let ns_labels = namespace.map(|n| n.labels().clone()).unwrap_or_default();
         let pod_labels = pod.as_ref().map(|p| p.labels().clone()).unwrap_or_default();
         (pod_state(pod.as_ref()), ns_labels, pod_labels)
