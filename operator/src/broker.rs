@@ -338,8 +338,12 @@ async fn prepare(
                     return;
                 }
             };
-            let client_ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let client_ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(client_ws_config()),
+            )
+            .await;
             info!(%user, "attached");
             let stop = sessions.register(&ns, &n);
             let recorder = Recorder::start(recordings, &session_for_relay);
@@ -373,6 +377,19 @@ async fn prepare(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(resp)
+}
+
+/// The requester's leg: small buffers (an idle session holds a few KiB, not tungstenite's
+/// 128 KiB per direction), and messages bounded just above the largest frame a client may send,
+/// so an oversized one is refused by `frames::parse` with a clear message after at most 2 MiB,
+/// never buffered up to the library's 64 MiB default.
+fn client_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(16 << 10)
+        .max_write_buffer_size(4 << 20)
+        .max_message_size(Some(2 * frames::MAX_CLIENT_FRAME))
+        .max_frame_size(Some(2 * frames::MAX_CLIENT_FRAME))
 }
 
 /// The business rules of attach (pure): only the requester, only while Approved, only before
