@@ -185,7 +185,8 @@ fn data_event(stream: usize, bytes: Vec<u8>) -> Event {
 
 /// What `CastReader::parse` must return for `events` written with `CastWriter::event` at their
 /// times and finished with `CastWriter::finish(end)`, in [`normalize`]d form, following the
-/// module's documented contract: times in whole microseconds and never going backwards; an
+/// module's documented contract: times in whole microseconds, capped at 1e9 s and never going
+/// backwards; an
 /// incomplete UTF-8 sequence at the end of a chunk moves to the stream's next chunk (written at
 /// that chunk's time), or is written at the next exit or at the end; markers are truncated at a
 /// character boundary; every byte comes back.
@@ -219,8 +220,11 @@ pub fn expected(events: &[(Duration, Event)], end: Duration) -> Vec<(Duration, E
     normalize(m.out)
 }
 
+/// A time as written: whole microseconds, at most 1e9 s (the longest interval a reader takes).
 fn micros(d: &Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .min(1_000_000_000 * 1_000_000)
 }
 
 #[derive(Default)]
@@ -288,6 +292,10 @@ pub fn read_chunked(data: &[u8], sizes: &[usize]) -> Read {
         rest = tail;
     }
     reader.feed(rest, &mut events)?;
+    // `finish` consumes the reader: end the last line here so that it is counted below.
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        reader.feed(b"\n", &mut events)?;
+    }
     let ignored = reader.ignored_events();
     let header = reader.finish(&mut events)?;
     Ok((header, events, ignored))
