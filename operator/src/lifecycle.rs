@@ -28,6 +28,10 @@ use crate::policy::{
 
 /// How long an approval lasts unused when the policy does not say (`limits.approvalValidFor`).
 pub const DEFAULT_APPROVAL_VALID_FOR: StdDuration = StdDuration::from_secs(15 * 60);
+/// The shortest time an approval lasts, the CRD's minimum for `limits.approvalValidFor`. A
+/// shorter one (zero, or negative, which validation forbids but a policy written past it could
+/// hold) would make the session Approved and Expired at the same instant.
+pub const MIN_APPROVAL_VALID_FOR: StdDuration = StdDuration::from_secs(1);
 /// How long an attached session may run when the policy does not say (`limits.maxDuration`).
 pub const DEFAULT_MAX_DURATION: StdDuration = StdDuration::from_secs(60 * 60);
 /// How long an attached session may stay silent when the policy does not say
@@ -248,9 +252,11 @@ impl Step {
     ) -> Outcome {
         let default_limits = PolicyLimits::default();
         let limits = policy.map_or(&default_limits, |p| &p.spec.limits);
+        let valid_for = policy_duration(limits.approval_valid_for, DEFAULT_APPROVAL_VALID_FOR);
+        // At least a second past the whole second of `now`: always later than `now`.
         let deadline = plus(
             whole_seconds(self.now),
-            policy_duration(limits.approval_valid_for, DEFAULT_APPROVAL_VALID_FOR),
+            valid_for.max(MIN_APPROVAL_VALID_FOR),
         );
         self.status.phase = Some(Phase::Approved);
         self.status.message = Some(message.clone());
@@ -801,6 +807,23 @@ mod tests {
         let back: ExecSessionStatus = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, first.status);
         first
+    }
+
+    #[test]
+    fn an_approval_valid_for_no_time_still_lasts_a_second() {
+        // Found by fuzzing (fuzz/corpus/policy/crash-approval-valid-for-zero): a policy whose
+        // approvalValidFor is zero or negative (the CRD forbids both) made reconcile write
+        // Approved with a deadline of now, then Expired on the next reconcile at the same
+        // instant: the controller rewrote its own status.
+        for valid_for in ["0s", "-5m"] {
+            let p = policy(
+                "zero",
+                json!({"decision": "AutoApprove", "limits": {"approvalValidFor": valid_for}}),
+            );
+            let o = assert_idempotent(&session(None), pod(), Some(&p), DefaultPolicy::Deny, t(5));
+            assert_eq!(o.status.phase, Some(Phase::Approved));
+            assert_eq!(o.status.deadline, Some(time(6)));
+        }
     }
 
     // ---- first evaluation without a policy

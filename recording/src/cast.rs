@@ -112,6 +112,9 @@ const MAX_DISPLAY_BYTES: usize = 1024;
 const MERGE_LIMIT: usize = 1 << 20;
 /// Longest interval accepted by the reader, in seconds (exactly representable in microseconds).
 const MAX_INTERVAL_SECS: f64 = 1e9;
+/// Latest time the writer records, in microseconds: [`MAX_INTERVAL_SECS`], so that no interval
+/// it writes is one the reader refuses. About 31 years; sessions last hours.
+const MAX_WRITTEN_MICROS: u64 = 1_000_000_000 * 1_000_000;
 
 const CODE_OUTPUT: &str = "o";
 const CODE_INPUT: &str = "i";
@@ -371,11 +374,11 @@ impl CastWriter {
 
     /// Encodes one event at `at` (monotonic time since the session started) into JSON lines
     /// appended to `out`; returns the number of bytes appended (0 when everything was carried).
-    /// Times are truncated to microseconds; a time earlier than the previous event's is
-    /// recorded as the previous event's time (intervals are never negative).
+    /// Times are truncated to microseconds and capped at 1e9 s; a time earlier than the previous
+    /// event's is recorded as the previous event's time (intervals are never negative).
     pub fn event(&mut self, at: Duration, ev: &Event, out: &mut Vec<u8>) -> usize {
         let start = out.len();
-        let at_us = micros(at);
+        let at_us = written_micros(at);
         match ev {
             Event::Output(b) => self.data(Stream::Out, b, at_us, out),
             Event::Error(b) => self.data(Stream::Err, b, at_us, out),
@@ -400,7 +403,7 @@ impl CastWriter {
 
     /// Writes carried partial UTF-8 sequences (as `b` runs) at `at`. Call once at the end.
     pub fn finish(&mut self, at: Duration, out: &mut Vec<u8>) {
-        self.flush(micros(at), out);
+        self.flush(written_micros(at), out);
     }
 
     fn flush(&mut self, at_us: u64, out: &mut Vec<u8>) {
@@ -519,6 +522,11 @@ impl CastWriter {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A time as the writer records it (see [`MAX_WRITTEN_MICROS`]).
+fn written_micros(d: Duration) -> u64 {
+    micros(d).min(MAX_WRITTEN_MICROS)
 }
 
 /// `S.ffffff`: seconds with exactly six decimals.
@@ -650,6 +658,8 @@ impl CastReader {
         let mut reader = CastReader::new();
         let mut pieces = Vec::new();
         reader.feed(bytes, &mut pieces)?;
+        // A last line without a newline is read before counting the lines ignored.
+        reader.last_line(&mut pieces)?;
         let ignored_events = reader.ignored;
         let header = reader.finish(&mut pieces)?;
         let mut events: Vec<(Duration, Event)> = Vec::with_capacity(pieces.len());
@@ -725,15 +735,21 @@ impl CastReader {
         if self.failed {
             return Err(self.err(CastErrorKind::Failed));
         }
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            events.extend(self.line(&line)?);
-        }
+        self.last_line(events)?;
         // A tag still pending here lost its output to truncation: nothing to report.
         self.header.ok_or(CastError {
             line: 1,
             kind: CastErrorKind::Empty,
         })
+    }
+
+    /// Reads the partial line left at the end of the stream, if any.
+    fn last_line(&mut self, events: &mut Vec<(Duration, Event)>) -> Result<(), CastError> {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            events.extend(self.line(&line)?);
+        }
+        Ok(())
     }
 
     fn limit(&self) -> usize {
@@ -1539,6 +1555,31 @@ mod tests {
     }
 
     #[test]
+    fn times_past_the_readers_limit_are_capped_not_unreadable() {
+        // Found by fuzzing (fuzz/corpus/cast_roundtrip/crash-interval-beyond-1e9s): an event
+        // 72 057 594 054 s into a session was written with an interval the reader refuses, so
+        // the whole recording became unreadable.
+        let cap = Duration::from_secs(1_000_000_000);
+        let file = write(&[
+            (ms(1), Event::Output(b"a".to_vec())),
+            (
+                Duration::from_secs(72_057_594_054),
+                Event::Output(b"b".to_vec()),
+            ),
+            (Duration::from_micros(u64::MAX), Event::Exit(0)),
+        ]);
+        let rec = CastReader::parse(&file).unwrap();
+        assert_eq!(
+            rec.events,
+            vec![
+                (ms(1), Event::Output(b"a".to_vec())),
+                (cap, Event::Output(b"b".to_vec())),
+                (cap, Event::Exit(0)),
+            ]
+        );
+    }
+
+    #[test]
     fn time_going_backwards_is_recorded_as_no_time() {
         let file = write(&[
             (ms(10), Event::Marker("a".into())),
@@ -1720,6 +1761,16 @@ mod tests {
                 (ms(1750), Event::Output(b"b".to_vec())),
             ]
         );
+    }
+
+    #[test]
+    fn an_unknown_code_on_an_unterminated_last_line_is_counted() {
+        // Found by fuzzing (fuzz/corpus/cast_reader/crash-ignored-last-line): parse() counted
+        // the ignored lines before reading a last line that has no newline.
+        let file = format!("{}[1.0, \"o\", \"a\"]\n[0.5, \"z\", \"\"]", header_line());
+        let rec = CastReader::parse(file.as_bytes()).unwrap();
+        assert_eq!(rec.ignored_events, 1);
+        assert_eq!(rec.events, vec![(ms(1000), Event::Output(b"a".to_vec()))]);
     }
 
     #[test]

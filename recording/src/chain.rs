@@ -128,7 +128,9 @@ impl SegmentMeta {
         let (index, prev_sha, prev_chain) = match prev {
             None => (0, [0; 32], [0; 32]),
             Some(p) => (
-                p.index + 1,
+                p.index
+                    .checked_add(1)
+                    .ok_or(VerifyError::LastIndex { index: p.index })?,
                 digest(p.index, "sha256", &p.sha256)?,
                 digest(p.index, "chain_sha256", &p.chain_sha256)?,
             ),
@@ -451,7 +453,8 @@ pub fn seal_from_metas(
     let head = kept
         .last()
         .map_or_else(|| ZERO_SHA256.to_owned(), |m| m.chain_sha256.clone());
-    let total_bytes = kept.iter().map(|m| m.bytes).sum();
+    // Saturating, as the verifier adds: sidecars can claim any size.
+    let total_bytes = kept.iter().fold(0u64, |t, m| t.saturating_add(m.bytes));
     let mut why = reason.to_owned();
     let n = kept.len();
     let summary = match n {
@@ -538,6 +541,8 @@ pub enum VerifyError {
         "the manifest's entry {position} describes segment {index}: entries must be segments 0, 1, 2, ... in order"
     )]
     Numbering { position: u64, index: u64 },
+    #[error("segment {index} has the highest possible number: no segment can follow it")]
+    LastIndex { index: u64 },
     #[error("segment {index}: {field} {value:?} is not a lowercase hex SHA-256")]
     MalformedDigest {
         index: u64,
@@ -1383,6 +1388,43 @@ mod tests {
         assert_eq!(none.head, ZERO_SHA256);
         assert_eq!(none.total_bytes, 0);
         verify(&none, &[], None).unwrap();
+    }
+
+    #[test]
+    fn sidecars_claiming_huge_sizes_still_seal_a_manifest_that_verifies() {
+        // Found by fuzzing (fuzz/corpus/chain/crash-sizes-overflow): sidecars whose sizes add up
+        // past u64::MAX made seal_from_metas overflow (a panic in debug builds; in release a
+        // wrapped total, and a manifest its own verifier refused).
+        let (_, segs) = sealed(10, small());
+        let mut metas: Vec<SegmentMeta> = segs.iter().map(|(m, _)| m.clone()).collect();
+        metas[0].bytes = u64::MAX;
+        metas[1].bytes = 7;
+        let m = seal_from_metas(session(), metas, SEALED.into(), "");
+        assert_eq!(m.segments.len(), segs.len());
+        assert_eq!(m.total_bytes, u64::MAX);
+        let mut v = Verifier::new(&m, None).unwrap();
+        // The stored segments are not that long: verifying them says so.
+        assert!(matches!(
+            v.segment(0, &segs[0].1, None),
+            Err(VerifyError::Resized { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn no_meta_follows_the_highest_index() {
+        // Found by fuzzing (fuzz/corpus/chain/crash-meta-after-u64-max): a sidecar claiming
+        // index u64::MAX (a damaged or forged store) made compute() overflow: a panic in debug
+        // builds, a segment numbered 0 in release builds.
+        let (_, segs) = sealed(10, small());
+        let mut last = segs[0].0.clone();
+        last.index = u64::MAX;
+        assert_eq!(
+            SegmentMeta::compute(Some(&last), b"x\n", 0, 0),
+            Err(VerifyError::LastIndex { index: u64::MAX })
+        );
+        last.index = u64::MAX - 1;
+        let next = SegmentMeta::compute(Some(&last), b"x\n", 0, 0).unwrap();
+        assert_eq!(next.index, u64::MAX);
     }
 
     #[test]
