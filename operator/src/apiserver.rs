@@ -632,35 +632,12 @@ async fn recording(
         if let Some(object) = q.object.as_deref() {
             return raw_object(&state, &session, object).await;
         }
-        let cast = crate::recorder::read_verified(&state.recordings, &session)
-            .await
-            .map_err(|e| {
-                status_error(
-                    409,
-                    "Conflict",
-                    format!("the recording failed verification or cannot be read: {e}"),
-                )
-            })?;
-        let format = q.format.as_deref().unwrap_or("v3");
-        let parsed = || {
-            crate::recording::cast::CastReader::parse(&cast).map_err(|e| {
-                status_error(
-                    500,
-                    "InternalError",
-                    format!("the recording is not valid asciicast: {e}"),
-                )
-            })
-        };
-        let (ctype, body) = match format {
-            "v3" => ("application/x-asciicast", cast.clone()),
-            "v2" => (
-                "application/x-asciicast",
-                crate::recording::cast::to_v2(&parsed()?).into_bytes(),
-            ),
-            "text" => (
-                "text/plain; charset=utf-8",
-                crate::recording::cast::to_text(&parsed()?).into_bytes(),
-            ),
+        use crate::recording::cast::Export;
+        use futures::TryStreamExt as _;
+        let (export, ctype) = match q.format.as_deref().unwrap_or("v3") {
+            "v3" => (None, "application/x-asciicast"),
+            "v2" => (Some(Export::V2), "application/x-asciicast"),
+            "text" => (Some(Export::Text), "text/plain; charset=utf-8"),
             other => {
                 return Err(status_error(
                     400,
@@ -669,7 +646,36 @@ async fn recording(
                 ));
             }
         };
-        Ok::<_, StatusError>(([(axum::http::header::CONTENT_TYPE, ctype)], body).into_response())
+        // Two passes, so that memory does not grow with the recording: verify everything
+        // first (a failure is still a Status), then stream it, checking each segment again.
+        let verified = crate::recorder::verify(state.recordings.clone(), &session, export)
+            .await
+            .map_err(|e| match e {
+                crate::recorder::ReadError::Verification(e) => status_error(
+                    409,
+                    "Conflict",
+                    format!("the recording failed verification or cannot be read: {e}"),
+                ),
+                crate::recorder::ReadError::Cast(e) => status_error(
+                    500,
+                    "InternalError",
+                    format!("the recording is not valid asciicast: {e}"),
+                ),
+            })?;
+        let length = verified.cast_bytes();
+        let body = axum::body::Body::from_stream(
+            verified
+                .stream(export)
+                .map_ok(Bytes::from)
+                .map_err(std::io::Error::other),
+        );
+        let mut resp = ([(axum::http::header::CONTENT_TYPE, ctype)], body).into_response();
+        if export.is_none() {
+            // The cast's size is known: a client can tell a cut transfer from a short file.
+            resp.headers_mut()
+                .insert(axum::http::header::CONTENT_LENGTH, length.into());
+        }
+        Ok::<_, StatusError>(resp)
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)

@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::{
     recording::{
-        cast::{CastWriter, Event, Header, SessionFacts},
+        cast::{CastReader, CastWriter, Converter, Event, Export, Header, SessionFacts},
         chain::{self, SegmentLimits, SegmentMeta, Segmenter, SessionRef},
     },
     spool::Spool,
@@ -338,39 +338,152 @@ pub async fn seal_interrupted(
     Ok(status_of(spool, &key, &manifest))
 }
 
-/// Reads a sealed recording back, verifying every segment against the manifest and the chain
-/// head recorded in the session's status. Returns the cast bytes.
-pub async fn read_verified(store: &Spool, session: &ExecSession) -> Result<Vec<u8>, String> {
+/// Why a recording cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Missing, unreadable or failing verification: the caller must not trust it.
+    #[error("{0}")]
+    Verification(String),
+    /// Verified, yet not asciicast this build reads (so it cannot be converted).
+    #[error("{0}")]
+    Cast(String),
+}
+
+/// A recording whose manifest and segments were verified against the session's chain head,
+/// ready to be streamed ([`Verified::stream`]).
+#[derive(Debug)]
+pub struct Verified {
+    store: Arc<Spool>,
+    prefix: String,
+    manifest: chain::Manifest,
+}
+
+/// The first of the two passes of serving a recording: verifies the manifest against the chain
+/// head in the session's status and every segment against the manifest, holding one segment in
+/// memory at a time and keeping none. With `export`, also reads the cast, so that a conversion
+/// cannot fail half-way through a response.
+pub async fn verify(
+    store: Arc<Spool>,
+    session: &ExecSession,
+    export: Option<Export>,
+) -> Result<Verified, ReadError> {
     let prefix = prefix(session);
     let head = session
         .status
         .as_ref()
         .and_then(|s| s.recording.as_ref())
         .and_then(|r| r.sha256.clone())
-        .ok_or("the session has no recording yet")?;
+        .ok_or_else(|| ReadError::Verification("the session has no recording yet".into()))?;
     let manifest_bytes = store
         .get(&format!("{prefix}/{}", chain::MANIFEST_NAME), MAX_OBJECT)
         .await
-        .map_err(|e| format!("reading the manifest: {e:#}"))?;
+        .map_err(|e| ReadError::Verification(format!("reading the manifest: {e:#}")))?;
     let manifest: chain::Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| format!("the manifest is unreadable: {e}"))?;
-    let mut verifier = chain::Verifier::new(&manifest, Some(&head)).map_err(|e| e.to_string())?;
-    let mut cast = Vec::new();
-    for meta in &manifest.segments {
-        let bytes = store
-            .get(
-                &format!("{prefix}/{}", chain::segment_name(meta.index)),
-                MAX_OBJECT,
-            )
-            .await
-            .map_err(|e| format!("reading segment {}: {e:#}", meta.index))?;
+        .map_err(|e| ReadError::Verification(format!("the manifest is unreadable: {e}")))?;
+    {
+        let mut verifier = chain::Verifier::new(&manifest, Some(&head))
+            .map_err(|e| ReadError::Verification(e.to_string()))?;
+        let mut reader = export.map(|_| CastReader::new());
+        let mut events = Vec::new();
+        for meta in &manifest.segments {
+            let bytes = read_segment(&store, &prefix, meta.index)
+                .await
+                .map_err(ReadError::Verification)?;
+            verifier
+                .segment(meta.index, &bytes, None)
+                .map_err(|e| ReadError::Verification(e.to_string()))?;
+            if let Some(r) = &mut reader {
+                r.feed(&bytes, &mut events)
+                    .map_err(|e| ReadError::Cast(e.to_string()))?;
+                events.clear();
+            }
+        }
         verifier
-            .segment(meta.index, &bytes, None)
-            .map_err(|e| e.to_string())?;
-        cast.extend_from_slice(&bytes);
+            .finish()
+            .map_err(|e| ReadError::Verification(e.to_string()))?;
+        if let Some(r) = reader {
+            r.finish(&mut events)
+                .map_err(|e| ReadError::Cast(e.to_string()))?;
+        }
     }
-    verifier.finish().map_err(|e| e.to_string())?;
-    Ok(cast)
+    Ok(Verified {
+        store,
+        prefix,
+        manifest,
+    })
+}
+
+async fn read_segment(store: &Spool, prefix: &str, index: u64) -> Result<Vec<u8>, String> {
+    store
+        .get(
+            &format!("{prefix}/{}", chain::segment_name(index)),
+            MAX_OBJECT,
+        )
+        .await
+        .map_err(|e| format!("reading segment {index}: {e:#}"))
+}
+
+impl Verified {
+    /// The size of the cast (v3) in bytes.
+    pub fn cast_bytes(&self) -> u64 {
+        self.manifest.total_bytes
+    }
+
+    /// The second pass: the cast (or, with `export`, its conversion) segment by segment, one
+    /// segment in memory at a time, pulled as the receiver takes it. Every segment is checked
+    /// against the manifest again, since the store may have changed since [`verify`]: a
+    /// mismatch ends the stream with an error, so the receiver sees a broken transfer instead
+    /// of bytes that were not verified.
+    pub fn stream(
+        self,
+        export: Option<Export>,
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, String>> + Send + 'static {
+        struct Pass {
+            store: Arc<Spool>,
+            prefix: String,
+            segments: std::vec::IntoIter<SegmentMeta>,
+            converter: Option<Converter>,
+        }
+        let pass = Pass {
+            store: self.store,
+            prefix: self.prefix,
+            segments: self.manifest.segments.into_iter(),
+            converter: export.map(Converter::new),
+        };
+        futures::stream::try_unfold(pass, |mut pass| async move {
+            loop {
+                let Some(meta) = pass.segments.next() else {
+                    let mut out = Vec::new();
+                    if let Some(c) = pass.converter.take() {
+                        c.finish(&mut out).map_err(|e| e.to_string())?;
+                    }
+                    return Ok(if out.is_empty() {
+                        None
+                    } else {
+                        Some((out, pass))
+                    });
+                };
+                let bytes = read_segment(&pass.store, &pass.prefix, meta.index).await?;
+                if let Err(e) = meta.check(&bytes) {
+                    warn!(error = %e, "a recording changed while it was being sent; the transfer is cut");
+                    return Err(format!(
+                        "the recording changed while it was being sent: {e}"
+                    ));
+                }
+                match &mut pass.converter {
+                    None => return Ok(Some((bytes, pass))),
+                    Some(c) => {
+                        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 4);
+                        c.feed(&bytes, &mut out).map_err(|e| e.to_string())?;
+                        drop(bytes);
+                        if !out.is_empty() {
+                            return Ok(Some((out, pass)));
+                        }
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// At startup: ends the sessions this replica (`instance`) was relaying when it stopped. Their
@@ -456,4 +569,172 @@ async fn end_interrupted(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use futures::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        recording::cast::{self, Export},
+        storage::{LocalDir, Store},
+    };
+
+    async fn spool(root: &Path) -> Arc<Spool> {
+        Arc::new(
+            Spool::open(
+                root.join("spool"),
+                1 << 30,
+                Store::Local(LocalDir::new(root.join("store"))),
+                Metrics::default(),
+            )
+            .await
+            .expect("spool"),
+        )
+    }
+
+    fn session() -> ExecSession {
+        serde_json::from_value(json!({
+            "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
+            "metadata": {"name": "s1", "namespace": "ns", "uid": "u-1"},
+            "spec": {"pod": "web", "command": ["sh"], "requester": {"username": "alice"}},
+            "status": {"phase": "Active", "podUID": "p-1", "container": "app"}
+        }))
+        .expect("session")
+    }
+
+    /// Records about 3.5 MiB of output (several segments) and returns the sealed session.
+    async fn recorded(spool: &Arc<Spool>) -> ExecSession {
+        let mut s = session();
+        let rec = Recorder::start(spool.clone(), &s);
+        for i in 0..3500u32 {
+            let mut line = format!("line {i:05} \u{1b}[1mbold\u{1b}[0m ").into_bytes();
+            line.resize(1020, b'x');
+            line.extend_from_slice(b"\r\n");
+            rec.record(Event::Output(line)).await.expect("record");
+        }
+        rec.record(Event::Exit(0)).await.expect("record");
+        let status = rec.finish().await.status.expect("sealed");
+        assert!(status.segments.unwrap_or(0) >= 3, "{status:?}");
+        if let Some(st) = s.status.as_mut() {
+            st.recording = Some(status);
+        }
+        s
+    }
+
+    async fn collect(
+        stream: impl futures::Stream<Item = Result<Vec<u8>, String>>,
+    ) -> (Vec<u8>, Option<String>, usize) {
+        let mut stream = std::pin::pin!(stream);
+        let (mut out, mut chunks) = (Vec::new(), 0);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(b) => {
+                    out.extend(b);
+                    chunks += 1;
+                }
+                Err(e) => return (out, Some(e), chunks),
+            }
+        }
+        (out, None, chunks)
+    }
+
+    fn cast_of(root: &Path) -> Vec<u8> {
+        let dir = root.join("spool/ns/s1-u-1");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("spooled")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".cast"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|n| std::fs::read(dir.join(n)).expect("segment"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_verified_recording_streams_segment_by_segment_in_every_format() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let s = recorded(&spool).await;
+        let cast_file = cast_of(dir.path());
+        let whole = cast::CastReader::parse(&cast_file).expect("cast");
+        for (export, expected) in [
+            (None, cast_file.clone()),
+            (Some(Export::V2), cast::to_v2(&whole).into_bytes()),
+            (Some(Export::Text), cast::to_text(&whole).into_bytes()),
+        ] {
+            let v = verify(spool.clone(), &s, export).await.expect("verifies");
+            assert_eq!(v.cast_bytes(), cast_file.len() as u64);
+            let (out, err, chunks) = collect(v.stream(export)).await;
+            assert_eq!(err, None);
+            assert!(out == expected, "{export:?} differs");
+            assert!(chunks >= 3, "{export:?}: {chunks} chunks");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recording_changed_after_verification_cuts_the_stream() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let s = recorded(&spool).await;
+        let v = verify(spool.clone(), &s, None).await.expect("verifies");
+        // Between the passes, segment 1 changes in the store.
+        let seg = dir.path().join("spool/ns/s1-u-1/seg-000001.cast");
+        let mut bytes = std::fs::read(&seg).expect("segment");
+        bytes[10] ^= 0x20;
+        std::fs::write(&seg, &bytes).expect("tamper");
+        let (out, err, chunks) = collect(v.stream(None)).await;
+        assert_eq!(chunks, 1, "segment 0 went out, nothing after");
+        assert!(cast_of(dir.path()).starts_with(&out));
+        let err = err.expect("the stream fails");
+        assert!(
+            err.contains("changed while it was being sent") && err.contains("segment 1"),
+            "{err}"
+        );
+        // And a new request is refused before any byte.
+        match verify(spool.clone(), &s, Some(Export::Text)).await {
+            Err(ReadError::Verification(e)) => assert!(e.contains("was altered"), "{e}"),
+            other => panic!("expected a verification error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recording_that_is_not_asciicast_is_refused_before_conversion() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let mut s = session();
+        // Chained and sealed correctly, but not a cast: a header line is missing.
+        let mut seg = chain::Segmenter::new(SegmentLimits::default());
+        seg.push(b"[0.1, \"o\", \"no header\"]\n", 0);
+        let (meta, bytes) = seg.finish().expect("segment");
+        let prefix = prefix(&s);
+        let mut metas = Vec::new();
+        write_segment(&spool, &prefix, &mut metas, (meta, bytes))
+            .await
+            .expect("write");
+        let manifest = chain::seal(session_ref(&s), metas, "now".into()).expect("seal");
+        let key = format!("{prefix}/{}", chain::MANIFEST_NAME);
+        spool
+            .put(&key, &serde_json::to_vec(&manifest).expect("json"), false)
+            .await
+            .expect("manifest");
+        if let Some(st) = s.status.as_mut() {
+            st.recording = Some(status_of(&spool, &key, &manifest));
+        }
+        assert!(
+            verify(spool.clone(), &s, None).await.is_ok(),
+            "v3 is served as stored"
+        );
+        match verify(spool.clone(), &s, Some(Export::V2)).await {
+            Err(ReadError::Cast(e)) => assert!(e.contains("line 1"), "{e}"),
+            other => panic!("expected a cast error, got {other:?}"),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The recording's event stream: asciicast v3 (<https://docs.asciinema.org/manual/asciicast/v3/>)
 //! written and read back byte for byte, plus conversions for older players (v2) and for people
-//! (a plain-text transcript). Pure: no I/O, no clock; times are passed in.
+//! (a plain-text transcript), whole ([`to_v2`], [`to_text`]) or as the bytes arrive
+//! ([`Converter`], same output, bounded memory). Pure: no I/O, no clock; times are passed in.
 //!
 //! # The file
 //!
@@ -108,6 +109,12 @@ const MAX_TEXT_PER_LINE: usize = 64 * 1024;
 const MAX_RAW_PER_LINE: usize = 48 * 1024;
 /// The display `command` and `title` are truncated to this many bytes.
 const MAX_DISPLAY_BYTES: usize = 1024;
+/// A transcript line longer than this is cut back to its last [`ERASABLE_BYTES`]: only those can
+/// still be erased by backspace or DEL, the rest is final (so a transcript streams in bounded
+/// memory whatever the output).
+pub const MAX_OPEN_LINE_BYTES: usize = 1 << 20;
+/// See [`MAX_OPEN_LINE_BYTES`].
+pub const ERASABLE_BYTES: usize = 64 * 1024;
 /// [`CastReader::parse`] merges consecutive pieces of one stream at one time up to this size.
 const MERGE_LIMIT: usize = 1 << 20;
 /// Longest interval accepted by the reader, in seconds (exactly representable in microseconds).
@@ -898,30 +905,48 @@ impl CastReader {
 }
 
 fn push_merged(events: &mut Vec<(Duration, Event)>, at: Duration, ev: Event) {
-    if let Some((last_at, last)) = events.last_mut()
-        && *last_at == at
+    if let Some(last) = events.last_mut()
+        && merge_into(last, at, &ev)
     {
-        match (last, &ev) {
-            (Event::Output(a), Event::Output(b))
-            | (Event::Error(a), Event::Error(b))
-            | (Event::Input(a), Event::Input(b))
-                if a.len() + b.len() <= MERGE_LIMIT =>
-            {
-                a.extend_from_slice(b);
-                return;
-            }
-            _ => {}
-        }
+        return;
     }
     events.push((at, ev));
+}
+
+/// Appends `ev` to `last` if it is more of the same stream at the same time and the merged
+/// data stays within [`MERGE_LIMIT`]; false (and `last` untouched) otherwise.
+fn merge_into(last: &mut (Duration, Event), at: Duration, ev: &Event) -> bool {
+    if last.0 != at {
+        return false;
+    }
+    match (&mut last.1, ev) {
+        (Event::Output(a), Event::Output(b))
+        | (Event::Error(a), Event::Error(b))
+        | (Event::Input(a), Event::Input(b))
+            if a.len() + b.len() <= MERGE_LIMIT =>
+        {
+            a.extend_from_slice(b);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Converts a recording to asciicast v2 for players that do not read v3: absolute times; codes
 /// `o`, `i`, `r` and `m` only. Stderr becomes ordinary output, the exit status a marker
 /// `"exit N"`, and bytes that are not UTF-8 are replaced by U+FFFD: v2 is for display, the v3
-/// recording stays the exact record.
+/// recording stays the exact record. [`Converter`] gives the same bytes from a stream.
 pub fn to_v2(rec: &Recording) -> String {
-    let h = &rec.header;
+    let mut out = Vec::new();
+    v2_header(&rec.header, &mut out);
+    for (at, ev) in &rec.events {
+        v2_event(*at, ev, &mut out);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The v2 header line, with its newline.
+fn v2_header(h: &Header, out: &mut Vec<u8>) {
     let mut header = serde_json::Map::new();
     header.insert("version".into(), 2.into());
     header.insert("width".into(), h.term.cols.into());
@@ -942,35 +967,46 @@ pub fn to_v2(rec: &Recording) -> String {
             env.into_iter().map(|(k, v)| (k, v.into())).collect();
         header.insert("env".into(), env.into());
     }
-    let mut out = serde_json::Value::Object(header).to_string().into_bytes();
+    out.extend_from_slice(serde_json::Value::Object(header).to_string().as_bytes());
     out.push(b'\n');
-    for (at, ev) in &rec.events {
-        let (code, data) = match ev {
-            Event::Output(b) | Event::Error(b) => ("o", String::from_utf8_lossy(b).into_owned()),
-            Event::Input(b) => ("i", String::from_utf8_lossy(b).into_owned()),
-            Event::Resize { cols, rows } => ("r", format!("{cols}x{rows}")),
-            Event::Exit(code) => ("m", format!("exit {code}")),
-            Event::Marker(label) => ("m", label.clone()),
-        };
-        out.push(b'[');
-        out.extend_from_slice(format_micros(micros(*at)).as_bytes());
-        out.extend_from_slice(b", \"");
-        out.extend_from_slice(code.as_bytes());
-        out.extend_from_slice(b"\", ");
-        push_json_str(&mut out, &data);
-        out.extend_from_slice(b"]\n");
-    }
-    String::from_utf8(out).unwrap_or_default()
+}
+
+/// One v2 event line (of a merged event), with its newline.
+fn v2_event(at: Duration, ev: &Event, out: &mut Vec<u8>) {
+    let (code, data) = match ev {
+        Event::Output(b) | Event::Error(b) => ("o", String::from_utf8_lossy(b)),
+        Event::Input(b) => ("i", String::from_utf8_lossy(b)),
+        Event::Resize { cols, rows } => ("r", format!("{cols}x{rows}").into()),
+        Event::Exit(code) => ("m", format!("exit {code}").into()),
+        Event::Marker(label) => ("m", label.as_str().into()),
+    };
+    out.push(b'[');
+    out.extend_from_slice(format_micros(micros(at)).as_bytes());
+    out.extend_from_slice(b", \"");
+    out.extend_from_slice(code.as_bytes());
+    out.extend_from_slice(b"\", ");
+    push_json_str(out, &data);
+    out.extend_from_slice(b"]\n");
 }
 
 /// A plain-text transcript for people: a few `#` lines on the session, then the output (bytes
 /// that are not UTF-8 replaced by U+FFFD) with ANSI escape sequences removed, every stderr line
 /// marked `[stderr] `, every stdin line `[stdin] `, and resizes, markers and the exit status
 /// noted in brackets on lines of their own. Carriage returns end lines; backspace and DEL erase
-/// the previous character of the line.
+/// the previous character of the line (within the last [`ERASABLE_BYTES`] of a line longer
+/// than [`MAX_OPEN_LINE_BYTES`]). [`Converter`] gives the same text from a stream.
 pub fn to_text(rec: &Recording) -> String {
     let mut t = Transcript::default();
-    let h = &rec.header;
+    text_header(&mut t, &rec.header);
+    for (_, ev) in &rec.events {
+        t.event(ev);
+    }
+    t.end_line();
+    t.out
+}
+
+/// The transcript's `#` lines on the session.
+fn text_header(t: &mut Transcript, h: &Header) {
     let f = &h.aexec;
     let started = chrono::DateTime::from_timestamp(i64::try_from(h.timestamp).unwrap_or(0), 0)
         .map(|d| d.to_rfc3339())
@@ -1017,18 +1053,113 @@ pub fn to_text(rec: &Recording) -> String {
         }
     ));
     t.out.push_str(&format!("# started {started}\n"));
-    for (_, ev) in &rec.events {
-        match ev {
-            Event::Output(b) => t.data(Stream::Out, b),
-            Event::Error(b) => t.data(Stream::Err, b),
-            Event::Input(b) => t.data(Stream::In, b),
-            Event::Resize { cols, rows } => t.note(&format!("[resize {cols}x{rows}]")),
-            Event::Exit(code) => t.note(&format!("[exit {code}]")),
-            Event::Marker(label) => t.note(&format!("[marker] {}", single_line(label))),
+}
+
+/// What [`Converter`] turns a v3 recording into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Export {
+    /// asciicast v2, as [`to_v2`].
+    V2,
+    /// A plain-text transcript, as [`to_text`].
+    Text,
+}
+
+/// Converts a v3 recording to v2 or to text as its bytes arrive, giving exactly the bytes
+/// [`to_v2`] or [`to_text`] give for the whole file, without holding the recording: it keeps
+/// one partial line (bounded by the reader's line limit), one merged event (at most 1 MiB, the
+/// merge bound of [`CastReader::parse`]) and, for text, the open line of the transcript (at
+/// most [`MAX_OPEN_LINE_BYTES`]).
+#[derive(Debug)]
+pub struct Converter {
+    export: Export,
+    reader: CastReader,
+    header_written: bool,
+    /// The last event read, held until the next one shows whether it merges with it.
+    pending: Option<(Duration, Event)>,
+    transcript: Transcript,
+    /// Events of the chunk being fed (bounded by the chunk).
+    scratch: Vec<(Duration, Event)>,
+}
+
+impl Converter {
+    pub fn new(export: Export) -> Self {
+        Converter {
+            export,
+            reader: CastReader::new(),
+            header_written: false,
+            pending: None,
+            transcript: Transcript::default(),
+            scratch: Vec::new(),
         }
     }
-    t.end_line();
-    t.out
+
+    /// Reads the next chunk of the v3 recording (any split) and appends the converted bytes
+    /// that are final to `out`. An error is the one [`CastReader`] reports for the whole file.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), CastError> {
+        let mut events = std::mem::take(&mut self.scratch);
+        let read = self.reader.feed(bytes, &mut events);
+        self.convert(&mut events, out);
+        self.scratch = events;
+        read
+    }
+
+    /// Reads the last line if it had no newline and appends the rest of the output.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), CastError> {
+        let mut events = std::mem::take(&mut self.scratch);
+        let reader = std::mem::take(&mut self.reader);
+        let header = reader.finish(&mut events)?;
+        if !self.header_written {
+            self.write_header(&header, out);
+        }
+        self.convert(&mut events, out);
+        if let Some((at, ev)) = self.pending.take() {
+            self.emit(at, &ev, out);
+        }
+        if self.export == Export::Text {
+            self.transcript.end_line();
+            self.transcript.drain_committed(out);
+        }
+        Ok(())
+    }
+
+    fn convert(&mut self, events: &mut Vec<(Duration, Event)>, out: &mut Vec<u8>) {
+        if !self.header_written
+            && let Some(h) = self.reader.header().cloned()
+        {
+            self.write_header(&h, out);
+        }
+        for (at, ev) in events.drain(..) {
+            if let Some(last) = &mut self.pending
+                && merge_into(last, at, &ev)
+            {
+                continue;
+            }
+            if let Some((at, ev)) = self.pending.replace((at, ev)) {
+                self.emit(at, &ev, out);
+            }
+        }
+    }
+
+    fn write_header(&mut self, h: &Header, out: &mut Vec<u8>) {
+        match self.export {
+            Export::V2 => v2_header(h, out),
+            Export::Text => {
+                text_header(&mut self.transcript, h);
+                self.transcript.drain_committed(out);
+            }
+        }
+        self.header_written = true;
+    }
+
+    fn emit(&mut self, at: Duration, ev: &Event, out: &mut Vec<u8>) {
+        match self.export {
+            Export::V2 => v2_event(at, ev, out),
+            Export::Text => {
+                self.transcript.event(ev);
+                self.transcript.drain_committed(out);
+            }
+        }
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -1127,6 +1258,30 @@ struct Transcript {
 }
 
 impl Transcript {
+    fn event(&mut self, ev: &Event) {
+        match ev {
+            Event::Output(b) => self.data(Stream::Out, b),
+            Event::Error(b) => self.data(Stream::Err, b),
+            Event::Input(b) => self.data(Stream::In, b),
+            Event::Resize { cols, rows } => self.note(&format!("[resize {cols}x{rows}]")),
+            Event::Exit(code) => self.note(&format!("[exit {code}]")),
+            Event::Marker(label) => self.note(&format!("[marker] {}", single_line(label))),
+        }
+    }
+
+    /// Moves the text that can no longer change (everything before the open line's erasable
+    /// content) to `out`.
+    fn drain_committed(&mut self, out: &mut Vec<u8>) {
+        let upto = if self.open.is_some() {
+            self.content_start
+        } else {
+            self.out.len()
+        };
+        out.extend_from_slice(&self.out.as_bytes()[..upto]);
+        self.out.drain(..upto);
+        self.content_start = self.content_start.saturating_sub(upto);
+    }
+
     fn data(&mut self, stream: Stream, bytes: &[u8]) {
         for c in String::from_utf8_lossy(bytes).chars() {
             let Some(c) = self.streams[stream.idx()].ansi.step(c) else {
@@ -1175,6 +1330,15 @@ impl Transcript {
             self.content_start = self.out.len();
         }
         self.out.push(c);
+        if self.out.len() - self.content_start > MAX_OPEN_LINE_BYTES {
+            // Bounded memory for a stream: all but the end of a very long line is final, so
+            // backspaces can no longer erase it.
+            let mut from = self.out.len() - ERASABLE_BYTES;
+            while !self.out.is_char_boundary(from) {
+                from += 1;
+            }
+            self.content_start = from;
+        }
     }
 
     /// Ends the stream's line (an empty one when none is open for it).
@@ -1826,6 +1990,10 @@ mod tests {
     }
 
     fn sample() -> Recording {
+        CastReader::parse(&sample_file()).unwrap()
+    }
+
+    fn sample_file() -> Vec<u8> {
         let events = vec![
             (
                 ms(100),
@@ -1848,7 +2016,7 @@ mod tests {
             (ms(600), Event::Marker("terminated by bob".into())),
             (ms(700), Event::Exit(2)),
         ];
-        CastReader::parse(&write(&events)).unwrap()
+        write(&events)
     }
 
     #[test]
@@ -1958,5 +2126,160 @@ mod tests {
             "echo 'a b' ''"
         );
         assert_eq!(display_command(&argv(&["it's"])), "'it'\\''s'");
+    }
+
+    /// Converts `file` with a [`Converter`] fed in the pieces `split` chooses.
+    fn convert_in_pieces(
+        export: Export,
+        file: &[u8],
+        mut split: impl FnMut(usize) -> usize,
+    ) -> Result<Vec<u8>, CastError> {
+        let mut c = Converter::new(export);
+        let mut out = Vec::new();
+        let mut rest = file;
+        while !rest.is_empty() {
+            let n = split(rest.len()).clamp(1, rest.len());
+            c.feed(&rest[..n], &mut out)?;
+            rest = &rest[n..];
+        }
+        c.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// Both exports of `file`, whole and streamed in several ways, are the same bytes.
+    fn assert_streamed_conversions_match(file: &[u8], rng: &mut Rng, what: &str) {
+        let rec = CastReader::parse(file).unwrap();
+        for (export, whole) in [
+            (Export::V2, to_v2(&rec).into_bytes()),
+            (Export::Text, to_text(&rec).into_bytes()),
+        ] {
+            let at_once = convert_in_pieces(export, file, |n| n).unwrap();
+            assert!(at_once == whole, "{what}: {export:?} fed whole differs");
+            let random = convert_in_pieces(export, file, |_| rng.below(9000) as usize).unwrap();
+            assert!(
+                random == whole,
+                "{what}: {export:?} fed in random pieces differs"
+            );
+            if file.len() < 4_000 {
+                let bytewise = convert_in_pieces(export, file, |_| 1).unwrap();
+                assert!(
+                    bytewise == whole,
+                    "{what}: {export:?} fed byte by byte differs"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_conversion_matches_the_whole_file_conversion_on_fixtures() {
+        let mut rng = Rng(7);
+        assert_streamed_conversions_match(&sample_file(), &mut rng, "sample");
+        // Comments, an unknown code, CRLF, a trailing tag and no final newline.
+        let odd = format!(
+            "{}# a comment\n[1.0, \"o\", \"a\"]\n\n[0.5, \"z\", \"whatever\"]\n\
+             [0.25, \"o\", \"b\\u0008c\"]\r\n[1.0, \"e\", \"\"]",
+            header_line()
+        );
+        assert_streamed_conversions_match(odd.as_bytes(), &mut rng, "odd");
+        // Only a header, with and without its newline.
+        let head = header_line();
+        assert_streamed_conversions_match(head.as_bytes(), &mut rng, "header");
+        assert_streamed_conversions_match(head.trim_end().as_bytes(), &mut rng, "bare header");
+        // Pieces of one stream at one time merge up to the merge limit, across lines.
+        let big = write(&[
+            (ms(1), Event::Output(vec![b'x'; MERGE_LIMIT + 70_000])),
+            (ms(1), Event::Output(b"\xff\xfeend\n".to_vec())),
+            (ms(2), Event::Error(vec![0x01; 3 * 48 * 1024 + 5])),
+        ]);
+        assert_streamed_conversions_match(&big, &mut rng, "large events");
+    }
+
+    #[test]
+    fn streamed_conversion_matches_the_whole_file_conversion_on_random_recordings() {
+        for seed in 1..=30u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut events = Vec::new();
+            let mut t = 0u64;
+            for _ in 0..rng.below(150) + 1 {
+                // Often the same time, so that pieces merge.
+                t += rng.below(3) * rng.below(1_000_000);
+                let len = match rng.below(40) {
+                    0 => 0,
+                    1 if seed % 6 == 0 => 100_000 + rng.below(100_000) as usize,
+                    _ => rng.below(60) as usize + 1,
+                };
+                let mut bytes = rng.bytes(len);
+                // Terminal controls the transcript interprets.
+                for b in bytes.iter_mut() {
+                    match rng.below(30) {
+                        0 => *b = b'\r',
+                        1 => *b = b'\n',
+                        2 => *b = 0x08,
+                        3 => *b = 0x1b,
+                        4 => *b = b'[',
+                        _ => {}
+                    }
+                }
+                let ev = match rng.below(10) {
+                    0..=3 => Event::Output(bytes),
+                    4 | 5 => Event::Error(bytes),
+                    6 | 7 => Event::Input(bytes),
+                    8 => Event::Resize {
+                        cols: rng.below(300) as u16 + 1,
+                        rows: rng.below(100) as u16 + 1,
+                    },
+                    _ => Event::Marker(String::from_utf8_lossy(&rng.bytes(10)).into_owned()),
+                };
+                events.push((us(t), ev));
+            }
+            if seed % 2 == 0 {
+                events.push((us(t + 1), Event::Exit(seed as i32 - 30)));
+            }
+            let file = write(&events);
+            assert_streamed_conversions_match(&file, &mut rng, &format!("seed {seed}"));
+        }
+    }
+
+    #[test]
+    fn streamed_conversion_reports_the_whole_file_error() {
+        let bad = format!(
+            "{}[0.1, \"o\", \"a\"]\n[0.1, \"r\", \"80by24\"]\n",
+            header_line()
+        );
+        let whole = CastReader::parse(bad.as_bytes()).unwrap_err();
+        for export in [Export::V2, Export::Text] {
+            let e = convert_in_pieces(export, bad.as_bytes(), |_| 7).unwrap_err();
+            assert_eq!(e, whole);
+        }
+        let e = convert_in_pieces(Export::V2, b"", |n| n).unwrap_err();
+        assert_eq!(e.kind, CastErrorKind::Empty);
+    }
+
+    #[test]
+    fn an_endless_line_streams_in_bounded_memory_and_erases_only_its_end() {
+        // One character more than the open-line bound (3-byte characters, so the cut back to
+        // the erasable end falls inside one), then more backspaces than that end holds.
+        let chars = MAX_OPEN_LINE_BYTES / 3 + 1;
+        let mut out = "€".repeat(chars).into_bytes();
+        out.extend(std::iter::repeat_n(0x08, 30_000));
+        out.extend_from_slice(b"tail\n");
+        let file = write(&[(ms(1), Event::Output(out))]);
+        let text = to_text(&CastReader::parse(&file).unwrap());
+        let erasable_chars = (ERASABLE_BYTES - 1) / 3;
+        let body = text.lines().find(|l| !l.starts_with('#')).unwrap();
+        assert!(body == format!("{}tail", "€".repeat(chars - erasable_chars)));
+        let streamed = convert_in_pieces(Export::Text, &file, |_| 50_000).unwrap();
+        assert!(streamed == text.as_bytes());
+
+        // 3 MiB without a newline: the converter never holds more than the bound.
+        let file = write(&[(ms(1), Event::Output(vec![b'a'; 3 << 20]))]);
+        let mut c = Converter::new(Export::Text);
+        let mut streamed = Vec::new();
+        for piece in file.chunks(64 * 1024) {
+            c.feed(piece, &mut streamed).unwrap();
+            assert!(c.transcript.out.len() <= MAX_OPEN_LINE_BYTES + 1);
+        }
+        c.finish(&mut streamed).unwrap();
+        assert!(streamed == to_text(&CastReader::parse(&file).unwrap()).as_bytes());
     }
 }

@@ -144,6 +144,27 @@ impl SegmentMeta {
             last_event_at_micros,
         ))
     }
+
+    /// Checks that `bytes` are still this segment (its SHA-256 and size): for a second read of
+    /// a recording whose chain [`Verifier`] already checked, such as while streaming it.
+    pub fn check(&self, bytes: &[u8]) -> Result<(), VerifyError> {
+        let actual = hex::encode(Sha256::digest(bytes));
+        if actual != self.sha256 {
+            return Err(VerifyError::Altered {
+                index: self.index,
+                actual,
+                recorded: self.sha256.clone(),
+            });
+        }
+        if bytes.len() as u64 != self.bytes {
+            return Err(VerifyError::Resized {
+                index: self.index,
+                actual: bytes.len() as u64,
+                recorded: self.bytes,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn link(
@@ -914,6 +935,30 @@ mod tests {
                 sidecar: Some(m),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_segment_is_checked_again_against_its_meta() {
+        let (_, segs) = sealed(20, small());
+        let (meta, bytes) = &segs[1];
+        assert_eq!(meta.check(bytes), Ok(()));
+        let mut changed = bytes.clone();
+        changed[3] ^= 1;
+        assert!(matches!(
+            meta.check(&changed),
+            Err(VerifyError::Altered { index: 1, .. })
+        ));
+        assert!(matches!(
+            meta.check(&segs[2].1),
+            Err(VerifyError::Altered { index: 1, .. })
+        ));
+        // A meta whose size is wrong but digest right (a forged sidecar) is caught too.
+        let mut forged = meta.clone();
+        forged.bytes += 1;
+        assert!(matches!(
+            forged.check(bytes),
+            Err(VerifyError::Resized { index: 1, .. })
+        ));
     }
 
     #[test]
