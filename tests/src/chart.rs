@@ -86,3 +86,58 @@ impl TestEnv {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values whose children are plain Kubernetes fields, documented as a whole.
+    const OPAQUE: [&str; 3] = ["resources", "podSecurityContext", "securityContext"];
+
+    fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) if !m.is_empty() && !OPAQUE.contains(&prefix) => {
+                for (k, child) in m {
+                    let k = k.as_str().expect("string keys");
+                    let path = if prefix.is_empty() {
+                        k.to_owned()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&path, child, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn every_value_is_documented_in_the_readme_and_the_schema() {
+        let dir = chart_dir();
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).expect("read"))
+                .expect("values.yaml parses");
+        let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("values.schema.json")).expect("schema"),
+        )
+        .expect("schema parses");
+        let mut paths = Vec::new();
+        leaves("", &values, &mut paths);
+        assert!(paths.len() > 50, "{paths:?}");
+        for path in paths {
+            assert!(
+                readme.contains(&format!("| `{path}` |")),
+                "{path} is not in the values table of charts/aexec-operator/README.md"
+            );
+            let mut node = &schema;
+            for key in path.split('.') {
+                node = &node["properties"][key];
+            }
+            assert!(
+                node.is_object(),
+                "{path} is not described by values.schema.json"
+            );
+        }
+    }
+}
