@@ -21,6 +21,11 @@ use tracing::{info, warn};
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "aexec-operator";
 
+/// How long the controller gets to finish its running reconciles when it must stop; then they
+/// are abandoned (cancelled mid-request is safe: every write carries a resourceVersion). A
+/// replica must not keep deciding long after its lease ran out, nor hang a shutdown.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Resolves when the work done while leading must stop (lease lost, or shutdown).
 pub type StopLeading = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
 
@@ -139,7 +144,7 @@ pub async fn run<F, Fut>(
         }
     };
     let retry = Duration::from_secs(election.timing.grace_secs);
-    elect(make, leading, stop, lead, retry).await;
+    elect(make, leading, stop, lead, retry, STOP_GRACE).await;
 }
 
 /// Why a term as leader ended.
@@ -160,6 +165,7 @@ async fn elect<L, Mk, MkFut, F, Fut>(
     stop: impl Future<Output = ()>,
     mut lead: F,
     retry: Duration,
+    stop_grace: Duration,
 ) where
     L: Lease,
     Mk: FnMut() -> MkFut,
@@ -201,10 +207,11 @@ async fn elect<L, Mk, MkFut, F, Fut>(
         info!("this replica holds the lease: starting the controller");
         leading.send_replace(true);
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let work = lead(Box::pin(async move {
+        // Boxed so that it can be dropped (its running reconciles cancelled) before the lease is
+        // released.
+        let mut work = Box::pin(lead(Box::pin(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
-        }));
-        tokio::pin!(work);
+        })));
         // `changed` is polled all along: that is what renews the lease.
         let end = tokio::select! {
             _ = &mut stop => TermEnd::Shutdown,
@@ -213,18 +220,28 @@ async fn elect<L, Mk, MkFut, F, Fut>(
                 Ok(true) => TermEnd::RenewFailed("the lease reported a second acquisition".into()),
                 Err(e) => TermEnd::RenewFailed(e),
             },
-            _ = &mut work => TermEnd::WorkEnded,
+            _ = work.as_mut() => TermEnd::WorkEnded,
         };
         // Stop the work before anything else: after a failed renewal the lease runs out soon.
         let _ = stop_tx.send(true);
         if !matches!(end, TermEnd::WorkEnded) {
-            work.await;
+            info!("stopping the controller");
+            if tokio::time::timeout(stop_grace, work.as_mut())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "the controller did not stop within {stop_grace:?}; abandoning its reconciles"
+                );
+            }
         }
+        drop(work);
         leading.send_replace(false);
         match end {
             TermEnd::Shutdown => {
+                info!("controller stopped; releasing the lease");
                 match lease.release().await {
-                    Ok(()) => info!("controller stopped; lease released for another replica"),
+                    Ok(()) => info!("lease released for another replica"),
                     Err(e) => warn!(error = %e, "releasing the lease (it will expire instead)"),
                 }
                 return;
@@ -286,10 +303,22 @@ mod tests {
         assert!(e.contains("at least 3s"), "{e}");
     }
 
-    /// A lease whose `changed` answers come from a script; `release` is counted.
+    /// A lease whose `changed` answers come from a script; `release` is counted and logged.
     struct Scripted {
         answers: Arc<AsyncMutex<mpsc::UnboundedReceiver<Result<bool, String>>>>,
         released: Arc<AtomicUsize>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// Logs "dropped" when the work holding it is dropped.
+    struct DropLog(Arc<Mutex<Vec<String>>>);
+
+    impl Drop for DropLog {
+        fn drop(&mut self) {
+            if let Ok(mut l) = self.0.lock() {
+                l.push("dropped".into());
+            }
+        }
     }
 
     impl Lease for Scripted {
@@ -301,6 +330,7 @@ mod tests {
         }
         async fn release(&self) -> Result<(), String> {
             self.released.fetch_add(1, Ordering::SeqCst);
+            self.log.lock().expect("log").push("release".into());
             Ok(())
         }
     }
@@ -318,6 +348,11 @@ mod tests {
     /// Runs the election loop over a scripted lease; `make` fails for the first `failing_makes`
     /// attempts. The work logs "start" and "stop".
     fn harness(failing_makes: usize) -> Harness {
+        harness_with(failing_makes, false)
+    }
+
+    /// As [`harness`]; a `stubborn` work ignores the request to stop.
+    fn harness_with(failing_makes: usize, stubborn: bool) -> Harness {
         let (script, rx) = mpsc::unbounded_channel();
         let answers = Arc::new(AsyncMutex::new(rx));
         let made = Arc::new(AtomicUsize::new(0));
@@ -326,12 +361,14 @@ mod tests {
         let (leading_tx, leading) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let make = {
-            let (answers, made, released) = (answers.clone(), made.clone(), released.clone());
+            let (answers, made, released, log) =
+                (answers.clone(), made.clone(), released.clone(), log.clone());
             move || {
                 let n = made.fetch_add(1, Ordering::SeqCst);
                 let lease = Scripted {
                     answers: answers.clone(),
                     released: released.clone(),
+                    log: log.clone(),
                 };
                 async move {
                     if n < failing_makes {
@@ -348,7 +385,11 @@ mod tests {
                 let log = log.clone();
                 async move {
                     log.lock().expect("log").push("start".into());
+                    let _guard = stubborn.then(|| DropLog(log.clone()));
                     stop_leading.await;
+                    if stubborn {
+                        std::future::pending::<()>().await;
+                    }
                     log.lock().expect("log").push("stop".into());
                 }
             }
@@ -362,6 +403,7 @@ mod tests {
             },
             lead,
             Duration::from_millis(10),
+            Duration::from_millis(200),
         ));
         Harness {
             script,
@@ -449,9 +491,23 @@ mod tests {
             .await
             .expect("ends")
             .expect("no panic");
-        assert_eq!(h.log(), ["start", "stop"]);
+        assert_eq!(h.log(), ["start", "stop", "release"]);
         assert_eq!(h.released.load(Ordering::SeqCst), 1);
         assert!(!*h.leading.borrow());
+    }
+
+    #[tokio::test]
+    async fn work_that_will_not_stop_is_abandoned_after_the_grace() {
+        let mut h = harness_with(0, true);
+        h.say(Ok(true));
+        h.until_leading(true).await;
+        h.stop.send(true).expect("stop");
+        tokio::time::timeout(Duration::from_secs(5), &mut h.task)
+            .await
+            .expect("shutdown is bounded")
+            .expect("no panic");
+        // Never finished by itself; dropped (its reconciles cancelled) before the release.
+        assert_eq!(h.log(), ["start", "dropped", "release"]);
     }
 
     #[tokio::test]
