@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod broker;
 pub mod controller;
 pub mod frames;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     /// Failed passes of the uploader (the store refused or was unreachable).
     pub storage_errors: Counter,
+    /// 1 while this replica runs the controller (holds the lease), else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
             Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
         let approvals = Family::<ApprovalLabel, Counter>::default();
         let reconcile_errors = Counter::default();
+        let leader = Gauge::default();
         registry.register("sessions", "ExecSessions by phase", sessions.clone());
         registry.register(
             "session_transitions",
@@ -85,6 +88,11 @@ impl Default for Metrics {
             "Failed upload passes to the recording store",
             storage_errors.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (holds the lease)",
+            leader.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             spool_bytes,
@@ -94,6 +102,7 @@ impl Default for Metrics {
             decision_seconds,
             approvals,
             reconcile_errors,
+            leader,
         }
     }
 }

@@ -2,7 +2,12 @@
 //! and the operations endpoint (health, readiness, metrics). Each task runs under its own span;
 //! SIGTERM or Ctrl-C stops them all gracefully.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aexec_crds::ExecSession;
 use anyhow::{Context as _, Result};
@@ -13,12 +18,12 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{events::Reporter, reflector::Store},
 };
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span};
 
 use crate::{
     apiserver::{self, AppState, FrontProxy},
-    controller,
+    controller, leader,
     metrics::Metrics,
     policy::DefaultPolicy,
 };
@@ -121,6 +126,21 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AEXEC_LOG_FORMAT")]
     pub log_format: LogFormat,
+
+    /// Run the controller on one replica at a time, elected through the Lease `aexec-operator`
+    /// (every replica serves the aggregated API and brokers). `--leader-elect=false` for a
+    /// single replica.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "AEXEC_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease; default: the kubeconfig's or in-cluster namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// How long the Lease stays valid without renewal: how soon another replica takes over
+    /// from one that died (whole seconds, at least 3s).
+    #[arg(long, default_value = "15s", value_parser = crate::leader::parse_lease_duration, env = "AEXEC_LEADER_ELECTION_LEASE_DURATION")]
+    pub leader_election_lease_duration: Duration,
 }
 
 /// Recording stores.
@@ -195,7 +215,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
+async fn config(kubeconfig: Option<&PathBuf>) -> Result<Config> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
@@ -206,19 +226,23 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client> {
             .await
             .context("finding the cluster (kubeconfig or in-cluster)")?,
     };
-    Ok(Client::try_from(config)?)
+    Ok(config)
 }
 
 /// Shared by the operations endpoint.
 #[derive(Clone)]
 struct Ops {
     metrics: Metrics,
-    sessions: Arc<OnceCell<Store<ExecSession>>>,
+    /// The session cache of the controller, while this replica runs it.
+    sessions: Arc<Mutex<Option<Store<ExecSession>>>>,
+    /// Whether this replica runs the controller (holds the lease).
+    leading: watch::Receiver<bool>,
 }
 
 /// Runs every task until a shutdown signal.
 pub async fn run(args: Args) -> Result<()> {
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let config = config(args.kubeconfig.as_ref()).await?;
+    let client = Client::try_from(config.clone())?;
     let metrics = Metrics::default();
     let spool = Arc::new(
         crate::spool::Spool::open(
@@ -238,9 +262,11 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
 
+    let (leading_tx, leading) = watch::channel(false);
     let ops = Ops {
         metrics: metrics.clone(),
-        sessions: Arc::new(OnceCell::new()),
+        sessions: Arc::new(Mutex::new(None)),
+        leading,
     };
     let ops_listener = tokio::net::TcpListener::bind(args.ops_bind)
         .await
@@ -286,6 +312,23 @@ pub async fn run(args: Args) -> Result<()> {
             .instrument(info_span!("apiserver"))
     });
 
+    // The controller runs while this replica leads (always, without leader election).
+    let election = match args.leader_elect {
+        true => Some(leader::Election {
+            namespace: args
+                .leader_election_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            identity: args.instance.clone(),
+            timing: leader::Timing::for_duration(args.leader_election_lease_duration)
+                .map_err(anyhow::Error::msg)?,
+        }),
+        false => None,
+    };
+    let lease_client = match &election {
+        Some(e) => Some(leader::lease_client(&config, &e.timing)?),
+        None => None,
+    };
     let controller_task = tokio::spawn({
         let sessions = ops.sessions.clone();
         let stop = stopped();
@@ -294,19 +337,45 @@ pub async fn run(args: Args) -> Result<()> {
             instance: Some(args.instance.clone()),
         };
         let (client, metrics) = (client.clone(), metrics.clone());
+        let (default_policy, retention) = (args.default_policy, args.retention);
+        let lead = move |stop_leading: leader::StopLeading| {
+            let (client, metrics, reporter, sessions) = (
+                client.clone(),
+                metrics.clone(),
+                reporter.clone(),
+                sessions.clone(),
+            );
+            async move {
+                let cache = sessions.clone();
+                controller::run(
+                    client,
+                    metrics,
+                    default_policy,
+                    retention,
+                    reporter,
+                    move |store| {
+                        if let Ok(mut s) = cache.lock() {
+                            *s = Some(store);
+                        }
+                    },
+                    stop_leading,
+                )
+                .await;
+                if let Ok(mut s) = sessions.lock() {
+                    *s = None;
+                }
+            }
+        };
         async move {
-            controller::run(
-                client,
-                metrics,
-                args.default_policy,
-                args.retention,
-                reporter,
-                move |store| {
-                    let _ = sessions.set(store);
-                },
-                stop,
-            )
-            .await;
+            match (election, lease_client) {
+                (Some(election), Some(lease_client)) => {
+                    leader::run(lease_client, election, leading_tx, stop, lead).await
+                }
+                _ => {
+                    leading_tx.send_replace(true);
+                    lead(Box::pin(stop)).await
+                }
+            }
         }
         .instrument(info_span!("controller"))
     });
@@ -356,7 +425,12 @@ async fn shutdown_signal() {
 }
 
 async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    match ops.sessions.get() {
+    // A standby replica serves the aggregated API and brokers: it is ready as soon as it runs.
+    if !*ops.leading.borrow() {
+        return (StatusCode::OK, "ok");
+    }
+    let store = ops.sessions.lock().ok().and_then(|s| s.clone());
+    match store {
         Some(store)
             if tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
                 .await
@@ -372,8 +446,12 @@ async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
-    if let Some(store) = ops.sessions.get() {
-        controller::observe_phases(store, &ops.metrics);
+    ops.metrics.leader.set(i64::from(*ops.leading.borrow()));
+    let store = ops.sessions.lock().ok().and_then(|s| s.clone());
+    match store {
+        Some(store) => controller::observe_phases(&store, &ops.metrics),
+        // Only the replica running the controller counts sessions.
+        None => ops.metrics.sessions.clear(),
     }
     (
         [(

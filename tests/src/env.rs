@@ -350,7 +350,7 @@ impl TestEnv {
         .await
     }
 
-    /// Cluster objects every test expects: RBAC for the test users, and the kwok node.
+    /// Cluster objects every test expects: the chart, RBAC for the test users, and the kwok node.
     async fn bootstrap(&self) -> Result<()> {
         let client = self.client(User::Admin).await?;
         // The human groups may read pods and events: the built-in `view` role cannot serve,
@@ -361,10 +361,9 @@ impl TestEnv {
                        "verbs": ["get", "list", "watch"]}]
         }))?;
         apply(&Api::<ClusterRole>::all(client.clone()), &reader).await?;
-        install_crds(&client).await?;
-        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        apply_file(&client, &manifests.join("admission-requester.yaml")).await?;
-        apply_file(&client, &manifests.join("user-roles.yaml")).await?;
+        // The product as a platform team installs it: CRDs, admission policy, user roles, the
+        // operator's RBAC and ServiceAccount, its Service and APIService.
+        self.install_chart().await?;
         // Each group gets the product's role for it; mallory (no group) gets nothing.
         let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
         for (group, role) in [

@@ -17,6 +17,7 @@ pub mod pki;
 pub mod process;
 pub mod upstream;
 
+pub mod chart;
 pub mod env;
 pub mod operator;
 

@@ -1,6 +1,8 @@
-//! The operator as a real process behind a real APIService: the test environment runs the
-//! operator binary on the operator's address, registers it with the aggregation layer (Service,
-//! EndpointSlice, APIService) and waits until the API server calls it Available.
+//! The operator as a real process behind the chart's APIService: the test environment runs the
+//! operator binary on the operator's address, authenticated as the chart's ServiceAccount (a
+//! TokenRequest token) and serving the chart's certificate, points the chart's Service at it
+//! with an EndpointSlice, and waits until the API server calls the APIService Available. Every
+//! end-to-end test that uses the operator therefore also proves the chart's RBAC is enough.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -10,9 +12,20 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Secret, ServiceAccount},
+};
+use kube::{Api, api::PostParams};
 use tokio::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::{TestEnv, User, env::apply_yaml, netns, process, process::Component};
+use crate::{
+    TestEnv, User,
+    chart::{NAMESPACE as CHART_NAMESPACE, RELEASE},
+    env::apply_yaml,
+    netns, process,
+    process::Component,
+};
 
 /// Port of the aggregated API (HTTPS) on the operator's address.
 pub const API_PORT: u16 = 8443;
@@ -25,8 +38,14 @@ pub const RETENTION: Duration = Duration::from_secs(40);
 /// enough that an outage test fills it quickly. `AEXEC_TEST_SPOOL_MAX_BYTES` overrides it
 /// (the benchmarks move hundreds of MiB).
 pub const SPOOL_MAX_BYTES: u64 = 32 << 20;
-/// Namespace of the operator's Service.
-pub const NAMESPACE: &str = "aexec-system";
+/// Namespace of the operator's Service, ServiceAccount and Lease (the chart's release namespace).
+pub const NAMESPACE: &str = CHART_NAMESPACE;
+/// The operator's ServiceAccount, Service and serving-certificate Secret, as the chart names them.
+pub const SERVICE_ACCOUNT: &str = RELEASE;
+pub const SERVICE: &str = RELEASE;
+pub const TLS_SECRET: &str = "aexec-operator-tls";
+/// The shared operator's name (its Lease identity and the broker named in session status).
+pub const INSTANCE: &str = "aexec-operator-0";
 
 /// The shared operator. Tests that use it hold a read guard; a test that restarts or kills it
 /// takes the write guard, so it never pulls the operator from under another test.
@@ -34,6 +53,54 @@ pub struct Operator {
     process: Mutex<Option<Component>>,
     lock: RwLock<()>,
     registered: tokio::sync::OnceCell<()>,
+    credentials: tokio::sync::OnceCell<Credentials>,
+}
+
+/// What an operator process runs with: the chart's ServiceAccount and serving certificate.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// A kubeconfig with a TokenRequest token of the chart's ServiceAccount.
+    pub kubeconfig: PathBuf,
+    /// The serving certificate and key from the chart's Secret.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One operator process: which replica it is and where it listens.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    /// Its name: log file, `--instance`, Lease identity.
+    pub instance: String,
+    pub api: SocketAddr,
+    pub ops: SocketAddr,
+    /// `--leader-election-lease-duration`.
+    pub lease_duration: Duration,
+}
+
+impl Replica {
+    /// A replica on the operator's address with the given ports.
+    pub fn new(instance: &str, api_port: u16, ops_port: u16, lease_duration: Duration) -> Self {
+        Replica {
+            instance: instance.to_owned(),
+            api: SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, api_port)),
+            ops: SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, ops_port)),
+            lease_duration,
+        }
+    }
+
+    /// GET on its operations endpoint: (status, body).
+    pub async fn ops_get(&self, path: &str) -> Option<(u16, String)> {
+        crate::env::http_get(&format!("http://{}{path}", self.ops)).await
+    }
+
+    /// True when it runs the controller (holds the lease) and its session cache is synced.
+    pub async fn leads(&self) -> bool {
+        let leader = self
+            .ops_get("/metrics")
+            .await
+            .is_some_and(|(code, m)| code == 200 && m.lines().any(|l| l == "aexec_leader 1"));
+        leader && self.ops_get("/readyz").await.is_some_and(|(c, _)| c == 200)
+    }
 }
 
 impl std::fmt::Debug for Operator {
@@ -48,6 +115,7 @@ impl Default for Operator {
             process: Mutex::new(None),
             lock: RwLock::new(()),
             registered: tokio::sync::OnceCell::new(),
+            credentials: tokio::sync::OnceCell::new(),
         }
     }
 }
@@ -109,6 +177,15 @@ impl TestEnv {
         })
     }
 
+    /// The spool of a replica: each has its own, as each pod has its own emptyDir.
+    fn replica_spool_dir(&self, replica: &Replica) -> PathBuf {
+        if replica.instance == INSTANCE {
+            self.spool_dir()
+        } else {
+            self.dir.join(format!("spool-{}", replica.instance))
+        }
+    }
+
     /// Kills the operator with SIGKILL (hold [`Self::operator_exclusive`]).
     pub async fn kill_operator(&self) {
         if let Some(mut c) = self.operator.process.lock().await.take() {
@@ -116,71 +193,31 @@ impl TestEnv {
         }
     }
 
-    /// Starts the operator if it is not running, and waits until it serves.
+    /// Stops the operator with SIGTERM, as Kubernetes does: it finishes its work and releases
+    /// the lease (hold [`Self::operator_exclusive`]).
+    pub async fn stop_operator(&self) -> Result<()> {
+        if let Some(mut c) = self.operator.process.lock().await.take() {
+            c.terminate(Duration::from_secs(20)).await?;
+        }
+        Ok(())
+    }
+
+    /// The shared operator's replica.
+    pub fn shared_replica() -> Replica {
+        Replica::new(INSTANCE, API_PORT, OPS_PORT, Duration::from_secs(15))
+    }
+
+    /// Starts the operator if it is not running, and waits until it serves and leads.
     pub async fn ensure_operator(&self) -> Result<()> {
         let mut slot = self.operator.process.lock().await;
         if slot.as_mut().is_some_and(|c| c.check_running().is_ok()) {
             return Ok(());
         }
         *slot = None;
-        let pki = self.dir.join("pki");
-        let (cert, key) = (pki.join("operator.crt"), pki.join("operator.key"));
-        if !cert.exists() {
-            self.ca()
-                .server(
-                    "aexec-operator",
-                    &[
-                        "aexec-operator.aexec-system.svc",
-                        "aexec-operator.aexec-system.svc.cluster.local",
-                    ],
-                    &[std::net::IpAddr::V4(netns::OPERATOR_IP)],
-                )?
-                .write(&pki, "operator")?;
-        }
-        let api = SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, API_PORT));
-        let ops = SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, OPS_PORT));
-        process::ensure_port_free(api, "aexec-operator")?;
-        let args = vec![
-            format!("--kubeconfig={}", self.kubeconfig(User::Admin).display()),
-            format!("--api-bind={api}"),
-            format!("--ops-bind={ops}"),
-            format!("--tls-cert-file={}", cert.display()),
-            format!("--tls-private-key-file={}", key.display()),
-            "--default-policy=deny".into(),
-            format!("--retention={}s", RETENTION.as_secs()),
-            "--instance=aexec-operator-0".into(),
-            "--storage=s3".into(),
-            format!("--s3-endpoint={}", self.s3.endpoint),
-            format!("--s3-bucket={}", self.s3.bucket),
-            format!("--s3-region={}", self.s3.region),
-            "--s3-force-path-style".into(),
-            "--s3-object-lock-mode=GOVERNANCE".into(),
-            "--s3-object-lock-days=1".into(),
-            format!("--spool-dir={}", self.spool_dir().display()),
-            format!(
-                "--spool-max-bytes={}",
-                std::env::var("AEXEC_TEST_SPOOL_MAX_BYTES")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(SPOOL_MAX_BYTES)
-            ),
-        ];
-        let mut c = Component::spawn(
-            "aexec-operator",
-            &binary()?,
-            &args,
-            &[
-                ("RUST_LOG", "info,aexec_operator=debug,kube=warn"),
-                // The standard AWS credential chain, from the environment.
-                ("AWS_ACCESS_KEY_ID", self.s3.access_key.as_str()),
-                ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key.as_str()),
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-            ],
-            &self.dir.join("logs"),
-        )?;
-        let readyz = format!("http://{ops}/readyz");
-        c.wait_ready("/readyz", Duration::from_secs(30), async || {
-            crate::env::http_ok(&readyz).await
+        let replica = Self::shared_replica();
+        let mut c = self.spawn_operator(&replica).await?;
+        c.wait_ready("leading", Duration::from_secs(60), async || {
+            replica.leads().await
         })
         .await?;
         *slot = Some(c);
@@ -192,44 +229,150 @@ impl TestEnv {
         self.wait_apiservice_available().await
     }
 
-    async fn register_operator(&self) -> Result<()> {
-        let client = self.client(User::Admin).await?;
+    /// Starts an operator process for `replica` as the chart's ServiceAccount, and waits until
+    /// it answers on its operations endpoint (not until it leads).
+    pub async fn spawn_operator(&self, replica: &Replica) -> Result<Component> {
+        let creds = self
+            .operator
+            .credentials
+            .get_or_try_init(|| self.operator_credentials())
+            .await?;
+        process::ensure_port_free(replica.api, &replica.instance)?;
+        let args = vec![
+            format!("--kubeconfig={}", creds.kubeconfig.display()),
+            format!("--api-bind={}", replica.api),
+            format!("--ops-bind={}", replica.ops),
+            format!("--tls-cert-file={}", creds.cert.display()),
+            format!("--tls-private-key-file={}", creds.key.display()),
+            "--default-policy=deny".into(),
+            format!("--retention={}s", RETENTION.as_secs()),
+            format!("--instance={}", replica.instance),
+            format!(
+                "--leader-election-lease-duration={}s",
+                replica.lease_duration.as_secs()
+            ),
+            "--storage=s3".into(),
+            format!("--s3-endpoint={}", self.s3.endpoint),
+            format!("--s3-bucket={}", self.s3.bucket),
+            format!("--s3-region={}", self.s3.region),
+            "--s3-force-path-style".into(),
+            "--s3-object-lock-mode=GOVERNANCE".into(),
+            "--s3-object-lock-days=1".into(),
+            format!("--spool-dir={}", self.replica_spool_dir(replica).display()),
+            format!(
+                "--spool-max-bytes={}",
+                std::env::var("AEXEC_TEST_SPOOL_MAX_BYTES")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(SPOOL_MAX_BYTES)
+            ),
+        ];
+        let mut c = Component::spawn(
+            &replica.instance,
+            &binary()?,
+            &args,
+            &[
+                ("RUST_LOG", "info,aexec_operator=debug,kube=warn"),
+                // As the chart's Deployment sets it: the Lease's namespace.
+                ("POD_NAMESPACE", NAMESPACE),
+                // The standard AWS credential chain, from the environment.
+                ("AWS_ACCESS_KEY_ID", self.s3.access_key.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key.as_str()),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+            &self.dir.join("logs"),
+        )?;
+        let healthz = format!("http://{}/healthz", replica.ops);
+        c.wait_ready("/healthz", Duration::from_secs(30), async || {
+            crate::env::http_ok(&healthz).await
+        })
+        .await?;
+        Ok(c)
+    }
+
+    /// The kubeconfig with the chart ServiceAccount's token (see [`Credentials`]).
+    pub async fn operator_kubeconfig(&self) -> Result<PathBuf> {
+        Ok(self
+            .operator
+            .credentials
+            .get_or_try_init(|| self.operator_credentials())
+            .await?
+            .kubeconfig
+            .clone())
+    }
+
+    /// A token of the chart's ServiceAccount (TokenRequest, as the kubelet would project it)
+    /// in a kubeconfig, and the chart's serving certificate, written to the run directory.
+    async fn operator_credentials(&self) -> Result<Credentials> {
+        let admin = self.client(User::Admin).await?;
+        let pki = self.dir.join("pki");
+        let secret = Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
+            .get(TLS_SECRET)
+            .await
+            .with_context(|| format!("reading the chart's Secret {NAMESPACE}/{TLS_SECRET}"))?;
+        let data = secret.data.unwrap_or_default();
+        let (cert, key) = (pki.join("operator.crt"), pki.join("operator.key"));
+        for (file, field) in [(&cert, "tls.crt"), (&key, "tls.key")] {
+            let bytes = data
+                .get(field)
+                .with_context(|| format!("the chart's Secret {TLS_SECRET} has no {field}"))?;
+            std::fs::write(file, &bytes.0)?;
+        }
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(24 * 3600),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(admin, NAMESPACE)
+            .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
+            .await
+            .with_context(|| {
+                format!("requesting a token for the chart's ServiceAccount {NAMESPACE}/{SERVICE_ACCOUNT}")
+            })?
+            .status
+            .context("TokenRequest without a status")?
+            .token;
         let ca = std::fs::read_to_string(&self.cluster_ca)?;
         let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+        let kubeconfig = self.dir.join("operator.kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: aexec-local\n  cluster:\n    server: {}\n    \
+                 certificate-authority-data: {ca}\nusers:\n- name: {SERVICE_ACCOUNT}\n  user:\n    token: {token}\n\
+                 contexts:\n- name: {SERVICE_ACCOUNT}\n  context:\n    cluster: aexec-local\n    user: {SERVICE_ACCOUNT}\n    \
+                 namespace: {NAMESPACE}\ncurrent-context: {SERVICE_ACCOUNT}\n",
+                self.server
+            ),
+        )?;
+        Ok(Credentials {
+            kubeconfig,
+            cert,
+            key,
+        })
+    }
+
+    /// Points the chart's Service at the operator process. The chart's Service selects the
+    /// operator's pods, which kwok never runs, and no kube-controller-manager writes
+    /// EndpointSlices here: the environment writes the one the aggregator resolves (labelled
+    /// with the Service, its port named like the Service's port). In a cluster the
+    /// EndpointSlice controller writes it from the ready pods.
+    async fn register_operator(&self) -> Result<()> {
+        let client = self.client(User::Admin).await?;
         let ip = netns::OPERATOR_IP;
         let yaml = format!(
-            r#"apiVersion: v1
-kind: Namespace
-metadata: {{name: {NAMESPACE}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: aexec-operator, namespace: {NAMESPACE}}}
-spec:
-  ports: [{{name: https, port: 443, targetPort: {API_PORT}, protocol: TCP}}]
----
-# No kube-controller-manager writes EndpointSlices here: the aggregator needs one, labelled with
-# the Service and with a port named like the Service's.
-apiVersion: discovery.k8s.io/v1
+            r#"apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: aexec-operator-local
+  name: {SERVICE}-testenv
   namespace: {NAMESPACE}
-  labels: {{kubernetes.io/service-name: aexec-operator}}
+  labels: {{kubernetes.io/service-name: {SERVICE}, endpointslice.kubernetes.io/managed-by: aexec-testenv}}
 addressType: IPv4
 ports: [{{name: https, port: {API_PORT}, protocol: TCP}}]
 endpoints: [{{addresses: ["{ip}"], conditions: {{ready: true}}}}]
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata: {{name: v1alpha1.subresources.aexec.dev}}
-spec:
-  group: subresources.aexec.dev
-  version: v1alpha1
-  groupPriorityMinimum: 1000
-  versionPriority: 15
-  service: {{name: aexec-operator, namespace: {NAMESPACE}, port: 443}}
-  caBundle: {ca}
 "#
         );
         apply_yaml(&client, &yaml).await
@@ -257,7 +400,7 @@ spec:
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let log = self.dir.join("logs/aexec-operator.log");
+        let log = self.dir.join(format!("logs/{INSTANCE}.log"));
         Err(anyhow!(
             "the APIService v1alpha1.subresources.aexec.dev did not become Available within 60s ({last}); operator log:\n{}",
             process::tail(&log, 20)

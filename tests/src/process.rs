@@ -96,6 +96,41 @@ impl Component {
         self.child.id()
     }
 
+    /// Stops the process with SIGTERM and waits up to `grace` for it to exit (then SIGKILL):
+    /// an error if it had to be killed or did not exit cleanly.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<()> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed ({sent})", self.child.id());
+        }
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                bail!(
+                    "{} exited with {status} on SIGTERM; last lines of {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log, 25)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+        bail!(
+            "{} did not exit within {}s of SIGTERM; last lines of {}:\n{}",
+            self.name,
+            grace.as_secs(),
+            self.log.display(),
+            tail(&self.log, 25)
+        )
+    }
+
     /// Stops the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -211,6 +246,50 @@ mod tests {
         assert!(msg.contains("another process is using it"), "{msg}");
         drop(taken);
         ensure_port_free(addr, "kube-apiserver").expect("free again");
+    }
+
+    #[tokio::test]
+    async fn terminate_waits_for_a_clean_exit_and_reports_a_stubborn_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut polite = Component::spawn(
+            "polite",
+            Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                "trap 'exit 0' TERM; while :; do sleep 0.05; done".into(),
+            ],
+            &[],
+            dir.path(),
+        )
+        .expect("spawn");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        polite
+            .terminate(Duration::from_secs(5))
+            .await
+            .expect("exits cleanly on SIGTERM");
+        let mut stubborn = Component::spawn(
+            "stubborn",
+            Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                "trap '' TERM; echo ignoring; while :; do sleep 0.05; done".into(),
+            ],
+            &[],
+            dir.path(),
+        )
+        .expect("spawn");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let err = stubborn
+            .terminate(Duration::from_millis(300))
+            .await
+            .expect_err("ignores SIGTERM");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("stubborn did not exit within 0s of SIGTERM"),
+            "{msg}"
+        );
+        assert!(msg.contains("ignoring"), "{msg}");
+        assert!(stubborn.check_running().is_err(), "killed after the grace");
     }
 
     #[test]

@@ -63,7 +63,8 @@ impl Upstream {
         })
     }
 
-    /// The binaries the control plane needs that are not built yet.
+    /// The binaries the control plane needs that are not built yet (helm among them: the
+    /// environment installs the product with its chart).
     pub fn missing(&self) -> Vec<&Path> {
         [
             &self.etcd,
@@ -73,6 +74,7 @@ impl Upstream {
             &self.kwok_stages,
             &self.minio,
             &self.asciinema,
+            &self.helm,
         ]
         .into_iter()
         .filter(|p| !p.exists())

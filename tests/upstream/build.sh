@@ -134,7 +134,7 @@ if [ "${1:-}" = "--paths" ]; then
   exit 0
 fi
 
-all=(etcd kubernetes kwok minio asciinema)
+all=(etcd kubernetes kwok minio asciinema helm)
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 i=0

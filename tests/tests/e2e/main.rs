@@ -5,6 +5,7 @@
 //! run inside a private network namespace.
 
 mod broker;
+mod chart;
 mod common;
 mod ground;
 mod operator;
