@@ -39,7 +39,6 @@ A pod named like a subcommand (list, approve, ...) is reached as pod/NAME.";
         `kubectl aexec approve`), then attaches through the aexec operator, which runs the command \
         and records every byte. The exit code is the command's, as with kubectl exec.",
     after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     disable_help_subcommand = true
 )]
@@ -365,6 +364,27 @@ mod tests {
         );
         assert!(parse(&["--wait", "5m", "--no-wait", "web", "--", "id"]).is_err());
         assert!(parse(&["--wait", "five", "web", "--", "id"]).is_err());
+    }
+
+    #[test]
+    fn global_flags_before_subcommands() {
+        let c = parse(&[
+            "--kubeconfig",
+            "/k",
+            "-n",
+            "ns",
+            "approve",
+            "s1",
+            "-m",
+            "ok",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(c.command, Some(Command::Approve(_))),
+            "{:?}",
+            c.command
+        );
+        assert!(c.exec.target.is_empty());
     }
 
     #[test]

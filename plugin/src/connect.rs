@@ -37,8 +37,9 @@ pub fn load_kubeconfig(global: &Global) -> Result<Kubeconfig> {
     let loaded = match &global.kubeconfig {
         Some(path) => Kubeconfig::read_from(path).map_err(|e| {
             Error::Kubeconfig(format!(
-                "cannot load kubeconfig {}: {e}; check the file or pass another with --kubeconfig",
-                path.display()
+                "cannot load kubeconfig {}: {}; check the file or pass another with --kubeconfig",
+                path.display(),
+                first_line(&e)
             ))
         })?,
         None => Kubeconfig::read().map_err(|e| {
@@ -47,11 +48,22 @@ pub fn load_kubeconfig(global: &Global) -> Result<Kubeconfig> {
                 _ => "~/.kube/config".to_owned(),
             };
             Error::Kubeconfig(format!(
-                "cannot load the kubeconfig from {source}: {e}; set --kubeconfig or $KUBECONFIG"
+                "cannot load the kubeconfig from {source}: {}; set --kubeconfig or $KUBECONFIG",
+                first_line(&e)
             ))
         })?,
     };
     Ok(loaded)
+}
+
+/// The first line of an error (YAML parsers add a multi-line excerpt of the input).
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Connects with the kubeconfig and flags.

@@ -48,7 +48,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Ok(code) => code,
         Err(e) => {
             terminal::restore();
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e.to_string()));
             1
         }
     };
@@ -56,6 +56,15 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     // Threads blocked on stdin must not keep the process alive.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     code
+}
+
+/// Messages are one line: embedded line breaks (from parsers quoting the input) are folded.
+pub fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn dispatch(cli: Cli) -> error::Result<i32> {
@@ -69,6 +78,24 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
             return Ok(0);
         }
         _ => {}
+    }
+    // Without a `--`, words before a subcommand's name are taken as a pod: refuse, not ignore.
+    if cli.command.is_some() && (!cli.exec.target.is_empty() || !cli.exec.command.is_empty()) {
+        return Err(error::Error::Usage(format!(
+            "unexpected {:?} before the subcommand: give a subcommand its own arguments, or run \
+             a command with POD -- COMMAND",
+            cli.exec
+                .target
+                .iter()
+                .chain(&cli.exec.command)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )));
+    }
+    if cli.command.is_none() {
+        // Bad arguments are reported before the kubeconfig is even read.
+        target::split_exec_args(&cli.exec.target, &cli.exec.command)?;
     }
     let conn = connect::connect(&cli.global).await?;
     match &cli.command {

@@ -107,7 +107,9 @@ impl Player {
             return None;
         }
         let due = self.frames[self.next].at.as_nanos() as i128 + self.offset;
-        Some(Duration::from_nanos(u64::try_from(due.max(0)).unwrap_or(u64::MAX)))
+        Some(Duration::from_nanos(
+            u64::try_from(due.max(0)).unwrap_or(u64::MAX),
+        ))
     }
 
     /// The frames due at real time `now`.
@@ -132,7 +134,9 @@ impl Player {
             }
             (Key::Pause, None) => {
                 let playback = (now.as_nanos() as i128 - self.offset).max(0);
-                self.paused_at = Some(Duration::from_nanos(u64::try_from(playback).unwrap_or(u64::MAX)));
+                self.paused_at = Some(Duration::from_nanos(
+                    u64::try_from(playback).unwrap_or(u64::MAX),
+                ));
                 Vec::new()
             }
             (Key::Pause, Some(p)) => {

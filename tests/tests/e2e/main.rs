@@ -8,4 +8,5 @@ mod broker;
 mod common;
 mod ground;
 mod operator;
+mod plugin;
 mod storage;
