@@ -495,18 +495,43 @@ async fn plugin_list_describe_replay_export_verify() {
 
     // One changed byte in storage: verify fails, naming the segment.
     let uid = only_session(&t).await.metadata.uid.expect("uid");
-    let seg = env()
-        .recordings_dir()
-        .join(ns)
-        .join(format!("{name}-{uid}"))
-        .join("seg-000000.cast");
-    let mut bytes = std::fs::read(&seg).expect("segment");
+    // The operator uploads from its spool to MinIO; once the spool is empty, change the stored
+    // segment (a new object version is what readers get).
+    let prefix = format!("{ns}/{name}-{uid}");
+    let spool = env().spool_dir().join(&prefix);
+    for _ in 0..100 {
+        if !spool.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !spool.exists(),
+        "{} was not uploaded in time",
+        spool.display()
+    );
+    let key = format!("{prefix}/seg-000000.cast");
+    let s3 = env().s3_client().await;
+    let obj = s3
+        .get_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("segment in MinIO");
+    let mut bytes = obj.body.collect().await.expect("body").to_vec();
     let pos = bytes
         .windows(9)
         .position(|w| w == b"replay-me")
         .expect("output in segment");
     bytes[pos] = b'R';
-    std::fs::write(&seg, bytes).expect("tamper");
+    s3.put_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .body(bytes.into())
+        .send()
+        .await
+        .expect("tamper");
     let bad = aexec(User::Carol, &["verify", &name, "-n", ns], None).await;
     assert_eq!(bad.status.code(), Some(1));
     let err = text(&bad.stderr);
