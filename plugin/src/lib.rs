@@ -135,3 +135,25 @@ pub fn complete(args: impl IntoIterator<Item = String>) -> i32 {
     print!("{}", complete::answer(&candidates));
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(one_line("a: b\n --> x\n\n  | y\n"), "a: b --> x | y");
+        assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn words_before_a_subcommand_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let cli = Cli::try_parse_from(["kubectl-aexec", "web", "list"]).expect("parses");
+        // `web list` is a pod and a word: the exec check explains the `--`.
+        let e = rt.block_on(dispatch(cli)).expect_err("refused");
+        assert!(e.to_string().contains("put `--` before the command"), "{e}");
+    }
+}

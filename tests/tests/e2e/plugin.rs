@@ -955,3 +955,91 @@ async fn plugin_bad_input_is_one_clear_line() {
     assert_eq!(text(&out.stdout), "piped\nnot a tty\n");
     assert!(!only_session(&t).await.spec.tty);
 }
+
+#[tokio::test]
+async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
+    let (t, _op) = setup(sre_approval()).await;
+    let ns = t.namespace.as_str();
+    // --wait gives up, and says the request stays open.
+    let out = aexec(
+        User::Alice,
+        &["-n", ns, "--wait", "1s", &t.pod, "--", "id"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("was not approved within 1s; it stays open"),
+        "{err}"
+    );
+    let waited = only_session(&t).await;
+    assert_eq!(waited.phase(), Phase::Pending);
+    let admin = env().client(User::Admin).await.expect("admin");
+    Api::<ExecSession>::namespaced(admin, ns)
+        .delete(
+            waited.metadata.name.as_deref().expect("name"),
+            &Default::default(),
+        )
+        .await
+        .expect("delete");
+
+    // --no-wait prints the name; bob approves; alice attaches later; bob ends it.
+    let out = aexec(
+        User::Alice,
+        &[
+            "-n",
+            ns,
+            "--no-wait",
+            &t.pod,
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 30",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let name = text(&out.stdout).trim().to_owned();
+    assert!(name.starts_with("exec-"), "{name}");
+    let bob = aexec(User::Bob, &["approve", &name, "-n", ns], None).await;
+    assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
+    let mut c = tokio::process::Command::new(plugin_bin());
+    c.arg("--kubeconfig")
+        .arg(env().kubeconfig(User::Alice))
+        .args(["attach", &name, "-n", ns])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let attached = c.spawn().expect("attach starts");
+    wait_phase(&t, &name, Phase::Active).await;
+    let bob = aexec(User::Bob, &["terminate", &name, "-n", ns], None).await;
+    assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
+    assert!(text(&bob.stdout).contains("terminated"));
+    let out = tokio::time::timeout(Duration::from_secs(20), attached.wait_with_output())
+        .await
+        .expect("attach ends after terminate")
+        .expect("wait");
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "started\n");
+    assert!(
+        text(&out.stderr).contains("terminated by bob"),
+        "{}",
+        text(&out.stderr)
+    );
+    let s = wait_phase(&t, &name, Phase::Terminated).await;
+    assert_eq!(
+        s.status.and_then(|s| s.message).as_deref(),
+        Some("terminated by bob")
+    );
+    // A session is attached once: a second attach says why not.
+    let again = aexec(User::Alice, &["attach", &name, "-n", ns], None).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("already over (Terminated"),
+        "{}",
+        text(&again.stderr)
+    );
+}
