@@ -39,6 +39,9 @@ A pod named like a subcommand (list, approve, ...) is reached as pod/NAME.";
         `kubectl aexec approve`), then attaches through the aexec operator, which runs the command \
         and records every byte. The exit code is the command's, as with kubectl exec.",
     after_help = EXAMPLES,
+    override_usage = "kubectl aexec [flags] POD|TYPE/NAME [-c CONTAINER] -- COMMAND [ARGS...]\n       kubectl aexec SUBCOMMAND [flags]",
+    subcommand_value_name = "SUBCOMMAND",
+    subcommand_help_heading = "Subcommands",
     subcommand_negates_reqs = true,
     disable_help_subcommand = true
 )]

@@ -15,7 +15,7 @@ use crate::{
     attach::{self, subresource_path},
     cli::{self, ExecArgs, Output},
     connect::{self, Conn},
-    error::{Doing, Error, Result, explain},
+    error::{Doing, Error, Result, explain, out},
     progress::{self, Progress},
     replay, table, target, terminal,
 };
@@ -64,7 +64,7 @@ pub async fn exec(c: &Conn, args: &ExecArgs) -> Result<i32> {
         .map_err(|e| explain(&e, "creating the ExecSession", Doing::Request))?;
     let name = created.metadata.name.clone().unwrap_or_default();
     if args.no_wait {
-        println!("{name}");
+        out(&format!("{name}\n"))?;
         if !args.quiet {
             eprintln!(
                 "execsession {name} created; attach once approved: kubectl aexec attach {name} -n {}",
@@ -258,7 +258,10 @@ pub async fn decide(c: &Conn, d: &cli::DecideArgs, approve: bool) -> Result<i32>
         .map(|a| format!(" ({a} approvals)"))
         .filter(|_| approve)
         .unwrap_or_default();
-    println!("execsession.aexec.dev/{} {done}{summary}", d.name);
+    out(&format!(
+        "execsession.aexec.dev/{} {done}{summary}\n",
+        d.name
+    ))?;
     Ok(0)
 }
 
@@ -271,7 +274,7 @@ pub async fn terminate(c: &Conn, name: &str) -> Result<i32> {
         .request_text(req)
         .await
         .map_err(|e| explain(&e, &format!("terminating session {name}"), Doing::Request))?;
-    println!("execsession.aexec.dev/{name} terminated");
+    out(&format!("execsession.aexec.dev/{name} terminated\n"))?;
     Ok(0)
 }
 
@@ -294,7 +297,7 @@ pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
     for s in &mut items {
         s.metadata.managed_fields = None;
     }
-    let mut out = std::io::stdout().lock();
+    let mut stdout = std::io::stdout().lock();
     match l.output {
         Some(Output::Json) | Some(Output::Yaml) => {
             let list = json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}});
@@ -305,12 +308,12 @@ pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
             } else {
                 serde_yaml::to_string(&list).map_err(|e| Error::Io(e.to_string()))?
             };
-            out.write_all(text.as_bytes())?;
+            stdout.write_all(text.as_bytes())?;
         }
         Some(Output::Name) => {
             for s in &items {
                 writeln!(
-                    out,
+                    stdout,
                     "execsession.aexec.dev/{}",
                     s.metadata.name.clone().unwrap_or_default()
                 )?;
@@ -326,7 +329,7 @@ pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
                 return Ok(0);
             }
             let wide = other == Some(Output::Wide);
-            out.write_all(
+            stdout.write_all(
                 table::list(
                     &items,
                     l.all_namespaces,
@@ -344,7 +347,7 @@ pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
 /// `describe NAME`.
 pub async fn describe(c: &Conn, name: &str) -> Result<i32> {
     let s = get(c, name, Doing::Audit).await?;
-    print!("{}", table::describe(&s, chrono::Utc::now()));
+    out(&table::describe(&s, chrono::Utc::now()))?;
     Ok(0)
 }
 
@@ -394,7 +397,7 @@ pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
     let mut buf = vec![0u8; 64 * 1024];
     match &e.output {
         None => {
-            let mut out = std::io::stdout().lock();
+            let mut stdout = std::io::stdout().lock();
             loop {
                 let n = body
                     .read(&mut buf)
@@ -403,9 +406,9 @@ pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
                 if n == 0 {
                     break;
                 }
-                out.write_all(&buf[..n])?;
+                stdout.write_all(&buf[..n])?;
             }
-            out.flush()?;
+            stdout.flush()?;
         }
         Some(path) => {
             let dir = path
@@ -551,8 +554,8 @@ pub async fn verify(c: &Conn, name: &str) -> Result<i32> {
             .map_err(fail)?;
     }
     let report = v.finish().map_err(fail)?;
-    println!(
-        "recording of {}/{name} verified: {} segments, {} bytes, chain head {} matches the session's status{}",
+    out(&format!(
+        "recording of {}/{name} verified: {} segments, {} bytes, chain head {} matches the session's status{}\n",
         c.namespace,
         report.segments,
         report.total_bytes,
@@ -565,7 +568,7 @@ pub async fn verify(c: &Conn, name: &str) -> Result<i32> {
         } else {
             String::new()
         }
-    );
+    ))?;
     Ok(0)
 }
 
@@ -578,6 +581,8 @@ pub fn completion(shell: cli::Shell) -> Result<i32> {
         cli::Shell::Zsh => clap_complete::Shell::Zsh,
         cli::Shell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, &mut cmd, "kubectl-aexec", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "kubectl-aexec", &mut script);
+    out(&String::from_utf8_lossy(&script))?;
     Ok(0)
 }

@@ -23,14 +23,30 @@ pub enum Error {
     /// A recording failed verification.
     #[error("{0}")]
     Verify(String),
+    /// Whoever read our output went away (`| head`): stop quietly, as a shell pipeline expects.
+    #[error("output closed")]
+    OutputClosed,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Error::OutputClosed;
+        }
         Error::Io(e.to_string())
     }
+}
+
+/// Writes `s` to stdout and flushes; a closed pipe becomes [`Error::OutputClosed`], never a
+/// panic (which `print!` would do).
+pub fn out(s: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes())?;
+    o.flush()?;
+    Ok(())
 }
 
 /// What the plugin was doing when the API refused, for the message and the role to suggest.

@@ -46,6 +46,8 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     };
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // The reader of our output went away: the shell's code for SIGPIPE, no message.
+        Err(error::Error::OutputClosed) => 141,
         Err(e) => {
             terminal::restore();
             eprintln!("error: {}", one_line(&e.to_string()));
@@ -71,10 +73,7 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
     match &cli.command {
         Some(Command::Completion(c)) => return commands::completion(c.shell),
         Some(Command::Complete(c)) => {
-            print!(
-                "{}",
-                complete::answer(&complete::candidates(&c.words).await)
-            );
+            error::out(&complete::answer(&complete::candidates(&c.words).await))?;
             return Ok(0);
         }
         _ => {}
@@ -121,7 +120,7 @@ pub fn complete(args: impl IntoIterator<Item = String>) -> i32 {
         .enable_all()
         .build()
     else {
-        print!("{}", complete::answer(&[]));
+        let _ = error::out(&complete::answer(&[]));
         return 0;
     };
     let candidates = rt.block_on(async {
@@ -132,7 +131,7 @@ pub fn complete(args: impl IntoIterator<Item = String>) -> i32 {
         .await
         .unwrap_or_default()
     });
-    print!("{}", complete::answer(&candidates));
+    let _ = error::out(&complete::answer(&candidates));
     0
 }
 
