@@ -1,6 +1,5 @@
-//! `kubectl aexec`. The commands arrive with the plugin issue.
+//! `kubectl-aexec`: run as `kubectl aexec` through kubectl's plugin discovery.
 
 fn main() {
-    eprintln!("kubectl-aexec: not implemented yet (see the plugin issue)");
-    std::process::exit(2);
+    std::process::exit(kubectl_aexec::run(std::env::args_os()));
 }

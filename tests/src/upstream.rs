@@ -19,6 +19,8 @@ pub struct Upstream {
     pub minio: PathBuf,
     pub helm: PathBuf,
     pub asciinema: PathBuf,
+    /// krew (the packaging test runs it as `kubectl krew`).
+    pub krew: PathBuf,
 }
 
 /// The build script, found relative to this crate so it works from any working directory.
@@ -60,6 +62,7 @@ impl Upstream {
             minio: get("minio")?,
             helm: get("helm")?,
             asciinema: get("asciinema")?,
+            krew: get("krew")?,
         })
     }
 

@@ -120,6 +120,9 @@ build_asciinema() {
   cp "$work/asciinema-$v/bin/asciinema" "$out.tmp" && mv "$out.tmp" "$out"
   echo "  built $out in $((SECONDS - start))s"
 }
+# krew is run as a kubectl plugin (`kubectl krew`) by the packaging test.
+build_krew() { build_simple krew sigs.k8s.io/krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew \
+  "-X sigs.k8s.io/krew/internal/version.gitTag=$KREW_VERSION"; }
 
 # `build.sh --paths` prints NAME=PATH lines for the test environment to read.
 if [ "${1:-}" = "--paths" ]; then
@@ -131,10 +134,11 @@ if [ "${1:-}" = "--paths" ]; then
   echo "minio=$bin/minio-$MINIO_VERSION"
   echo "helm=$bin/helm-$HELM_VERSION"
   echo "asciinema=$bin/asciinema-$ASCIINEMA_VERSION"
+  echo "krew=$bin/krew-$KREW_VERSION"
   exit 0
 fi
 
-all=(etcd kubernetes kwok minio asciinema helm)
+all=(etcd kubernetes kwok minio asciinema helm krew)
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 i=0
@@ -142,8 +146,8 @@ for c in "${want[@]}"; do
   i=$((i + 1))
   echo "[$i/${#want[@]}] $c"
   case $c in
-    etcd | kubernetes | kwok | minio | helm | asciinema) (build_"$c") ;;
-    *) die "unknown component '$c' (known: etcd kubernetes kwok minio helm asciinema)" ;;
+    etcd | kubernetes | kwok | minio | helm | asciinema | krew) (build_"$c") ;;
+    *) die "unknown component '$c' (known: etcd kubernetes kwok minio helm asciinema krew)" ;;
   esac
 done
 echo "upstream binaries ready in $bin"

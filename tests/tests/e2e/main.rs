@@ -9,4 +9,5 @@ mod chart;
 mod common;
 mod ground;
 mod operator;
+mod plugin;
 mod storage;

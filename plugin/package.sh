@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Packages kubectl aexec for krew: builds the release binaries (or takes built ones), makes the
+# archive for the host platform, and renders the krew manifest (plugins/aexec.yaml) with the
+# sha256 of every platform archive present in the output directory.
+#
+#   plugin/package.sh [--binary-dir DIR] [--out DIR] [--version vX.Y.Z]
+#
+#   --binary-dir DIR  take kubectl-aexec and kubectl_complete-aexec from DIR instead of building
+#                     them with `cargo build --release` (the tests pass target/debug)
+#   --out DIR         where the archive and aexec.yaml go (default: dist/)
+#   --version V       the release version (default: v + the workspace version)
+#
+# Then, offline: kubectl krew install --manifest=dist/aexec.yaml --archive=dist/<archive>
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+die() { echo "package.sh: $*" >&2; exit 1; }
+
+bindir="" out="$root/dist" version=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --binary-dir) bindir=${2:?--binary-dir needs a directory}; shift 2 ;;
+    --out) out=${2:?--out needs a directory}; shift 2 ;;
+    --version) version=${2:?--version needs a version like v0.1.0}; shift 2 ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[ -n "$version" ] || version=v$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
+[[ $version =~ ^v[0-9]+\.[0-9]+\.[0-9]+ ]] || die "version '$version' is not like v1.2.3"
+
+case $(uname -s) in
+  Linux) os=linux ;; Darwin) os=darwin ;; *) die "unsupported OS $(uname -s) (krew platforms: linux, darwin)" ;;
+esac
+case $(uname -m) in
+  x86_64 | amd64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) die "unsupported CPU $(uname -m) (amd64, arm64)" ;;
+esac
+
+if [ -z "$bindir" ]; then
+  echo "building kubectl-aexec (release)"
+  (cd "$root" && cargo build --release --locked -q -p kubectl-aexec)
+  bindir=${CARGO_TARGET_DIR:-$root/target}/release
+fi
+for b in kubectl-aexec kubectl_complete-aexec; do
+  [ -x "$bindir/$b" ] || die "$bindir/$b is missing: build it (cargo build -p kubectl-aexec) or omit --binary-dir"
+done
+
+mkdir -p "$out"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp "$bindir/kubectl-aexec" "$bindir/kubectl_complete-aexec" "$root/README.md" "$stage/"
+archive=kubectl-aexec_${version}_${os}_${arch}.tar.gz
+tar -C "$stage" -czf "$out/$archive.tmp" kubectl-aexec kubectl_complete-aexec README.md
+mv "$out/$archive.tmp" "$out/$archive"
+
+sha() { if command -v sha256sum >/dev/null; then sha256sum "$1"; else shasum -a 256 "$1"; fi | cut -d' ' -f1; }
+
+# Render: fill in the version and each platform's sha256; drop the platform entries (from one
+# "  - selector:" line to the next) whose archive is not in $out.
+subst=(-e "s/{{VERSION}}/$version/g")
+platforms=()
+for p in linux_amd64 linux_arm64 darwin_amd64 darwin_arm64; do
+  a=$out/kubectl-aexec_${version}_$p.tar.gz
+  if [ -f "$a" ]; then
+    subst+=(-e "s/{{SHA256_$p}}/$(sha "$a")/g")
+    platforms+=("$p")
+  fi
+done
+awk -v keep=" ${platforms[*]} " '
+  /^  - selector:/ { inblock = 1; block = $0 "\n"; next }
+  inblock && /^  [^ -]|^[^ ]/ { inblock = 0 }
+  inblock {
+    block = block $0 "\n"
+    if (match($0, /\{\{SHA256_[a-z]+_[a-z0-9]+\}\}/)) { p = substr($0, RSTART + 9, RLENGTH - 11); skip = index(keep, " " p " ") == 0 }
+    if ($0 ~ /^    bin:/) { if (!skip) printf "%s", block; inblock = 0; skip = 0 }
+    next
+  }
+  { print }
+' "$root/plugins/aexec.yaml" | sed "${subst[@]}" | grep -v '^# ' >"$out/aexec.yaml.tmp"
+grep -q '{{' "$out/aexec.yaml.tmp" && die "unfilled placeholders left in the manifest"
+mv "$out/aexec.yaml.tmp" "$out/aexec.yaml"
+echo "archive:  $out/$archive ($(sha "$out/$archive"))"
+echo "manifest: $out/aexec.yaml (platforms: ${platforms[*]})"
+echo "install:  kubectl krew install --manifest=$out/aexec.yaml --archive=$out/$archive"

@@ -1,0 +1,256 @@
+//! Attaching to an approved session: the `attach` WebSocket of the aggregated API, spoken like
+//! kubectl exec speaks the pod exec stream (channels 0 stdin, 1 stdout, 2 stderr, 3 status,
+//! 4 resize, 255 close), with the terminal in raw mode for `-t`, resizes forwarded, stdin EOF
+//! forwarded (v5), pings every 5 s, and the remote exit code returned.
+
+use std::{io::Read, time::Duration};
+
+use aexec_crds::{ExecSessionSpec, SUBRESOURCE_GROUP, VERSION};
+use futures::{SinkExt, StreamExt};
+use kube::Client;
+use serde_json::Value;
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    error::{Doing, Error, Result, explain},
+    terminal,
+};
+
+/// Stdin is read and sent in chunks of at most this many bytes.
+const STDIN_CHUNK: usize = 32 * 1024;
+/// Frames waiting to be sent: stdin reading pauses when the socket is slow (bounded memory).
+const OUTGOING: usize = 16;
+/// kubectl pings every 5 s; proxies close idle sockets.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// How the remote command ended, from the status frame (channel 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exited with this code.
+    Exited(i32),
+    /// Could not run (the status message says why).
+    Failed(String),
+}
+
+/// Reads a `metav1.Status` from channel 3 the way kubectl does.
+pub fn outcome(status: &Value) -> Outcome {
+    if status["status"] == "Success" {
+        return Outcome::Exited(0);
+    }
+    if status["reason"] == "NonZeroExitCode"
+        && let Some(code) = status["details"]["causes"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["reason"] == "ExitCode"))
+            .and_then(|c| c["message"].as_str())
+            .and_then(|m| m.trim().parse::<i32>().ok())
+    {
+        return Outcome::Exited(code);
+    }
+    Outcome::Failed(
+        status["message"]
+            .as_str()
+            .unwrap_or("the command failed without a message")
+            .to_owned(),
+    )
+}
+
+/// A resize frame (channel 4).
+pub fn resize_frame(cols: u16, rows: u16) -> Vec<u8> {
+    let mut f = vec![4u8];
+    f.extend_from_slice(format!("{{\"Width\":{cols},\"Height\":{rows}}}").as_bytes());
+    f
+}
+
+/// The path of a session's subresource on the aggregated API.
+pub fn subresource_path(namespace: &str, name: &str, sub: &str) -> String {
+    format!("/apis/{SUBRESOURCE_GROUP}/{VERSION}/namespaces/{namespace}/execsessions/{name}/{sub}")
+}
+
+/// How an attach ended for the process: the exit code, and a line for stderr.
+#[derive(Debug)]
+pub struct Ended {
+    pub code: i32,
+    pub message: Option<String>,
+}
+
+/// Attaches to session `name` and relays until the command ends. Returns the exit code as
+/// kubectl exec would (and the line kubectl prints for a non-zero exit).
+pub async fn attach(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: &ExecSessionSpec,
+) -> Result<Ended> {
+    let req = http::Request::get(subresource_path(namespace, name, "attach"))
+        .body(Vec::new())
+        .map_err(|e| Error::Api(e.to_string()))?;
+    let conn = client
+        .connect(req)
+        .await
+        .map_err(|e| explain(&e, &format!("attaching to session {name}"), Doing::Request))?;
+    let v5 = conn.supports_stream_close();
+    let ws = conn.into_stream();
+
+    // Raw mode only when the session has a terminal and ours is one.
+    let raw = if spec.tty && terminal::stdin_is_terminal() {
+        Some(
+            terminal::RawMode::enable()
+                .map_err(|e| Error::Io(format!("cannot put the terminal in raw mode: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let result = relay(ws, spec, v5, raw.is_some()).await;
+    drop(raw);
+    result
+}
+
+async fn relay<S>(ws: S, spec: &ExecSessionSpec, v5: bool, raw: bool) -> Result<Ended>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Unpin
+        + Send
+        + 'static,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(OUTGOING);
+
+    // One task owns the sending half.
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    if spec.tty
+        && let Some((cols, rows)) = terminal::size()
+    {
+        let _ = tx
+            .send(Message::Binary(resize_frame(cols, rows).into()))
+            .await;
+    }
+    if spec.stdin {
+        spawn_stdin_reader(tx.clone(), v5);
+    }
+    let mut winch = signal(SignalKind::window_change()).map_err(Error::from)?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::from)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::from)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::from)?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let ended = loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(Message::Binary(b))) => match b.first() {
+                    Some(1) => { stdout.write_all(&b[1..]).await?; stdout.flush().await?; }
+                    Some(2) => { stderr.write_all(&b[1..]).await?; stderr.flush().await?; }
+                    Some(3) => {
+                        let status: Value = serde_json::from_slice(&b[1..]).unwrap_or(Value::Null);
+                        break match outcome(&status) {
+                            Outcome::Exited(0) => Ended { code: 0, message: None },
+                            Outcome::Exited(c) => Ended { code: c, message: Some(format!("command terminated with exit code {c}")) },
+                            Outcome::Failed(m) => Ended { code: 1, message: Some(format!("error: {m}")) },
+                        };
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None => break Ended {
+                    code: 1,
+                    message: Some("error: the connection to the aexec operator closed before the command ended".into()),
+                },
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Ended {
+                    code: 1,
+                    message: Some(format!("error: the connection to the aexec operator broke: {e}")),
+                },
+            },
+            _ = winch.recv() => {
+                if spec.tty && let Some((cols, rows)) = terminal::size() {
+                    let _ = tx.send(Message::Binary(resize_frame(cols, rows).into())).await;
+                }
+            }
+            _ = ping.tick() => { let _ = tx.try_send(Message::Ping(Vec::new().into())); }
+            _ = term.recv() => break Ended { code: 143, message: Some("error: terminated (SIGTERM); the session ends".into()) },
+            _ = hup.recv() => break Ended { code: 129, message: Some("error: hangup (SIGHUP); the session ends".into()) },
+            _ = int.recv() => break Ended { code: 130, message: Some("error: interrupted; the session ends".into()) },
+        }
+    };
+    // Raw mode may be on: a message printed now needs a carriage return too, so leave printing
+    // to the caller after the terminal is restored.
+    let _ = raw;
+    let _ = tx.try_send(Message::Close(None));
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    Ok(ended)
+}
+
+/// Reads stdin on a thread of its own (reads block) and sends it as channel 0 frames; at end of
+/// input sends the v5 close of stdin. The bounded channel stops reading while the socket is slow.
+fn spawn_stdin_reader(tx: mpsc::Sender<Message>, v5: bool) {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = vec![0u8; STDIN_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut frame = Vec::with_capacity(n + 1);
+                        frame.push(0u8);
+                        frame.extend_from_slice(&buf[..n]);
+                        if tx.blocking_send(Message::Binary(frame.into())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            if v5 {
+                let _ = tx.blocking_send(Message::Binary(vec![255u8, 0].into()));
+            }
+        })
+        .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn exit_codes_from_status_frames() {
+        assert_eq!(outcome(&json!({"status": "Success"})), Outcome::Exited(0));
+        assert_eq!(
+            outcome(&json!({"status": "Failure", "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": "42"}]}})),
+            Outcome::Exited(42)
+        );
+        assert_eq!(
+            outcome(&json!({"status": "Failure", "message": "exec: \"nope\": not found"})),
+            Outcome::Failed("exec: \"nope\": not found".into())
+        );
+        assert!(matches!(outcome(&Value::Null), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn frames_and_paths() {
+        assert_eq!(
+            resize_frame(100, 30),
+            b"\x04{\"Width\":100,\"Height\":30}".to_vec()
+        );
+        assert_eq!(
+            subresource_path("ns", "s1", "attach"),
+            "/apis/subresources.aexec.dev/v1alpha1/namespaces/ns/execsessions/s1/attach"
+        );
+    }
+}

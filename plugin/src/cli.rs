@@ -1,0 +1,403 @@
+//! The command line: kubectl exec's flags and habits, plus the review and control subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Ask for a shell in pod api-7f9c, wait for approval, then attach (like kubectl exec -it)
+  kubectl aexec -n prod api-7f9c -it -r INC-1234 -- bash
+
+  # Run one command in the first pod of a deployment, in container app
+  kubectl aexec deploy/api -c app -- cat /etc/os-release
+
+  # Pipe input into a command (no terminal)
+  echo 'select 1;' | kubectl aexec -i db-0 -- psql
+
+  # Ask now, attach later (prints the session name)
+  kubectl aexec --no-wait api-7f9c -it -- bash
+  kubectl aexec attach exec-7xk2p
+
+  # Review: list, describe, approve or deny, replay, export, verify
+  kubectl aexec list -A --phase Pending
+  kubectl aexec approve exec-7xk2p -m 'ok for INC-1234'
+  kubectl aexec replay exec-7xk2p --speed 2 --idle-limit 1
+
+A pod named like a subcommand (list, approve, ...) is reached as pod/NAME.";
+
+/// `kubectl aexec`: approved, recorded `kubectl exec`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-aexec",
+    bin_name = "kubectl aexec",
+    version,
+    about = "Execute a command in a container after approval, recorded (approved, audited kubectl exec).",
+    long_about = "Execute a command in a container, like kubectl exec, through an approval workflow.\n\n\
+        kubectl aexec creates an ExecSession for the command, waits until the ExecPolicy that \
+        governs the pod approves it (at once, or after other people approve it with \
+        `kubectl aexec approve`), then attaches through the aexec operator, which runs the command \
+        and records every byte. The exit code is the command's, as with kubectl exec.",
+    after_help = EXAMPLES,
+    override_usage = "kubectl aexec [flags] POD|TYPE/NAME [-c CONTAINER] -- COMMAND [ARGS...]\n       kubectl aexec SUBCOMMAND [flags]",
+    subcommand_value_name = "SUBCOMMAND",
+    subcommand_help_heading = "Subcommands",
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// Connection flags, as kubectl spells them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Global {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, a list, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// The kubeconfig cluster to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// The kubeconfig user to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// The namespace (default: the context's namespace, else "default").
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// The exec request: `kubectl aexec [flags] POD|TYPE/NAME [-c CONTAINER] -- COMMAND [ARGS...]`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ExecArgs {
+    /// The pod (POD, pod/NAME) or a workload whose first active pod is used
+    /// (deploy/NAME, rs/NAME, sts/NAME, ds/NAME).
+    #[arg(value_name = "POD|TYPE/NAME")]
+    pub target: Vec<String>,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+
+    /// Container name (default: the pod's kubectl.kubernetes.io/default-container annotation,
+    /// else its first container).
+    #[arg(short = 'c', long, value_name = "CONTAINER")]
+    pub container: Option<String>,
+
+    /// Pass stdin to the container.
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+
+    /// Stdin is a TTY (a terminal for the command; needs -i).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// Why you need this (a ticket or incident); shown to approvers and kept with the recording.
+    #[arg(short = 'r', long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Give up waiting for approval after this long (like 30s, 5m); the request stays open.
+    #[arg(long, value_name = "DURATION", conflicts_with = "no_wait")]
+    pub wait: Option<kube::core::Duration>,
+
+    /// Create the request, print its name and exit; attach later with `kubectl aexec attach`.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Print no progress or notices, only errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List exec sessions (like kubectl get execsessions).
+    #[command(visible_alias = "ls", visible_alias = "get")]
+    List(ListArgs),
+    /// Show a session: what was asked, policy, approvals, timeline and recording.
+    Describe(NameArg),
+    /// Approve a session (approvers named by its policy; never your own).
+    Approve(DecideArgs),
+    /// Deny a session, saying why.
+    Deny(DecideArgs),
+    /// Attach to a session created with --no-wait, waiting for its approval first.
+    Attach(AttachArgs),
+    /// End a running session.
+    Terminate(NameArg),
+    /// Play a session's recording in the terminal with its real timing.
+    Replay(ReplayArgs),
+    /// Write a session's recording to a file (asciicast v3, v2 for older players, or text).
+    Export(ExportArgs),
+    /// Check a recording's hash chain against the digest in the session's status.
+    Verify(NameArg),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(CompletionArgs),
+    /// Completion candidates for the words given (kubectl's plugin completion protocol).
+    #[command(name = "__complete", hide = true)]
+    Complete(CompleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The session's name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The session's name.
+    pub name: String,
+    /// A comment kept with the decision (why).
+    #[arg(short = 'm', long, value_name = "TEXT")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The session's name.
+    pub name: String,
+    /// Give up waiting for approval after this long (like 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<kube::core::Duration>,
+    /// Print no progress or notices, only errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Wide,
+    Json,
+    Yaml,
+    Name,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List sessions in every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Only sessions in this phase (Pending, Approved, Denied, Expired, Active, Succeeded,
+    /// Failed, Terminated).
+    #[arg(long, value_name = "PHASE", value_parser = parse_phase)]
+    pub phase: Option<aexec_crds::Phase>,
+    /// Output format: wide, json, yaml or name (default: a table).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
+    /// Do not print the header line.
+    #[arg(long)]
+    pub no_headers: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The session's name.
+    pub name: String,
+    /// Playback speed (2 is twice as fast).
+    #[arg(short = 's', long, default_value_t = 1.0, value_parser = parse_speed)]
+    pub speed: f64,
+    /// Shorten pauses longer than this many seconds to this many.
+    #[arg(short = 'i', long, value_name = "SECONDS", value_parser = parse_idle)]
+    pub idle_limit: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// asciicast v3, exactly as recorded (stderr tags, exact bytes).
+    V3,
+    /// asciicast v2, for players that do not read v3.
+    V2,
+    /// A plain-text transcript.
+    Text,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::V3 => "v3",
+            Format::V2 => "v2",
+            Format::Text => "text",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The session's name.
+    pub name: String,
+    /// Write to this file instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The format.
+    #[arg(long, value_enum, default_value_t = Format::V3)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Install:\n  bash: kubectl aexec completion bash > /etc/bash_completion.d/kubectl-aexec\n  zsh:  kubectl aexec completion zsh > \"${fpath[1]}/_kubectl-aexec\"\n  fish: kubectl aexec completion fish > ~/.config/fish/completions/kubectl-aexec.fish\n\nAs `kubectl aexec ...` (kubectl 1.26+), kubectl's own completion runs the helper\nkubectl_complete-aexec shipped next to the plugin: session names, pods and namespaces complete."
+)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The words after `kubectl aexec`, the last one being completed.
+    #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+    pub words: Vec<String>,
+}
+
+fn parse_phase(s: &str) -> Result<aexec_crds::Phase, String> {
+    use aexec_crds::Phase::*;
+    [
+        Pending, Approved, Denied, Expired, Active, Succeeded, Failed, Terminated,
+    ]
+    .into_iter()
+    .find(|p| p.as_str().eq_ignore_ascii_case(s))
+    .ok_or_else(|| {
+        format!(
+            "unknown phase {s:?}: use Pending, Approved, Denied, Expired, Active, Succeeded, Failed or Terminated"
+        )
+    })
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1000.0 => Ok(v),
+        _ => Err(format!(
+            "speed must be a number above 0 (up to 1000), not {s:?}"
+        )),
+    }
+}
+
+fn parse_idle(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "idle limit must be a number of seconds above 0, not {s:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kubectl-aexec").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_form_like_kubectl() {
+        let c = parse(&[
+            "-n", "prod", "web", "-it", "-c", "app", "-r", "INC-1", "--", "sh", "-c", "ls -l",
+        ])
+        .expect("parses");
+        assert!(c.command.is_none());
+        assert_eq!(c.global.namespace.as_deref(), Some("prod"));
+        assert_eq!(c.exec.target, vec!["web"]);
+        assert_eq!(c.exec.command, vec!["sh", "-c", "ls -l"]);
+        assert!(c.exec.stdin && c.exec.tty);
+        assert_eq!(c.exec.container.as_deref(), Some("app"));
+        assert_eq!(c.exec.reason.as_deref(), Some("INC-1"));
+    }
+
+    #[test]
+    fn subcommands_and_global_flags() {
+        let c = parse(&[
+            "list",
+            "-A",
+            "--phase",
+            "pending",
+            "-o",
+            "wide",
+            "--context",
+            "x",
+        ])
+        .expect("parses");
+        match c.command {
+            Some(Command::List(l)) => {
+                assert!(l.all_namespaces);
+                assert_eq!(l.phase, Some(aexec_crds::Phase::Pending));
+                assert_eq!(l.output, Some(Output::Wide));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.global.context.as_deref(), Some("x"));
+        let c = parse(&["approve", "s1", "-m", "ok", "-n", "ns"]).expect("parses");
+        assert!(
+            matches!(c.command, Some(Command::Approve(ref d)) if d.message.as_deref() == Some("ok"))
+        );
+        assert_eq!(c.global.namespace.as_deref(), Some("ns"));
+        assert!(parse(&["list", "--phase", "Sleeping"]).is_err());
+        assert!(parse(&["replay", "s1", "--speed", "0"]).is_err());
+        let c = parse(&["--wait", "5m", "web", "--", "id"]).expect("parses");
+        assert_eq!(
+            c.exec.wait.map(std::time::Duration::from),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert!(parse(&["--wait", "5m", "--no-wait", "web", "--", "id"]).is_err());
+        assert!(parse(&["--wait", "five", "web", "--", "id"]).is_err());
+    }
+
+    #[test]
+    fn global_flags_before_subcommands() {
+        let c = parse(&[
+            "--kubeconfig",
+            "/k",
+            "-n",
+            "ns",
+            "approve",
+            "s1",
+            "-m",
+            "ok",
+        ])
+        .expect("parses");
+        assert!(
+            matches!(c.command, Some(Command::Approve(_))),
+            "{:?}",
+            c.command
+        );
+        assert!(c.exec.target.is_empty());
+    }
+
+    #[test]
+    fn words_without_separator_are_kept_for_a_clear_error() {
+        // `kubectl aexec web ls`: clap accepts it; the request check explains the `--`.
+        let c = parse(&["web", "ls", "-l"]);
+        // `-l` is not a flag of ours: clap refuses it, with its own message.
+        assert!(c.is_err());
+        let c = parse(&["web", "ls"]).expect("parses");
+        assert_eq!(c.exec.target, vec!["web", "ls"]);
+        assert!(c.exec.command.is_empty());
+    }
+}

@@ -1,0 +1,588 @@
+//! The commands, at the edge: each reads from the cluster, calls the pure parts, and prints.
+
+use std::{io::Write, time::Duration};
+
+use aexec_crds::{ExecPolicy, ExecSession, ExecSessionSpec, Phase};
+use futures::{AsyncReadExt, StreamExt};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+
+use crate::{
+    attach::{self, subresource_path},
+    cli::{self, ExecArgs, Output},
+    connect::{self, Conn},
+    error::{Doing, Error, Result, explain, out},
+    progress::{self, Progress},
+    replay, table, target, terminal,
+};
+
+/// Largest recording `replay` holds in memory (export streams, verify goes segment by segment).
+const MAX_REPLAY_BYTES: u64 = 256 << 20;
+/// Largest single stored object `verify` reads (segments are cut at 1 MiB plus one line).
+const MAX_OBJECT_BYTES: u64 = 64 << 20;
+
+fn sessions(c: &Conn) -> Api<ExecSession> {
+    Api::namespaced(c.client.clone(), &c.namespace)
+}
+
+/// `kubectl aexec [flags] POD -- COMMAND`: request, wait, attach. Returns the exit code.
+pub async fn exec(c: &Conn, args: &ExecArgs) -> Result<i32> {
+    let (target, command) = target::split_exec_args(&args.target, &args.command)?;
+    let (tty, warning) = target::tty_decision(args.stdin, args.tty, terminal::stdin_is_terminal());
+    if let Some(w) = warning
+        && !args.quiet
+    {
+        eprintln!("{w}");
+    }
+    let pod = target::find_pod(&c.client, &c.namespace, &target).await?;
+    let (container, notice) = target::resolve_container(&pod, args.container.as_deref())?;
+    if let Some(n) = notice
+        && !args.quiet
+    {
+        eprintln!("{n}");
+    }
+    let me = connect::whoami(&c.client).await?;
+    let spec = ExecSessionSpec {
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        container: Some(container),
+        command,
+        stdin: args.stdin,
+        tty,
+        reason: args.reason.clone(),
+        requester: me,
+    };
+    let mut s = ExecSession::new("", spec);
+    s.metadata.name = None;
+    s.metadata.generate_name = Some("exec-".into());
+    let created = sessions(c)
+        .create(&PostParams::default(), &s)
+        .await
+        .map_err(|e| explain(&e, "creating the ExecSession", Doing::Request))?;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    if args.no_wait {
+        out(&format!("{name}\n"))?;
+        if !args.quiet {
+            eprintln!(
+                "execsession {name} created; attach once approved: kubectl aexec attach {name} -n {}",
+                c.namespace
+            );
+        }
+        return Ok(0);
+    }
+    if !args.quiet {
+        eprintln!("execsession {name} created in namespace {}", c.namespace);
+    }
+    let approved = wait_approved(c, &name, args.wait.map(Into::into), args.quiet, true).await?;
+    run_attached(c, &name, &approved.spec).await
+}
+
+/// `attach NAME`: waits for the approval of a `--no-wait` session, then attaches.
+pub async fn attach_existing(c: &Conn, a: &cli::AttachArgs) -> Result<i32> {
+    let s = get(c, &a.name, Doing::Request).await?;
+    if s.spec.tty && !terminal::stdin_is_terminal() && !a.quiet {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+    }
+    let approved = wait_approved(c, &a.name, a.wait.map(Into::into), a.quiet, false).await?;
+    run_attached(c, &a.name, &approved.spec).await
+}
+
+async fn run_attached(c: &Conn, name: &str, spec: &ExecSessionSpec) -> Result<i32> {
+    let ended = attach::attach(&c.client, &c.namespace, name, spec).await?;
+    // The terminal is restored by now: the message gets its own line.
+    if let Some(m) = ended.message {
+        eprintln!("{m}");
+    }
+    Ok(ended.code)
+}
+
+/// Watches session `name` until it is Approved, printing progress; a denial or expiry is an
+/// error saying why. On Ctrl-C (or SIGTERM) the request is withdrawn (deleted) when `withdraw`.
+async fn wait_approved(
+    c: &Conn,
+    name: &str,
+    limit: Option<Duration>,
+    quiet: bool,
+    withdraw: bool,
+) -> Result<ExecSession> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let api = sessions(c);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api.clone(), cfg).default_backoff().boxed();
+    let mut progress = Progress::new();
+    let mut policy: Option<ExecPolicy> = None;
+    let mut policy_read = false;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => futures::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    let mut seen = false;
+    loop {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            _ = int.recv() => return Err(interrupted(c, name, withdraw).await),
+            _ = term.recv() => return Err(interrupted(c, name, withdraw).await),
+            _ = &mut timeout => {
+                return Err(Error::Session(format!(
+                    "session {name} was not approved within {}; it stays open: attach later with \
+                     kubectl aexec attach {name} -n {}, or withdraw it with kubectl delete execsession {name} -n {}",
+                    kube::core::Duration::from(limit.unwrap_or_default()), c.namespace, c.namespace
+                )));
+            }
+        };
+        let s = match ev {
+            Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => s,
+            Some(Ok(watcher::Event::Delete(_))) => {
+                return Err(Error::Session(format!(
+                    "session {name} was deleted while waiting for approval"
+                )));
+            }
+            Some(Ok(watcher::Event::InitDone)) if !seen => {
+                return Err(Error::Session(format!(
+                    "execsession {name:?} not found in namespace {:?}",
+                    c.namespace
+                )));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                // Refusals will not go away by retrying; other errors are retried with backoff.
+                if let watcher::Error::InitialListFailed(kube::Error::Api(s))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(s)) = &e
+                    && matches!(s.code, 401 | 403 | 404)
+                {
+                    let e = kube::Error::Api(s.clone());
+                    return Err(explain(
+                        &e,
+                        &format!("watching session {name}"),
+                        Doing::Request,
+                    ));
+                }
+                continue;
+            }
+            None => {
+                return Err(Error::Api(format!(
+                    "watching session {name}: the watch ended"
+                )));
+            }
+        };
+        seen = true;
+        if !policy_read && let Some(p) = s.status.as_ref().and_then(|st| st.policy.clone()) {
+            policy_read = true;
+            policy = Api::<ExecPolicy>::all(c.client.clone())
+                .get_opt(&p)
+                .await
+                .ok()
+                .flatten();
+        }
+        if !quiet {
+            for line in progress.update(&s, policy.as_ref()) {
+                eprintln!("{line}");
+            }
+        }
+        match s.phase() {
+            Phase::Pending => continue,
+            Phase::Approved => return Ok(s),
+            _ => {
+                return Err(Error::Session(
+                    progress::not_attachable(&s)
+                        .unwrap_or_else(|| format!("session {name} cannot be attached")),
+                ));
+            }
+        }
+    }
+}
+
+async fn interrupted(c: &Conn, name: &str, withdraw: bool) -> Error {
+    if !withdraw {
+        return Error::Session(format!(
+            "interrupted; session {name} stays open (withdraw it with kubectl delete execsession {name} -n {})",
+            c.namespace
+        ));
+    }
+    match sessions(c).delete(name, &DeleteParams::default()).await {
+        Ok(_) => Error::Session(format!("interrupted: request {name} withdrawn")),
+        Err(e) => explain(
+            &e,
+            &format!("interrupted; withdrawing request {name}"),
+            Doing::Request,
+        ),
+    }
+}
+
+async fn get(c: &Conn, name: &str, doing: Doing) -> Result<ExecSession> {
+    match sessions(c).get_opt(name).await {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(Error::Usage(format!(
+            "execsession {name:?} not found in namespace {:?} (kubectl aexec list -n {})",
+            c.namespace, c.namespace
+        ))),
+        Err(e) => Err(explain(&e, &format!("reading session {name}"), doing)),
+    }
+}
+
+/// `approve` / `deny`.
+pub async fn decide(c: &Conn, d: &cli::DecideArgs, approve: bool) -> Result<i32> {
+    let (verb, done) = if approve {
+        ("approve", "approved")
+    } else {
+        ("deny", "denied")
+    };
+    let body = match &d.message {
+        Some(m) => json!({"comment": m}),
+        None => json!({}),
+    };
+    let req = http::Request::put(subresource_path(&c.namespace, &d.name, verb))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).map_err(|e| Error::Api(e.to_string()))?)
+        .map_err(|e| Error::Api(e.to_string()))?;
+    let s: ExecSession = c.client.request(req).await.map_err(|e| {
+        explain(
+            &e,
+            &format!("{}ing session {}", verb.trim_end_matches('e'), d.name),
+            Doing::Decide,
+        )
+    })?;
+    let summary = s
+        .status
+        .as_ref()
+        .and_then(|st| st.approval_summary.clone())
+        .map(|a| format!(" ({a} approvals)"))
+        .filter(|_| approve)
+        .unwrap_or_default();
+    out(&format!(
+        "execsession.aexec.dev/{} {done}{summary}\n",
+        d.name
+    ))?;
+    Ok(0)
+}
+
+/// `terminate NAME`.
+pub async fn terminate(c: &Conn, name: &str) -> Result<i32> {
+    let req = http::Request::put(subresource_path(&c.namespace, name, "terminate"))
+        .body(Vec::new())
+        .map_err(|e| Error::Api(e.to_string()))?;
+    c.client
+        .request_text(req)
+        .await
+        .map_err(|e| explain(&e, &format!("terminating session {name}"), Doing::Request))?;
+    out(&format!("execsession.aexec.dev/{name} terminated\n"))?;
+    Ok(0)
+}
+
+/// `list`.
+pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
+    let api: Api<ExecSession> = if l.all_namespaces {
+        Api::all(c.client.clone())
+    } else {
+        sessions(c)
+    };
+    let mut lp = ListParams::default();
+    if let Some(p) = l.phase {
+        lp = lp.fields(&format!("status.phase={p}"));
+    }
+    let mut items = api
+        .list(&lp)
+        .await
+        .map_err(|e| explain(&e, "listing sessions", Doing::Audit))?
+        .items;
+    for s in &mut items {
+        s.metadata.managed_fields = None;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match l.output {
+        Some(Output::Json) | Some(Output::Yaml) => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}});
+            let text = if l.output == Some(Output::Json) {
+                serde_json::to_string_pretty(&list)
+                    .map(|s| s + "\n")
+                    .map_err(|e| Error::Io(e.to_string()))?
+            } else {
+                serde_yaml::to_string(&list).map_err(|e| Error::Io(e.to_string()))?
+            };
+            stdout.write_all(text.as_bytes())?;
+        }
+        Some(Output::Name) => {
+            for s in &items {
+                writeln!(
+                    stdout,
+                    "execsession.aexec.dev/{}",
+                    s.metadata.name.clone().unwrap_or_default()
+                )?;
+            }
+        }
+        other => {
+            if items.is_empty() {
+                if l.all_namespaces {
+                    eprintln!("No resources found");
+                } else {
+                    eprintln!("No resources found in {} namespace.", c.namespace);
+                }
+                return Ok(0);
+            }
+            let wide = other == Some(Output::Wide);
+            stdout.write_all(
+                table::list(
+                    &items,
+                    l.all_namespaces,
+                    wide,
+                    l.no_headers,
+                    chrono::Utc::now(),
+                )
+                .as_bytes(),
+            )?;
+        }
+    }
+    Ok(0)
+}
+
+/// `describe NAME`.
+pub async fn describe(c: &Conn, name: &str) -> Result<i32> {
+    let s = get(c, name, Doing::Audit).await?;
+    out(&table::describe(&s, chrono::Utc::now()))?;
+    Ok(0)
+}
+
+fn recording_path(c: &Conn, name: &str, query: &str) -> String {
+    format!(
+        "{}?{query}",
+        subresource_path(&c.namespace, name, "recording")
+    )
+}
+
+/// GETs `path` and reads at most `limit` bytes of the answer (more is an error, never buffered).
+async fn get_bounded(client: &Client, path: &str, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Error::Api(e.to_string()))?;
+    let body = client
+        .request_stream(req)
+        .await
+        .map_err(|e| explain(&e, what, Doing::Audit))?;
+    let mut buf = Vec::new();
+    body.take(limit + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| Error::Api(format!("{what}: {e}")))?;
+    if buf.len() as u64 > limit {
+        return Err(Error::Api(format!("{what}: larger than {limit} bytes")));
+    }
+    Ok(buf)
+}
+
+/// `export NAME [-o FILE] [--format F]`: streams the recording (verified by the operator) to
+/// the file (written whole or not at all) or to stdout.
+pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
+    let what = format!("reading the recording of {}", e.name);
+    let req = http::Request::get(recording_path(
+        c,
+        &e.name,
+        &format!("format={}", e.format.as_str()),
+    ))
+    .body(Vec::new())
+    .map_err(|e| Error::Api(e.to_string()))?;
+    let mut body = c
+        .client
+        .request_stream(req)
+        .await
+        .map_err(|err| explain(&err, &what, Doing::Audit))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    match &e.output {
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            loop {
+                let n = body
+                    .read(&mut buf)
+                    .await
+                    .map_err(|err| Error::Api(format!("{what}: {err}")))?;
+                if n == 0 {
+                    break;
+                }
+                stdout.write_all(&buf[..n])?;
+            }
+            stdout.flush()?;
+        }
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|err| Error::Io(format!("cannot write in {}: {err}", dir.display())))?;
+            let mut total = 0u64;
+            loop {
+                let n = body
+                    .read(&mut buf)
+                    .await
+                    .map_err(|err| Error::Api(format!("{what}: {err}")))?;
+                if n == 0 {
+                    break;
+                }
+                tmp.write_all(&buf[..n])
+                    .map_err(|err| Error::Io(format!("writing {}: {err}", path.display())))?;
+                total += n as u64;
+            }
+            tmp.persist(path)
+                .map_err(|err| Error::Io(format!("writing {}: {err}", path.display())))?;
+            eprintln!(
+                "wrote {} ({total} bytes, {})",
+                path.display(),
+                e.format.as_str()
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `replay NAME`: plays the recording (verified by the operator) with its timing.
+pub async fn replay(c: &Conn, r: &cli::ReplayArgs) -> Result<i32> {
+    let bytes = get_bounded(
+        &c.client,
+        &recording_path(c, &r.name, "format=v3"),
+        MAX_REPLAY_BYTES,
+        &format!("reading the recording of {}", r.name),
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Api(m) if m.ends_with("bytes") => Error::Api(format!(
+            "{m}: too long to replay here; export it (kubectl aexec export {} -o FILE) and play it with asciinema",
+            r.name
+        )),
+        other => other,
+    })?;
+    let rec = aexec_recording::cast::CastReader::parse(&bytes).map_err(|e| {
+        Error::Api(format!(
+            "the recording of {} is not valid asciicast v3: {e}",
+            r.name
+        ))
+    })?;
+    let interactive = terminal::stdin_is_terminal() && terminal::stdout_is_terminal();
+    if interactive {
+        let f = &rec.header.aexec;
+        eprintln!(
+            "replaying {}/{}: {} by {} in {}/{} (space: pause, '.': step, ']': next marker, q: quit)",
+            f.namespace,
+            f.name,
+            aexec_recording::cast::display_command(&f.command),
+            f.requester.username,
+            f.pod,
+            f.container
+        );
+    }
+    let tty = rec.header.aexec.tty;
+    let frames = replay::schedule(&rec, r.speed, r.idle_limit);
+    replay::play(frames, tty, interactive).await?;
+    Ok(0)
+}
+
+/// `verify NAME`: fetches the stored objects and checks the chain here, with the same code as
+/// the operator, against the head the session's status recorded.
+pub async fn verify(c: &Conn, name: &str) -> Result<i32> {
+    use aexec_recording::chain::{Manifest, SegmentMeta, Verifier, segment_name, sidecar_name};
+    let s = get(c, name, Doing::Audit).await?;
+    let rec = s
+        .status
+        .as_ref()
+        .and_then(|st| st.recording.clone())
+        .ok_or_else(|| {
+            Error::Verify(format!(
+                "session {name} has no recording (phase {})",
+                s.phase()
+            ))
+        })?;
+    let expected = rec.sha256.clone().ok_or_else(|| {
+        Error::Verify(format!(
+            "session {name}'s recording is not sealed yet (no sha256 in its status)"
+        ))
+    })?;
+    let fetch = |object: String| {
+        let path = recording_path(c, name, &format!("object={object}"));
+        async move {
+            get_bounded(
+                &c.client,
+                &path,
+                MAX_OBJECT_BYTES,
+                &format!("reading {object} of {name}"),
+            )
+            .await
+        }
+    };
+    let manifest: Manifest = serde_json::from_slice(&fetch("manifest.json".into()).await?)
+        .map_err(|e| Error::Verify(format!("FAILED: the manifest of {name} is not valid: {e}")))?;
+    let uid = s.metadata.uid.clone().unwrap_or_default();
+    if manifest.session.name != name
+        || manifest.session.namespace != c.namespace
+        || manifest.session.uid != uid
+    {
+        return Err(Error::Verify(format!(
+            "FAILED: the recording belongs to {}/{} ({}), not to this session ({}/{name}, {uid})",
+            manifest.session.namespace, manifest.session.name, manifest.session.uid, c.namespace
+        )));
+    }
+    let fail = |e: aexec_recording::chain::VerifyError| Error::Verify(format!("FAILED: {e}"));
+    let mut v = Verifier::new(&manifest, Some(&expected)).map_err(fail)?;
+    for meta in &manifest.segments {
+        let bytes = fetch(segment_name(meta.index)).await.map_err(|e| match e {
+            Error::Api(m) if m.contains("cannot be read") || m.contains("not found") => {
+                Error::Verify(format!(
+                    "FAILED: segment {} ({}) is missing: {m}",
+                    meta.index,
+                    segment_name(meta.index)
+                ))
+            }
+            other => other,
+        })?;
+        // A missing sidecar is allowed (a crash may lose the newest); a present one must agree.
+        let sidecar: Option<SegmentMeta> = match fetch(sidecar_name(meta.index)).await {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
+                Error::Verify(format!(
+                    "FAILED: sidecar {} is not valid: {e}",
+                    sidecar_name(meta.index)
+                ))
+            })?),
+            Err(_) => None,
+        };
+        v.segment(meta.index, &bytes, sidecar.as_ref())
+            .map_err(fail)?;
+    }
+    let report = v.finish().map_err(fail)?;
+    out(&format!(
+        "recording of {}/{name} verified: {} segments, {} bytes, chain head {} matches the session's status{}\n",
+        c.namespace,
+        report.segments,
+        report.total_bytes,
+        report.head,
+        if report.interrupted {
+            format!(
+                " (sealed after an interruption: {})",
+                report.reason.unwrap_or_default()
+            )
+        } else {
+            String::new()
+        }
+    ))?;
+    Ok(0)
+}
+
+/// `completion SHELL`.
+pub fn completion(shell: cli::Shell) -> Result<i32> {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    let shell = match shell {
+        cli::Shell::Bash => clap_complete::Shell::Bash,
+        cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "kubectl-aexec", &mut script);
+    out(&String::from_utf8_lossy(&script))?;
+    Ok(0)
+}
