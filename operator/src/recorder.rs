@@ -489,7 +489,15 @@ impl Verified {
 /// At startup: ends the sessions this replica (`instance`) was relaying when it stopped. Their
 /// streams died with the process and cannot resume; their recordings are sealed from what was
 /// spooled or stored, marked interrupted, and the sessions fail with a message saying so.
-pub async fn recover(client: kube::Client, spool: Arc<Spool>, instance: String) {
+///
+/// Only sessions claimed before `started` (this process's start) are ended: the instance name
+/// survives a restart, and a session attached to the new process in the meantime is live.
+pub async fn recover(
+    client: kube::Client,
+    spool: Arc<Spool>,
+    instance: String,
+    started: k8s_openapi::jiff::Timestamp,
+) {
     let api: kube::Api<ExecSession> = kube::Api::all(client.clone());
     let mut delay = Duration::from_millis(500);
     let list = loop {
@@ -504,7 +512,7 @@ pub async fn recover(client: kube::Client, spool: Arc<Spool>, instance: String) 
     };
     for s in list {
         let st = s.status.clone().unwrap_or_default();
-        if st.phase != Some(aexec_crds::Phase::Active) || st.broker.as_deref() != Some(&instance) {
+        if !orphaned(&st, &instance, started) {
             continue;
         }
         let (ns, name) = (
@@ -526,10 +534,23 @@ pub async fn recover(client: kube::Client, spool: Arc<Spool>, instance: String) 
         if recording.is_some() {
             message.push_str(" and its recording sealed, marked interrupted");
         }
-        if let Err(e) = end_interrupted(&client, &ns, &name, &instance, message, recording).await {
+        if let Err(e) =
+            end_interrupted(&client, &ns, &name, &instance, started, message, recording).await
+        {
             warn!(namespace = %ns, session = %name, error = %e, "ending an interrupted session");
         }
     }
+}
+
+/// Whether a session was left Active by an earlier process of `instance` (pure).
+pub fn orphaned(
+    st: &aexec_crds::ExecSessionStatus,
+    instance: &str,
+    started: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    st.phase == Some(aexec_crds::Phase::Active)
+        && st.broker.as_deref() == Some(instance)
+        && st.start_time.as_ref().is_none_or(|t| t.0 < started)
 }
 
 /// Writes the final status of an interrupted session, if it is still Active on `instance`.
@@ -538,6 +559,7 @@ async fn end_interrupted(
     ns: &str,
     name: &str,
     instance: &str,
+    started: k8s_openapi::jiff::Timestamp,
     message: String,
     recording: Option<RecordingStatus>,
 ) -> Result<(), kube::Error> {
@@ -547,7 +569,7 @@ async fn end_interrupted(
             return Ok(());
         };
         let mut st = s.status.clone().unwrap_or_default();
-        if st.phase != Some(aexec_crds::Phase::Active) || st.broker.as_deref() != Some(instance) {
+        if !orphaned(&st, instance, started) {
             return Ok(());
         }
         st.phase = Some(aexec_crds::Phase::Failed);
@@ -573,6 +595,42 @@ async fn end_interrupted(
 
 #[cfg(test)]
 mod tests {
+    use super::orphaned;
+    use aexec_crds::{ExecSessionStatus, Phase};
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+    #[test]
+    fn only_sessions_claimed_by_an_earlier_process_are_orphans() {
+        let started: Timestamp = "2026-11-23T10:00:00Z".parse().expect("time");
+        let st = |phase, broker: &str, at: &str| ExecSessionStatus {
+            phase: Some(phase),
+            broker: Some(broker.into()),
+            start_time: Some(Time(at.parse().expect("time"))),
+            ..Default::default()
+        };
+        assert!(orphaned(
+            &st(Phase::Active, "op-0", "2026-11-23T09:59:59Z"),
+            "op-0",
+            started
+        ));
+        // Attached to this process after it started: live, not an orphan.
+        assert!(!orphaned(
+            &st(Phase::Active, "op-0", "2026-11-23T10:00:01Z"),
+            "op-0",
+            started
+        ));
+        assert!(!orphaned(
+            &st(Phase::Active, "op-1", "2026-11-23T09:00:00Z"),
+            "op-0",
+            started
+        ));
+        assert!(!orphaned(
+            &st(Phase::Succeeded, "op-0", "2026-11-23T09:00:00Z"),
+            "op-0",
+            started
+        ));
+    }
+
     use std::path::Path;
 
     use futures::StreamExt;

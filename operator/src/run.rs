@@ -241,6 +241,8 @@ struct Ops {
 
 /// Runs every task until a shutdown signal.
 pub async fn run(args: Args) -> Result<()> {
+    // Sessions claimed before this instant belong to an earlier process of this instance.
+    let process_started = k8s_openapi::jiff::Timestamp::now();
     let config = config(args.kubeconfig.as_ref()).await?;
     let client = Client::try_from(config.clone())?;
     let metrics = Metrics::default();
@@ -389,8 +391,13 @@ pub async fn run(args: Args) -> Result<()> {
     // Sessions this replica was relaying when it stopped (a crash, a SIGKILL) cannot resume:
     // their recordings are sealed as interrupted and the sessions ended.
     tokio::spawn(
-        crate::recorder::recover(client.clone(), spool.clone(), args.instance.clone())
-            .instrument(info_span!("recovery")),
+        crate::recorder::recover(
+            client.clone(),
+            spool.clone(),
+            args.instance.clone(),
+            process_started,
+        )
+        .instrument(info_span!("recovery")),
     );
 
     info!("operator running");

@@ -324,8 +324,9 @@ async fn max_duration_ends_session() {
     let cmd = ["sh", "-c", "while true; do echo tick; sleep 0.2; done"];
     let limits = json!({"maxDuration": "3s", "idleTimeout": "1s"});
     let (t, _op) = setup_with(&cmd, false, limits).await;
-    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    // Timed from before the attach request: the relay's clock starts after it was sent.
     let start = std::time::Instant::now();
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
     let (out, err) = drain(&mut ws, 20).await;
     assert!(
         start.elapsed() >= Duration::from_secs(3),
