@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use aexec_fuzz::cast::{expected, normalize, read_chunked, read_lines};
-use aexec_recording::cast::{to_text, to_v2, CastReader, CastWriter, Event};
+use aexec_recording::cast::{CastReader, CastWriter, Event, to_text, to_v2};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -27,7 +27,11 @@ fn sizes(data: &[u8]) -> Vec<usize> {
 
 fuzz_target!(|data: &[u8]| {
     let whole = read_chunked(data, &[]);
-    assert_eq!(read_chunked(data, &sizes(data)), whole, "chunked feeding differs");
+    assert_eq!(
+        read_chunked(data, &sizes(data)),
+        whole,
+        "chunked feeding differs"
+    );
     assert_eq!(read_lines(data), whole, "line by line differs");
 
     let parsed = CastReader::parse(data);
@@ -45,25 +49,38 @@ fuzz_target!(|data: &[u8]| {
         rec.events.windows(2).all(|w| w[0].0 <= w[1].0),
         "times go backwards"
     );
-    assert!(rec.events.iter().all(|(_, ev)| match ev {
-        Event::Output(b) | Event::Error(b) | Event::Input(b) => !b.is_empty(),
-        _ => true,
-    }), "an empty data event");
+    assert!(
+        rec.events.iter().all(|(_, ev)| match ev {
+            Event::Output(b) | Event::Error(b) | Event::Input(b) => !b.is_empty(),
+            _ => true,
+        }),
+        "an empty data event"
+    );
 
     let v2 = to_v2(&rec);
     let lines: Vec<&str> = v2.lines().collect();
-    assert_eq!(lines.len(), rec.events.len() + 1, "v2 has one line per event");
+    assert_eq!(
+        lines.len(),
+        rec.events.len() + 1,
+        "v2 has one line per event"
+    );
     let head: Value = serde_json::from_str(lines[0]).expect("v2 header is JSON");
     assert_eq!(head["version"], 2);
     for (line, (at, _)) in lines[1..].iter().zip(&rec.events) {
         let (t, code, _): (f64, String, String) =
             serde_json::from_str(line).expect("v2 event is [time, code, data]");
-        assert!(["o", "i", "r", "m"].contains(&code.as_str()), "v2 code {code}");
+        assert!(
+            ["o", "i", "r", "m"].contains(&code.as_str()),
+            "v2 code {code}"
+        );
         assert!((t - at.as_secs_f64()).abs() < 1e-3 * (1.0 + at.as_secs_f64()));
     }
 
     let text = to_text(&rec);
-    if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && *c != '\n' && *c != '\t')
+    {
         panic!("text transcript holds control character {c:?}");
     }
 

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use aexec_fuzz::cast::{expected, normalize, read_chunked, EventSpec, HeaderSpec, When};
 use aexec_fuzz::bounded_vec;
+use aexec_fuzz::cast::{EventSpec, HeaderSpec, When, expected, normalize, read_chunked};
 use aexec_recording::cast::{CastReader, CastWriter, Event, MAX_LINE_BYTES};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -70,7 +70,10 @@ fuzz_target!(|input: Input| {
         let mut out = Vec::new();
         let n = writer.event(at, &ev, &mut out);
         assert_eq!(n, out.len());
-        assert!(out.is_empty() || out.ends_with(b"\n"), "an event ends with a whole line");
+        assert!(
+            out.is_empty() || out.ends_with(b"\n"),
+            "an event ends with a whole line"
+        );
         for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             check_line(line);
         }

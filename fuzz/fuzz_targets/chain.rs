@@ -7,8 +7,8 @@
 
 use aexec_fuzz::bounded_vec;
 use aexec_recording::chain::{
-    parse_file_name, seal, seal_from_metas, segment_name, sidecar_name, verify, RecordingFile,
-    SegmentLimits, SegmentMeta, Segmenter, SessionRef, StoredSegment, Verifier,
+    RecordingFile, SegmentLimits, SegmentMeta, Segmenter, SessionRef, StoredSegment, Verifier,
+    parse_file_name, seal, seal_from_metas, segment_name, sidecar_name, verify,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -112,8 +112,14 @@ fuzz_target!(|input: Input| {
         segments.push(last);
     }
     assert!(seg.finish().is_none());
-    let concat: Vec<u8> = segments.iter().flat_map(|(_, b)| b.iter().copied()).collect();
-    assert_eq!(concat, pushed, "segments do not hold exactly the bytes pushed");
+    let concat: Vec<u8> = segments
+        .iter()
+        .flat_map(|(_, b)| b.iter().copied())
+        .collect();
+    assert_eq!(
+        concat, pushed,
+        "segments do not hold exactly the bytes pushed"
+    );
     assert_eq!(seg.segments(), segments.len() as u64);
     assert_eq!(seg.total_bytes(), pushed.len() as u64);
 
@@ -140,11 +146,13 @@ fuzz_target!(|input: Input| {
             sidecar: Some(m),
         })
         .collect();
-    let report = verify(&manifest, &stored, Some(&manifest.head)).expect("an intact recording verifies");
+    let report =
+        verify(&manifest, &stored, Some(&manifest.head)).expect("an intact recording verifies");
     assert_eq!(report.total_bytes, pushed.len() as u64);
 
     // Any damage to the stored segments is caught.
-    let mut damaged: Vec<(u64, Vec<u8>)> = segments.iter().map(|(m, b)| (m.index, b.clone())).collect();
+    let mut damaged: Vec<(u64, Vec<u8>)> =
+        segments.iter().map(|(m, b)| (m.index, b.clone())).collect();
     let n = damaged.len();
     let changed = match &input.damage {
         Damage::FlipByte { segment, at, bit } if n > 0 => {
@@ -214,7 +222,10 @@ fuzz_target!(|input: Input| {
     let sealed = seal_from_metas(session(), edited.clone(), "now".into(), "fuzz");
     assert!(sealed.interrupted);
     let v = Verifier::new(&sealed, None);
-    assert!(v.is_ok(), "seal_from_metas made a manifest that does not verify: {v:?}");
+    assert!(
+        v.is_ok(),
+        "seal_from_metas made a manifest that does not verify: {v:?}"
+    );
     for (i, m) in sealed.segments.iter().enumerate() {
         assert_eq!(m.index, i as u64);
         assert!(edited.contains(m), "a kept sidecar was not given");
@@ -251,6 +262,12 @@ fuzz_target!(|input: Input| {
         None => {}
     }
     let i = input.max_bytes as u64 * input.max_age as u64;
-    assert_eq!(parse_file_name(&segment_name(i)), Some(RecordingFile::Segment(i)));
-    assert_eq!(parse_file_name(&sidecar_name(u64::MAX)), Some(RecordingFile::Sidecar(u64::MAX)));
+    assert_eq!(
+        parse_file_name(&segment_name(i)),
+        Some(RecordingFile::Segment(i))
+    );
+    assert_eq!(
+        parse_file_name(&sidecar_name(u64::MAX)),
+        Some(RecordingFile::Sidecar(u64::MAX))
+    );
 });

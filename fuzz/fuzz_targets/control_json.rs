@@ -5,7 +5,7 @@
 //! written by `resize_doc` and `status_doc` reads back as itself.
 #![no_main]
 
-use aexec_operator::frames::{self, ControlError, Outcome, TermSize, MAX_CONTROL_JSON};
+use aexec_operator::frames::{self, ControlError, MAX_CONTROL_JSON, Outcome, TermSize};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -65,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     // Documents we write ourselves read back exactly.
     let mut u = Unstructured::new(data);
     if let Ok((cols, rows)) = <(u16, u16)>::arbitrary(&mut u) {
-        let size = TermSize { cols: cols.max(1), rows: rows.max(1) };
+        let size = TermSize {
+            cols: cols.max(1),
+            rows: rows.max(1),
+        };
         assert_eq!(frames::parse_resize(&frames::resize_doc(size)), Ok(size));
     }
     let outcome = match u.int_in_range(0u8..=1) {

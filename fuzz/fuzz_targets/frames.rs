@@ -39,9 +39,16 @@ fn check(msg: &[u8], max: usize) {
             vec![c]
         }
     };
-    assert_eq!(encoded, msg, "{frame:?} does not encode back to its message");
+    assert_eq!(
+        encoded, msg,
+        "{frame:?} does not encode back to its message"
+    );
     match frame {
-        Frame::Stdin(p) | Frame::Stdout(p) | Frame::Stderr(p) | Frame::Status(p) | Frame::Resize(p) => {
+        Frame::Stdin(p)
+        | Frame::Stdout(p)
+        | Frame::Stderr(p)
+        | Frame::Status(p)
+        | Frame::Resize(p) => {
             assert!(!p.is_empty(), "a data frame with no payload is Empty")
         }
         _ => {}
@@ -57,7 +64,10 @@ fn check(msg: &[u8], max: usize) {
 fn check_resize(doc: &[u8]) {
     match frames::parse_resize(doc) {
         Ok(size) => {
-            assert!(size.cols > 0 && size.rows > 0, "zero-sized terminal {size:?}");
+            assert!(
+                size.cols > 0 && size.rows > 0,
+                "zero-sized terminal {size:?}"
+            );
             assert_eq!(frames::parse_resize(&frames::resize_doc(size)), Ok(size));
         }
         Err(ControlError::TooLarge(n)) => assert!(n == doc.len() && n > MAX_CONTROL_JSON),

@@ -21,14 +21,17 @@ use aexec_crds::{ExecPolicy, Phase, PolicyDecision};
 use aexec_fuzz::policy::PolicyInput;
 use aexec_operator::lifecycle::{self, Observed, PodState};
 use aexec_operator::policy::{
-    approval_rule, evaluate, may_approve, policy_name, required_approvals, select,
-    selector_matches, valid_approvals, valid_approvers, DefaultPolicy, TargetLabels, Verdict,
+    DefaultPolicy, TargetLabels, Verdict, approval_rule, evaluate, may_approve, policy_name,
+    required_approvals, select, selector_matches, valid_approvals, valid_approvers,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use libfuzzer_sys::fuzz_target;
 
 /// Kubernetes label selector semantics, written independently: `None` on an invalid selector.
-fn reference_matches(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> Option<bool> {
+fn reference_matches(
+    sel: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> Option<bool> {
     let Some(sel) = sel else { return Some(true) };
     let mut all = true;
     for (k, v) in sel.match_labels.iter().flatten() {
@@ -63,11 +66,13 @@ fn shape_allows(p: &ExecPolicy, spec: &aexec_crds::ExecSessionSpec) -> bool {
                 Some(Component::Normal(b)) => b.to_str(),
                 _ => None,
             };
-            allowed.iter().any(|a| a == program || base == Some(a.as_str()))
+            allowed
+                .iter()
+                .any(|a| a == program || base == Some(a.as_str()))
         }),
     };
-    let reason_ok = !p.spec.reason_required
-        || spec.reason.as_deref().is_some_and(|r| !r.trim().is_empty());
+    let reason_ok =
+        !p.spec.reason_required || spec.reason.as_deref().is_some_and(|r| !r.trim().is_empty());
     (!spec.tty || l.allow_tty) && (!spec.stdin || l.allow_stdin) && command_ok && reason_ok
 }
 
@@ -86,45 +91,81 @@ fuzz_target!(|input: PolicyInput| {
     // Selectors.
     let empty = BTreeMap::new();
     for p in &input.policies {
-        for sel in [p.spec.namespace_selector.as_ref(), p.spec.pod_selector.as_ref()] {
+        for sel in [
+            p.spec.namespace_selector.as_ref(),
+            p.spec.pod_selector.as_ref(),
+        ] {
             for labels in [ns, pod_labels, &empty] {
                 let got = selector_matches(sel, labels);
-                assert_eq!(got.clone().ok(), reference_matches(sel, labels), "{sel:?} on {labels:?}: {got:?}");
+                assert_eq!(
+                    got.clone().ok(),
+                    reference_matches(sel, labels),
+                    "{sel:?} on {labels:?}: {got:?}"
+                );
             }
         }
     }
 
     // Which policy governs.
-    let target = TargetLabels { namespace: ns, pod: pod_labels };
+    let target = TargetLabels {
+        namespace: ns,
+        pod: pod_labels,
+    };
     let chosen = select(&input.policies, &target);
-    let matching: Vec<&ExecPolicy> =
-        input.policies.iter().filter(|p| matches(p, ns, pod_labels)).collect();
+    let matching: Vec<&ExecPolicy> = input
+        .policies
+        .iter()
+        .filter(|p| matches(p, ns, pod_labels))
+        .collect();
     match chosen {
-        None => assert!(matching.is_empty(), "no policy chosen among {}", matching.len()),
+        None => assert!(
+            matching.is_empty(),
+            "no policy chosen among {}",
+            matching.len()
+        ),
         Some(c) => {
-            assert!(matching.iter().any(|m| std::ptr::eq(*m, c)), "chose a policy that does not match");
+            assert!(
+                matching.iter().any(|m| std::ptr::eq(*m, c)),
+                "chose a policy that does not match"
+            );
             for m in &matching {
                 let (pm, pc) = (m.spec.priority, c.spec.priority);
-                assert!(pm < pc || (pm == pc && policy_name(c) <= policy_name(m)), "a better policy was passed over");
+                assert!(
+                    pm < pc || (pm == pc && policy_name(c) <= policy_name(m)),
+                    "a better policy was passed over"
+                );
             }
         }
     }
 
     // What it decides.
-    let default = if input.default_auto_approve { DefaultPolicy::AutoApprove } else { DefaultPolicy::Deny };
+    let default = if input.default_auto_approve {
+        DefaultPolicy::AutoApprove
+    } else {
+        DefaultPolicy::Deny
+    };
     let verdict = evaluate(chosen, default, spec);
     match (chosen, &verdict) {
-        (None, v) => assert_eq!(*v == Verdict::Approve, default == DefaultPolicy::AutoApprove),
+        (None, v) => assert_eq!(
+            *v == Verdict::Approve,
+            default == DefaultPolicy::AutoApprove
+        ),
         (Some(_), Verdict::Deny { message }) => {
             assert!(!message.trim().is_empty(), "a denial without a reason");
         }
         (Some(p), Verdict::Approve) => {
             assert_eq!(p.spec.decision, PolicyDecision::AutoApprove);
-            assert!(shape_allows(p, spec), "approved what the policy's limits forbid");
+            assert!(
+                shape_allows(p, spec),
+                "approved what the policy's limits forbid"
+            );
         }
         (Some(p), Verdict::NeedApprovals { required }) => {
             assert_eq!(p.spec.decision, PolicyDecision::RequireApproval);
-            assert!(shape_allows(p, spec), "asked approvals for what the policy's limits forbid");
+            assert!(
+                shape_allows(p, spec),
+                "asked approvals for what the policy's limits forbid"
+            );
             let rule = p.spec.approval.as_ref().expect("approvals without a rule");
             assert!(!rule.users.is_empty() || !rule.groups.is_empty());
             assert_eq!(i64::from(*required), i64::from(rule.required).max(1));
@@ -132,7 +173,10 @@ fuzz_target!(|input: PolicyInput| {
     }
     if let Some(p) = chosen {
         if p.spec.decision == PolicyDecision::Deny {
-            assert!(matches!(verdict, Verdict::Deny { .. }), "a Deny policy did not deny");
+            assert!(
+                matches!(verdict, Verdict::Deny { .. }),
+                "a Deny policy did not deny"
+            );
         }
         if let Some(rule) = approval_rule(p) {
             assert!(required_approvals(rule) >= 1);
@@ -140,25 +184,42 @@ fuzz_target!(|input: PolicyInput| {
     }
 
     // Who may approve, and which approvals count.
-    let approvals = input.session.status.as_ref().map(|s| s.approvals.clone()).unwrap_or_default();
+    let approvals = input
+        .session
+        .status
+        .as_ref()
+        .map(|s| s.approvals.clone())
+        .unwrap_or_default();
     for p in &input.policies {
         for a in approvals.iter().map(|a| &a.user).chain([&input.approver]) {
             let ok = may_approve(p, requester, a).is_ok();
-            let expected = a.username != requester.username
-                && approval_rule(p).is_some()
-                && named(p, a);
-            assert_eq!(ok, expected, "may_approve({a:?}) under {:?}", p.spec.approval);
+            let expected =
+                a.username != requester.username && approval_rule(p).is_some() && named(p, a);
+            assert_eq!(
+                ok, expected,
+                "may_approve({a:?}) under {:?}",
+                p.spec.approval
+            );
         }
         let counted = valid_approvers(p, requester, &approvals);
-        assert_eq!(valid_approvals(p, requester, &approvals) as usize, counted.len());
+        assert_eq!(
+            valid_approvals(p, requester, &approvals) as usize,
+            counted.len()
+        );
         for (i, name) in counted.iter().enumerate() {
             assert!(!counted[..i].contains(name), "{name} counted twice");
-            assert_ne!(*name, requester.username, "the requester's own approval counted");
+            assert_ne!(
+                *name, requester.username,
+                "the requester's own approval counted"
+            );
             assert!(approvals.iter().any(|a| a.user.username == *name && may_approve(p, requester, &a.user).is_ok()));
         }
         for a in &approvals {
             if may_approve(p, requester, &a.user).is_ok() {
-                assert!(counted.contains(&a.user.username.as_str()), "an eligible approval was not counted");
+                assert!(
+                    counted.contains(&a.user.username.as_str()),
+                    "an eligible approval was not counted"
+                );
             }
         }
     }
@@ -187,38 +248,69 @@ fuzz_target!(|input: PolicyInput| {
         match (&verdict, chosen) {
             (Verdict::Approve, _) => {}
             (Verdict::NeedApprovals { required }, Some(p)) => {
-                assert!(valid_approvals(p, requester, &approvals) >= *required, "approved without enough approvals");
+                assert!(
+                    valid_approvals(p, requester, &approvals) >= *required,
+                    "approved without enough approvals"
+                );
             }
             (v, _) => panic!("approved a session the policy decided {v:?}"),
         }
         assert!(out.status.deadline.is_some() && out.status.limits.is_some());
     }
     if matches!(verdict, Verdict::Deny { .. }) {
-        assert!(matches!(phase, Phase::Denied | Phase::Failed), "a denied session became {phase}");
+        assert!(
+            matches!(phase, Phase::Denied | Phase::Failed),
+            "a denied session became {phase}"
+        );
     }
-    assert!(matches!(phase, Phase::Pending | Phase::Approved | Phase::Denied | Phase::Expired | Phase::Failed));
+    assert!(matches!(
+        phase,
+        Phase::Pending | Phase::Approved | Phase::Denied | Phase::Expired | Phase::Failed
+    ));
 
     // Reconciling its own result at the same instant changes nothing.
     let mut again = input.session.clone();
     again.status = Some(out.status.clone());
-    let obs2 = Observed { session: &again, pod, ..obs };
+    let obs2 = Observed {
+        session: &again,
+        pod,
+        ..obs
+    };
     let out2 = lifecycle::reconcile(&obs2);
     assert_eq!(out2.status, out.status, "reconcile is not idempotent");
     assert_eq!(out2.transition, None);
 
     // Approving and denying.
     let policy = chosen;
-    if let Ok(st) = lifecycle::approve(&input.session, policy, &input.approver, input.comment.clone(), input.now) {
+    if let Ok(st) = lifecycle::approve(
+        &input.session,
+        policy,
+        &input.approver,
+        input.comment.clone(),
+        input.now,
+    ) {
         let p = policy.expect("approved under no policy");
-        assert_ne!(input.approver.username, requester.username, "the requester approved");
+        assert_ne!(
+            input.approver.username, requester.username,
+            "the requester approved"
+        );
         assert!(approval_rule(p).is_some() && named(p, &input.approver));
         assert_eq!(st.approvals.len(), approvals.len() + 1);
         assert_eq!(st.approvals.last().map(|a| &a.user), Some(&input.approver));
         assert_eq!(st.phase, Some(Phase::Pending));
     }
-    if let Ok(st) = lifecycle::deny(&input.session, policy, &input.approver, input.comment.clone(), input.now) {
+    if let Ok(st) = lifecycle::deny(
+        &input.session,
+        policy,
+        &input.approver,
+        input.comment.clone(),
+        input.now,
+    ) {
         let p = policy.expect("denied under no policy");
-        assert_ne!(input.approver.username, requester.username, "the requester denied");
+        assert_ne!(
+            input.approver.username, requester.username,
+            "the requester denied"
+        );
         assert!(approval_rule(p).is_some() && named(p, &input.approver));
         assert_eq!(st.phase, Some(Phase::Denied));
     }

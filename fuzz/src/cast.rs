@@ -64,11 +64,17 @@ pub enum EventSpec {
     Output(Chunk),
     Error(Chunk),
     Input(Chunk),
-    Resize { cols: u16, rows: u16 },
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
     Exit(i32),
     Marker(String),
     /// A marker longer than the writer keeps.
-    LongMarker { piece: String, times: u16 },
+    LongMarker {
+        piece: String,
+        times: u16,
+    },
 }
 
 impl EventSpec {

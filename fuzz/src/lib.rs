@@ -19,8 +19,26 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 pub struct Name(pub String);
 
 const NAMES: &[&str] = &[
-    "", "a", "b", "app", "web", "prod", "team", "alice", "bob", "carol", "sre", "dev", "ls",
-    "/bin/ls", "sh", "/", "In", "NotIn", "Exists", "DoesNotExist",
+    "",
+    "a",
+    "b",
+    "app",
+    "web",
+    "prod",
+    "team",
+    "alice",
+    "bob",
+    "carol",
+    "sre",
+    "dev",
+    "ls",
+    "/bin/ls",
+    "sh",
+    "/",
+    "In",
+    "NotIn",
+    "Exists",
+    "DoesNotExist",
 ];
 
 impl<'a> Arbitrary<'a> for Name {

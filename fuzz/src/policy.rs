@@ -61,7 +61,9 @@ fn duration(u: &mut Unstructured<'_>) -> Result<Option<kube::core::Duration>> {
         0 => None,
         1 => Some(std::time::Duration::from_secs(u64::from(u.arbitrary::<u32>()?)).into()),
         2 => format!("-{}s", u.arbitrary::<u16>()?).parse().ok(),
-        _ => Some(std::time::Duration::new(u.arbitrary()?, u.int_in_range(0..=999_999_999)?).into()),
+        _ => {
+            Some(std::time::Duration::new(u.arbitrary()?, u.int_in_range(0..=999_999_999)?).into())
+        }
     })
 }
 

@@ -19,14 +19,32 @@ const KUBELET_EXIT_3: &str = r#"{"metadata":{},"status":"Failure","message":"com
 const KUBELET_NOT_FOUND: &str = r#"{"metadata":{},"status":"Failure","message":"failed to exec in container: exec: \"nope\": executable file not found in $PATH","reason":"InternalError","details":{"causes":[{"message":"exec: \"nope\": executable file not found in $PATH"}]}}"#;
 
 pub fn frames() -> Seeds {
-    let resize = frames::resize_doc(TermSize { cols: 120, rows: 40 });
+    let resize = frames::resize_doc(TermSize {
+        cols: 120,
+        rows: 40,
+    });
     vec![
         ("seed-stdin", frames::encode(0, b"ls -l\r")),
-        ("seed-stdout", frames::encode(1, b"\x1b[1;32mtotal 0\x1b[0m\r\n")),
-        ("seed-stderr", frames::encode(2, "grép: \u{fffd}\n".as_bytes())),
-        ("seed-status-success", frames::encode(3, &frames::status_doc(&Outcome::Exited(0)))),
-        ("seed-status-exit", frames::encode(3, KUBELET_EXIT_3.as_bytes())),
-        ("seed-status-failed", frames::encode(3, KUBELET_NOT_FOUND.as_bytes())),
+        (
+            "seed-stdout",
+            frames::encode(1, b"\x1b[1;32mtotal 0\x1b[0m\r\n"),
+        ),
+        (
+            "seed-stderr",
+            frames::encode(2, "grép: \u{fffd}\n".as_bytes()),
+        ),
+        (
+            "seed-status-success",
+            frames::encode(3, &frames::status_doc(&Outcome::Exited(0))),
+        ),
+        (
+            "seed-status-exit",
+            frames::encode(3, KUBELET_EXIT_3.as_bytes()),
+        ),
+        (
+            "seed-status-failed",
+            frames::encode(3, KUBELET_NOT_FOUND.as_bytes()),
+        ),
         ("seed-resize", frames::encode(4, &resize)),
         ("seed-close-stdin", vec![255, 0]),
         ("seed-empty", vec![1]),
@@ -95,10 +113,16 @@ pub fn cast_reader() -> Seeds {
             (900, Event::Input(b"l".to_vec())),
             (901, Event::Output(b"l".to_vec())),
             (1100, Event::Input(b"s\r".to_vec())),
-            (1102, Event::Output(b"s\r\n\x1b[0m\x1b[01;34mbin\x1b[0m  etc\r\n$ ".to_vec())),
+            (
+                1102,
+                Event::Output(b"s\r\n\x1b[0m\x1b[01;34mbin\x1b[0m  etc\r\n$ ".to_vec()),
+            ),
             (1500, Event::Resize { cols: 80, rows: 24 }),
             (2000, Event::Input(b"\x7f\x04".to_vec())),
-            (2001, Event::Output("caf\u{e9} \u{1f600}\r\n".as_bytes().to_vec())),
+            (
+                2001,
+                Event::Output("caf\u{e9} \u{1f600}\r\n".as_bytes().to_vec()),
+            ),
             (2100, Event::Marker("terminated by bob".into())),
             (2101, Event::Exit(130)),
         ],
@@ -109,7 +133,10 @@ pub fn cast_reader() -> Seeds {
         &plain,
         &[
             (3, Event::Output(b"hi\n".to_vec())),
-            (4, Event::Error(b"ls: /nope: No such file or directory\n".to_vec())),
+            (
+                4,
+                Event::Error(b"ls: /nope: No such file or directory\n".to_vec()),
+            ),
             (5, Event::Output(vec![0xff, 0xfe, b'x', 0xe2, 0x82])),
             (6, Event::Output(vec![0xac, b'\n'])),
             (7, Event::Input(vec![0, 1, 2, 0xc3])),
@@ -122,8 +149,9 @@ pub fn cast_reader() -> Seeds {
         crlf.extend_from_slice(line);
         crlf.extend_from_slice(b"\r\n");
     }
-    let head = String::from_utf8_lossy(&piped[..=piped.iter().position(|&b| b == b'\n').unwrap_or(0)])
-        .into_owned();
+    let head =
+        String::from_utf8_lossy(&piped[..=piped.iter().position(|&b| b == b'\n').unwrap_or(0)])
+            .into_owned();
     let odd = format!(
         "{head}# a comment\n\n[0.5, \"z\", \"unknown code\"]\n[0.25, \"o\", \"a\"]\n[1.0, \"e\", \"\"]"
     );
@@ -134,6 +162,9 @@ pub fn cast_reader() -> Seeds {
         ("seed-crlf", crlf),
         ("seed-comments-unknown-trailing-tag", odd.into_bytes()),
         ("seed-dangling-tag", bad.into_bytes()),
-        ("seed-v2-header", br#"{"version": 2, "width": 80, "height": 24}"#.to_vec()),
+        (
+            "seed-v2-header",
+            br#"{"version": 2, "width": 80, "height": 24}"#.to_vec(),
+        ),
     ]
 }

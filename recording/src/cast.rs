@@ -1013,13 +1013,15 @@ fn text_header(t: &mut Transcript, h: &Header) {
         .unwrap_or_else(|| h.timestamp.to_string());
     t.out.push_str(&format!(
         "# aexec session {}/{} ({})\n",
-        f.namespace, f.name, f.uid
+        single_line(&f.namespace),
+        single_line(&f.name),
+        single_line(&f.uid)
     ));
     t.out.push_str(&format!(
         "# pod {} ({}), container {}, tty {}, stdin {}\n",
-        f.pod,
-        f.pod_uid,
-        f.container,
+        single_line(&f.pod),
+        single_line(&f.pod_uid),
+        single_line(&f.container),
         yes_no(f.tty),
         yes_no(f.stdin)
     ));
@@ -2073,6 +2075,31 @@ mod tests {
         assert!(text.contains("# policy prod, approved by bob, dave\n"));
         assert!(text.contains("# started 2023-11-14T22:13:20+00:00\n"));
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn header_facts_cannot_put_control_characters_in_the_transcript() {
+        // Found by fuzzing (fuzz/corpus/cast_reader/crash-control-in-header): the session's
+        // namespace, name, UID, pod, pod UID and container went into the transcript's header
+        // lines as they were, so a recording could move the reader's cursor or clear their
+        // screen (`\r`, `\x1b[2J`) when its transcript is shown in a terminal.
+        let mut rec = sample();
+        let f = &mut rec.header.aexec;
+        f.namespace = "ns\r\x1b[2J".into();
+        f.name = "n\nfake line".into();
+        f.uid = "u\x07".into();
+        f.pod = "p\x1b]0;title\x07".into();
+        f.pod_uid = "\x08\x08".into();
+        f.container = "c\x7f".into();
+        let text = to_text(&rec);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.starts_with("# aexec session ns  [2J/n fake line (u )\n"),
+            "{text}"
+        );
     }
 
     #[test]
