@@ -451,14 +451,18 @@ fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// How long the last frames of a session (a notice, the close handshake) may take: a client
+/// that does not read or answer is not waited for longer.
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
 /// Completes the WebSocket closing handshake, so the last frames (status, notice) are not lost
-/// to a connection torn down under them; a client that never answers gets 2 s.
+/// to a connection torn down under them; a client that never reads or answers gets 2 s.
 async fn close_gracefully(
     tx: &mut futures::stream::SplitSink<Ws, Message>,
     rx: &mut futures::stream::SplitStream<Ws>,
 ) {
-    let _ = tx.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(CLOSING_GRACE, async {
+        let _ = tx.close().await;
         while let Some(Ok(m)) = rx.next().await {
             if m.is_close() {
                 break;
@@ -466,6 +470,68 @@ async fn close_gracefully(
         }
     })
     .await;
+}
+
+/// The end and the user's notice when the maximum duration is reached.
+fn max_duration_reached(limits: &Limits) -> (End, String) {
+    let d = kube::core::Duration::from(limits.max_duration);
+    let why = format!("the maximum duration of {d} was reached");
+    (End::Limit(why.clone()), format!("session ended: {why}"))
+}
+
+/// The end and the user's notice when the session was idle too long.
+fn idle_timed_out(limits: &Limits) -> (End, String) {
+    let d = kube::core::Duration::from(limits.idle_timeout);
+    let why = format!("no input or output for {d} (idle timeout)");
+    (End::Limit(why.clone()), format!("session ended: {why}"))
+}
+
+/// The end and the user's notice for `terminate`.
+fn terminated(by: Result<String, tokio::sync::oneshot::error::RecvError>) -> (End, String) {
+    let by = by.unwrap_or_else(|_| "the operator".into());
+    let notice = format!("session terminated by {by}");
+    (End::TerminatedBy(by), notice)
+}
+
+/// What the recording says about a frame the client sent that is not forwarded (`None` for
+/// frames that carry nothing, which are dropped quietly). The session goes on: these are
+/// harmless to drop, and a client may send them by mistake (a terminal that reports no size).
+pub fn dropped_frame_marker(frame: &Frame<'_>, tty: bool, stdin: bool) -> Option<String> {
+    match *frame {
+        Frame::Resize(doc) if tty => frames::parse_resize(doc).err().map(|e| {
+            format!(
+                "a resize from the client was not applied: {e} (it sent {})",
+                excerpt(doc)
+            )
+        }),
+        Frame::Resize(doc) => Some(format!(
+            "a resize from the client was ignored: the session has no terminal (it sent {})",
+            excerpt(doc)
+        )),
+        Frame::Stdin(d) if !stdin => Some(format!(
+            "{} bytes of input from the client were not forwarded: the session has no stdin",
+            d.len()
+        )),
+        Frame::Close(0) if !stdin => {
+            Some("a stdin close from the client was ignored: the session has no stdin".into())
+        }
+        Frame::Close(n) if n != 0 => Some(format!(
+            "a close of stream {n} from the client was ignored: a client may close only stdin (0)"
+        )),
+        _ => None,
+    }
+}
+
+/// The start of untrusted bytes, quoted for a marker.
+fn excerpt(bytes: &[u8]) -> String {
+    const MAX: usize = 128;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
+    let more = if bytes.len() > MAX {
+        format!(" and {} more bytes", bytes.len() - MAX)
+    } else {
+        String::new()
+    };
+    format!("{text:?}{more}")
 }
 
 /// Relays frames both ways until the command's status arrives or a side goes away.
@@ -486,16 +552,41 @@ async fn relay(
     tokio::pin!(hard_stop);
     let idle = tokio::time::sleep_until(started + limits.idle_timeout);
     tokio::pin!(idle);
-    // Why the session ends is told on the user's terminal, then both legs close.
+    // Why the session ends is told on the user's terminal, then both legs close. Neither leg
+    // is waited for long: the limits must end a session whose client or pod stopped reading.
     let notice_channel = if tty { 1 } else { 2 };
     macro_rules! end_with_notice {
         ($end:expr, $text:expr) => {{
             let text = format!("\r\n[aexec] {}\r\n", $text);
             let notice = frames::encode(notice_channel, text.as_bytes());
-            let _ = client_tx.send(Message::Binary(notice.into())).await;
-            let _ = pod_tx.close().await;
+            let _ = tokio::time::timeout(
+                CLOSING_GRACE,
+                client_tx.send(Message::Binary(notice.into())),
+            )
+            .await;
+            let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
             close_gracefully(&mut client_tx, &mut client_rx).await;
             return $end;
+        }};
+    }
+    // Sends to a leg, which waits while that side does not read (backpressure: nothing else is
+    // read meanwhile, so memory stays flat), yet the limits and `terminate` still end the
+    // session.
+    macro_rules! send {
+        ($sink:expr, $msg:expr) => {{
+            let outcome = {
+                let mut send = $sink.send($msg);
+                tokio::select! {
+                    r = &mut send => Ok(r),
+                    () = &mut hard_stop => Err(max_duration_reached(&limits)),
+                    () = &mut idle => Err(idle_timed_out(&limits)),
+                    by = &mut stop => Err(terminated(by)),
+                }
+            };
+            match outcome {
+                Ok(r) => r,
+                Err((end, text)) => end_with_notice!(end, text),
+            }
         }};
     }
     // Every frame is recorded before it is forwarded. When the recording stops (the spool is
@@ -516,18 +607,16 @@ async fn relay(
     loop {
         tokio::select! {
             () = &mut hard_stop => {
-                let d = kube::core::Duration::from(limits.max_duration);
-                let why = format!("the maximum duration of {d} was reached");
-                end_with_notice!(End::Limit(why.clone()), format!("session ended: {why}"));
+                let (end, text) = max_duration_reached(&limits);
+                end_with_notice!(end, text);
             }
             () = &mut idle => {
-                let d = kube::core::Duration::from(limits.idle_timeout);
-                let why = format!("no input or output for {d} (idle timeout)");
-                end_with_notice!(End::Limit(why.clone()), format!("session ended: {why}"));
+                let (end, text) = idle_timed_out(&limits);
+                end_with_notice!(end, text);
             }
             by = &mut stop => {
-                let by = by.unwrap_or_else(|_| "the operator".into());
-                end_with_notice!(End::TerminatedBy(by.clone()), format!("session terminated by {by}"));
+                let (end, text) = terminated(by);
+                end_with_notice!(end, text);
             }
             m = pod_rx.next() => match m {
                 Some(Ok(Message::Binary(data))) => {
@@ -544,8 +633,8 @@ async fn relay(
                         (_, Some(Outcome::Failed(m))) => rec!(Event::Marker(format!("failed: {m}"))),
                         _ => {}
                     }
-                    if client_tx.send(Message::Binary(data)).await.is_err() {
-                        let _ = pod_tx.close().await;
+                    if send!(client_tx, Message::Binary(data)).is_err() {
+                        let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
                         return End::ClientGone;
                     }
                     if let Some(outcome) = status {
@@ -580,10 +669,21 @@ async fn relay(
                                 rec!(Event::Resize { cols: size.cols, rows: size.rows });
                                 true
                             }
-                            Err(_) => false,
+                            Err(_) => {
+                                if let Some(note) = dropped_frame_marker(&Frame::Resize(doc), tty, stdin_allowed) {
+                                    rec!(Event::Marker(note));
+                                }
+                                false
+                            }
                         },
-                        Ok(Frame::Empty(_)) | Ok(Frame::Resize(_)) => false,
-                        Ok(Frame::Stdin(_)) | Ok(Frame::Close(_)) => false,
+                        // Not forwarded, and the session goes on; the recording says so.
+                        Ok(frame @ (Frame::Empty(_) | Frame::Resize(_) | Frame::Stdin(_) | Frame::Close(_))) => {
+                            if let Some(note) = dropped_frame_marker(&frame, tty, stdin_allowed) {
+                                tracing::debug!(%note, "a client frame was not forwarded");
+                                rec!(Event::Marker(note));
+                            }
+                            false
+                        }
                         Ok(other) => {
                             let _ = pod_tx.close().await;
                             return End::ClientError(format!("a client may not send {other:?}"));
@@ -596,7 +696,7 @@ async fn relay(
                     if forward {
                         idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     }
-                    if forward && pod_tx.send(Message::Binary(data)).await.is_err() {
+                    if forward && send!(pod_tx, Message::Binary(data)).is_err() {
                         return End::PodGone("the pod's stream closed".into());
                     }
                 }
@@ -607,8 +707,8 @@ async fn relay(
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
-                let _ = pod_tx.send(Message::Ping(Vec::new().into())).await;
-                let _ = client_tx.send(Message::Ping(Vec::new().into())).await;
+                let _ = send!(pod_tx, Message::Ping(Vec::new().into()));
+                let _ = send!(client_tx, Message::Ping(Vec::new().into()));
             }
         }
     }
@@ -756,6 +856,44 @@ mod tests {
         )
         .expect_err("expired at the deadline");
         assert!(e.message.contains("expired"));
+    }
+
+    #[test]
+    fn frames_not_forwarded_are_noted_for_the_recording() {
+        let note = |f: Frame<'_>, tty, stdin| dropped_frame_marker(&f, tty, stdin);
+        // A valid resize with a tty and allowed input are forwarded, not noted.
+        assert_eq!(
+            note(Frame::Resize(br#"{"Width":80,"Height":24}"#), true, true),
+            None
+        );
+        assert_eq!(note(Frame::Stdin(b"ls\n"), true, true), None);
+        assert_eq!(note(Frame::Close(0), false, true), None);
+        assert_eq!(note(Frame::Empty(0), true, true), None);
+
+        let bad = note(Frame::Resize(br#"{"Width":"wide"}"#), true, false).expect("noted");
+        assert!(
+            bad.starts_with("a resize from the client was not applied: invalid resize")
+                && bad.ends_with(r#"(it sent "{\"Width\":\"wide\"}")"#),
+            "{bad}"
+        );
+        let zero = note(Frame::Resize(br#"{"Width":0,"Height":0}"#), true, false).expect("noted");
+        assert!(zero.contains("0x0"), "{zero}");
+        let huge = vec![b'x'; 70_000];
+        let long = note(Frame::Resize(&huge), true, false).expect("noted");
+        assert!(
+            long.contains("too large") && long.contains("and 69872 more bytes"),
+            "{long}"
+        );
+        assert!(long.len() < 400, "bounded: {long}");
+        let no_tty = note(Frame::Resize(br#"{"Width":80,"Height":24}"#), false, true);
+        assert!(no_tty.expect("noted").contains("has no terminal"));
+        let no_stdin = note(Frame::Stdin(&[0xff; 10]), false, false).expect("noted");
+        assert_eq!(
+            no_stdin,
+            "10 bytes of input from the client were not forwarded: the session has no stdin"
+        );
+        assert!(note(Frame::Close(0), false, false).is_some());
+        assert!(note(Frame::Close(1), false, true).is_some());
     }
 
     #[test]

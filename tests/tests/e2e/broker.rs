@@ -9,7 +9,7 @@ use kube::{Api, api::PostParams, runtime::wait::await_condition};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{env, kubectl};
+use crate::common::{env, kubectl, with_peak_rss};
 
 pub(crate) async fn setup(
     command: &[&str],
@@ -652,4 +652,227 @@ async fn command_not_found_fails_the_session_with_the_reason() {
     let s = final_session(&t, Phase::Failed).await;
     let msg = s.status.and_then(|s| s.message).unwrap_or_default();
     assert!(msg.contains("no-such-command-aexec"), "{msg}");
+}
+
+#[tokio::test]
+async fn invalid_resize_is_not_applied_and_is_recorded() {
+    let env = env();
+    let _op = env.operator().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    let t = env.target(&admin).await.expect("target");
+    auto_policy(&t, json!({})).await;
+    request(&t, &["sh"], true, true).await;
+    final_session(&t, Phase::Approved).await;
+
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    let resize = |doc: &[u8]| Message::Binary(frames(4, doc).into());
+    ws.send(resize(br#"{"Width":100,"Height":30}"#))
+        .await
+        .expect("resize");
+    let mut seen = Vec::new();
+    type_until(
+        &mut ws,
+        &mut seen,
+        b"echo size-$(stty size)\n",
+        "size-30 100",
+    )
+    .await;
+
+    // Not JSON, a wrong type, and a zero size (which the node would apply if it got it).
+    let bad: [&[u8]; 3] = [
+        b"not json",
+        br#"{"Width":"wide","Height":30}"#,
+        br#"{"Width":0,"Height":0}"#,
+    ];
+    for doc in bad {
+        ws.send(resize(doc)).await.expect("send a bad resize");
+    }
+    // The session goes on, at its size.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = Vec::new();
+    type_until(
+        &mut ws,
+        &mut seen,
+        b"echo after-$(stty size)\n",
+        "after-30 100",
+    )
+    .await;
+    ws.send(resize(br#"{"Width":120,"Height":40}"#))
+        .await
+        .expect("resize");
+    let mut seen = Vec::new();
+    type_until(
+        &mut ws,
+        &mut seen,
+        b"echo later-$(stty size)\n",
+        "later-40 120",
+    )
+    .await;
+    ws.send(Message::Binary(frames(0, b"exit 0\n").into()))
+        .await
+        .expect("type");
+    let (_, _, status) = collect(&mut ws).await;
+    assert_eq!(status["status"], "Success");
+    final_session(&t, Phase::Succeeded).await;
+
+    // The recording holds the two real resizes, and says where the bad ones were dropped.
+    let cast = recording(User::Carol, &t, "v3").await.expect("recording");
+    let rec = aexec_operator::recording::cast::CastReader::parse(&cast).expect("valid v3");
+    use aexec_operator::recording::cast::Event as E;
+    let sizes: Vec<(u16, u16)> = rec
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            E::Resize { cols, rows } => Some((*cols, *rows)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [(100, 30), (120, 40)]);
+    let notes: Vec<(usize, &str)> = rec
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, e))| match e {
+            E::Marker(m) if m.starts_with("a resize from the client was not applied") => {
+                Some((i, m.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(
+        notes[0].1.contains(r#"(it sent "not json")"#),
+        "{}",
+        notes[0].1
+    );
+    assert!(notes[1].1.contains("wide"), "{}", notes[1].1);
+    assert!(notes[2].1.contains("0x0"), "{}", notes[2].1);
+    let at = |w: (u16, u16)| {
+        rec.events
+            .iter()
+            .position(|(_, e)| matches!(e, E::Resize { cols, rows } if (*cols, *rows) == w))
+            .expect("resize")
+    };
+    assert!(at((100, 30)) < notes[0].0 && notes[2].0 < at((120, 40)));
+}
+
+#[tokio::test]
+async fn client_that_never_reads_holds_back_only_its_own_session() {
+    // Exclusive: the operator's memory is measured.
+    let env = env();
+    let _op = env.operator_exclusive().await.expect("operator");
+    let admin = env.client(User::Admin).await.expect("admin");
+    // Two sessions whose client stops reading (one will read later, one will leave) and one
+    // ordinary session beside them.
+    let (late, gone, other) = (
+        env.target(&admin).await.expect("target"),
+        env.target(&admin).await.expect("target"),
+        env.target(&admin).await.expect("target"),
+    );
+    const LATE_BYTES: usize = 24_000_000;
+    let filler = "yes aexec-backpressure-0123456789abcdefghijklmnopqrstuvwxyz";
+    let late_cmd = format!("{filler} | head -c {LATE_BYTES}");
+    for (t, cmd) in [
+        (&late, late_cmd.as_str()),
+        (&gone, filler),
+        (&other, "sleep 1; echo other-session-ok"),
+    ] {
+        auto_policy(t, json!({})).await;
+        request(t, &["sh", "-c", cmd], false, false).await;
+        final_session(t, Phase::Approved).await;
+    }
+    let proc = std::path::PathBuf::from(format!(
+        "/proc/{}",
+        env.operator_pid().await.expect("the operator runs")
+    ));
+
+    let late_ws = attach(User::Alice, &late).await.expect("attach");
+    let gone_ws = attach(User::Alice, &gone).await.expect("attach");
+    // Meanwhile another session runs normally.
+    let mut ws = attach(User::Alice, &other).await.expect("attach");
+    let (out, _, status) = collect(&mut ws).await;
+    assert_eq!(out, b"other-session-ok\n");
+    assert_eq!(status["status"], "Success");
+    final_session(&other, Phase::Succeeded).await;
+    // By now the buffers between the pods and the clients are full: from here on the
+    // operator's memory stays flat, as nothing more is read from a pod whose client does not
+    // read (`yes` would push gigabytes meanwhile).
+    let ((), before, peak) = with_peak_rss(&proc, tokio::time::sleep(Duration::from_secs(4))).await;
+    let grown = peak.saturating_sub(before);
+    eprintln!("operator memory while two clients did not read: {before} bytes, then {grown} more");
+    assert!(grown < 8 << 20, "the operator grew by {grown} bytes");
+    for t in [&late, &gone] {
+        let (phase, message) = session_phase(t).await;
+        assert_eq!(phase, Phase::Active, "{message:?}");
+    }
+
+    // The client that leaves ends its session; what was relayed is recorded, and it is only
+    // what the buffers between the pod and the client hold, not what `yes` could write.
+    drop(gone_ws);
+    let s = final_session(&gone, Phase::Terminated).await;
+    let st = s.status.expect("status");
+    assert!(
+        st.message
+            .clone()
+            .unwrap_or_default()
+            .contains("the requester disconnected"),
+        "{:?}",
+        st.message
+    );
+    let rec = st.recording.expect("recording");
+    assert!(!rec.interrupted);
+    let recorded = rec.bytes.unwrap_or(0);
+    eprintln!("recorded for the client that left: {recorded} bytes");
+    assert!(recorded < 64 << 20, "{rec:?}");
+    let cast = recording(User::Carol, &gone, "v3")
+        .await
+        .expect("the recording verifies");
+    assert_eq!(cast.len() as i64, recorded);
+
+    // The client that reads at last gets the output and the exit status, and the recording
+    // holds exactly what it got. (Not always every byte `head` wrote: when the command exits
+    // while its output waits in the node's and API server's exec buffers, they may drop the
+    // tail, kubernetes/kubernetes#124571, with plain `kubectl exec` too; the broker relays and
+    // records what arrives.)
+    let mut late_ws = late_ws;
+    let (out, _, status) = collect(&mut late_ws).await;
+    assert_eq!(status["status"], "Success");
+    let line = b"aexec-backpressure-0123456789abcdefghijklmnopqrstuvwxyz\n";
+    assert!(
+        out.len() <= LATE_BYTES && out.len() > 4 << 20,
+        "{} bytes",
+        out.len()
+    );
+    assert!(
+        out.chunks(line.len()).all(|c| line.starts_with(c)),
+        "the output is the command's, in order"
+    );
+    if out.len() < LATE_BYTES {
+        eprintln!(
+            "the exec stream delivered {} of {LATE_BYTES} bytes",
+            out.len()
+        );
+    }
+    final_session(&late, Phase::Succeeded).await;
+    let cast = recording(User::Carol, &late, "v3")
+        .await
+        .expect("recording");
+    let rec = aexec_operator::recording::cast::CastReader::parse(&cast).expect("valid v3");
+    let mut recorded = Vec::new();
+    for (_, ev) in rec.events {
+        if let aexec_operator::recording::cast::Event::Output(b) = ev {
+            recorded.extend(b);
+        }
+    }
+    assert!(recorded == out, "the recording holds what the client got");
+}
+
+/// The phase and message of session `s1` in `t`, now.
+async fn session_phase(t: &Target) -> (Phase, Option<String>) {
+    let admin = env().client(User::Admin).await.expect("admin");
+    let s = Api::<ExecSession>::namespaced(admin, &t.namespace)
+        .get("s1")
+        .await
+        .expect("session");
+    (s.phase(), s.status.and_then(|s| s.message))
 }
