@@ -486,10 +486,10 @@ impl Verified {
     }
 }
 
-/// At startup: ends the sessions this replica (`instance`) was relaying when it stopped. Their
-/// streams died with the process and cannot resume; their recordings are sealed from what was
-/// spooled or stored, marked interrupted, and the sessions fail with a message saying so.
-pub async fn recover(client: kube::Client, spool: Arc<Spool>, instance: String) {
+/// At startup, before this process serves attaches: the sessions this replica (`instance`) was
+/// relaying when it stopped (Active with it as broker). Listed later, a session this process has
+/// just claimed would look the same and be ended under its user.
+pub async fn interrupted_sessions(client: &kube::Client, instance: &str) -> Vec<ExecSession> {
     let api: kube::Api<ExecSession> = kube::Api::all(client.clone());
     let mut delay = Duration::from_millis(500);
     let list = loop {
@@ -502,11 +502,25 @@ pub async fn recover(client: kube::Client, spool: Arc<Spool>, instance: String) 
             }
         }
     };
-    for s in list {
-        let st = s.status.clone().unwrap_or_default();
-        if st.phase != Some(aexec_crds::Phase::Active) || st.broker.as_deref() != Some(&instance) {
-            continue;
-        }
+    list.into_iter()
+        .filter(|s| {
+            let st = s.status.as_ref();
+            st.and_then(|st| st.phase) == Some(aexec_crds::Phase::Active)
+                && st.and_then(|st| st.broker.as_deref()) == Some(instance)
+        })
+        .collect()
+}
+
+/// Ends the `interrupted` sessions (from [`interrupted_sessions`]). Their streams died with the
+/// process and cannot resume; their recordings are sealed from what was spooled or stored,
+/// marked interrupted, and the sessions fail with a message saying so.
+pub async fn recover(
+    client: kube::Client,
+    spool: Arc<Spool>,
+    instance: String,
+    interrupted: Vec<ExecSession>,
+) {
+    for s in interrupted {
         let (ns, name) = (
             s.metadata.namespace.clone().unwrap_or_default(),
             s.metadata.name.clone().unwrap_or_default(),

@@ -286,6 +286,11 @@ pub async fn run(args: Args) -> Result<()> {
         .instrument(info_span!("ops"))
     });
 
+    // Listed before the aggregated API serves: what is Active on this replica now was relayed
+    // by its previous life.
+    let interrupted = crate::recorder::interrupted_sessions(&client, &args.instance)
+        .instrument(info_span!("recovery"))
+        .await;
     let api_task = tokio::spawn({
         let state = AppState {
             client: client.clone(),
@@ -389,8 +394,13 @@ pub async fn run(args: Args) -> Result<()> {
     // Sessions this replica was relaying when it stopped (a crash, a SIGKILL) cannot resume:
     // their recordings are sealed as interrupted and the sessions ended.
     tokio::spawn(
-        crate::recorder::recover(client.clone(), spool.clone(), args.instance.clone())
-            .instrument(info_span!("recovery")),
+        crate::recorder::recover(
+            client.clone(),
+            spool.clone(),
+            args.instance.clone(),
+            interrupted,
+        )
+        .instrument(info_span!("recovery")),
     );
 
     info!("operator running");
