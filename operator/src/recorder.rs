@@ -486,18 +486,10 @@ impl Verified {
     }
 }
 
-/// At startup: ends the sessions this replica (`instance`) was relaying when it stopped. Their
-/// streams died with the process and cannot resume; their recordings are sealed from what was
-/// spooled or stored, marked interrupted, and the sessions fail with a message saying so.
-///
-/// Only sessions claimed before `started` (this process's start) are ended: the instance name
-/// survives a restart, and a session attached to the new process in the meantime is live.
-pub async fn recover(
-    client: kube::Client,
-    spool: Arc<Spool>,
-    instance: String,
-    started: k8s_openapi::jiff::Timestamp,
-) {
+/// At startup, before this process serves attaches: the sessions this replica (`instance`) was
+/// relaying when it stopped (Active with it as broker). Listed later, a session this process has
+/// just claimed would look the same and be ended under its user.
+pub async fn interrupted_sessions(client: &kube::Client, instance: &str) -> Vec<ExecSession> {
     let api: kube::Api<ExecSession> = kube::Api::all(client.clone());
     let mut delay = Duration::from_millis(500);
     let list = loop {
@@ -510,11 +502,26 @@ pub async fn recover(
             }
         }
     };
-    for s in list {
-        let st = s.status.clone().unwrap_or_default();
-        if !orphaned(&st, &instance, started) {
-            continue;
-        }
+    list.into_iter()
+        .filter(|s| {
+            let st = s.status.as_ref();
+            st.and_then(|st| st.phase) == Some(aexec_crds::Phase::Active)
+                && st.and_then(|st| st.broker.as_deref()) == Some(instance)
+        })
+        .collect()
+}
+
+/// Ends the `interrupted` sessions (from [`interrupted_sessions`]). Their streams died with the
+/// process and cannot resume; their recordings are sealed from what was spooled or stored,
+/// marked interrupted, and the sessions fail with a message saying so.
+pub async fn recover(
+    client: kube::Client,
+    spool: Arc<Spool>,
+    instance: String,
+    interrupted: Vec<ExecSession>,
+    started: k8s_openapi::jiff::Timestamp,
+) {
+    for s in interrupted {
         let (ns, name) = (
             s.metadata.namespace.clone().unwrap_or_default(),
             s.metadata.name.clone().unwrap_or_default(),

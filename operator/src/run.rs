@@ -288,6 +288,11 @@ pub async fn run(args: Args) -> Result<()> {
         .instrument(info_span!("ops"))
     });
 
+    // Listed before the aggregated API serves: what is Active on this replica now was relayed
+    // by its previous life.
+    let interrupted = crate::recorder::interrupted_sessions(&client, &args.instance)
+        .instrument(info_span!("recovery"))
+        .await;
     let api_task = tokio::spawn({
         let state = AppState {
             client: client.clone(),
@@ -395,6 +400,7 @@ pub async fn run(args: Args) -> Result<()> {
             client.clone(),
             spool.clone(),
             args.instance.clone(),
+            interrupted,
             process_started,
         )
         .instrument(info_span!("recovery")),

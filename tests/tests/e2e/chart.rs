@@ -966,7 +966,19 @@ async fn operator_runs_with_chart_rbac() {
         .await
         .expect("policy");
     request(&t, &["sh", "-c", "echo chart-rbac-$((6*7))"], false, false).await;
-    final_session(&t, Phase::Pending).await;
+    // Evaluated (a status, waiting for an approval) before bob approves.
+    let evaluated = |s: Option<&aexec_crds::ExecSession>| {
+        s.and_then(|s| s.status.as_ref())
+            .is_some_and(|st| st.phase == Some(Phase::Pending) && st.required_approvals.is_some())
+    };
+    let sessions: Api<aexec_crds::ExecSession> = Api::namespaced(admin.clone(), ns);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        kube::runtime::wait::await_condition(sessions, "s1", evaluated),
+    )
+    .await
+    .expect("evaluated in time")
+    .expect("watch");
     approve(User::Bob, &t, "s1").await;
     final_session(&t, Phase::Approved).await;
     let mut ws = attach(User::Alice, &t).await.expect("alice attaches");
