@@ -110,6 +110,24 @@ pub async fn run(
         .instrument(info_span!("policies"))
     });
 
+    // The policy cache is awaited here, by one task, before the controller runs: kube-runtime's
+    // Store::wait_until_ready wakes only the last of several tasks waiting at once (its
+    // DelayedInit keeps one oneshot receiver, which remembers one waker), so reconciles waiting
+    // on it together hung until their timeout. Once a waiter has seen it ready, the store
+    // remembers, and the reconciles' own waits return at once.
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {
+            policy_task.abort();
+            return;
+        }
+        ready = policies.wait_until_ready() => {
+            if ready.is_err() {
+                warn!("the policy cache ended before it was filled; the controller does not start");
+                return;
+            }
+        }
+    }
     let controller = Controller::new(sessions, watcher::Config::default());
     let store = controller.store();
     on_store(store.clone());
