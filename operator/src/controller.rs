@@ -203,7 +203,22 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         Ok(Ok(())) => {}
         _ => return Err(Error::PoliciesUnavailable),
     }
-    let policies: Vec<ExecPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+    // A session's first decision (approve or deny at once are final) is made on the policies
+    // as the API server has them: the cache comes from another watch and may not have seen a
+    // policy created just before the session (right after a start, the session list can be
+    // newer than the policy list), which would deny the session for want of a policy.
+    let policies: Vec<ExecPolicy> = if session.status.is_none() && live {
+        Api::<ExecPolicy>::all(ctx.client.clone())
+            .list(&Default::default())
+            .await
+            .map_err(|source| Error::Read {
+                what: "the ExecPolicies".into(),
+                source,
+            })?
+            .items
+    } else {
+        ctx.policies.state().iter().map(|p| (**p).clone()).collect()
+    };
     let selected = policy::select(
         &policies,
         &TargetLabels {
