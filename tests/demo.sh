@@ -61,8 +61,9 @@ run k -n prod get execsessions -o wide
 say "The spec is immutable once created: what is approved is what runs"
 run k -n prod patch execsession inc-1234 --type=merge -p '{"spec":{"command":["rm","-rf","/"]}}' || true
 
-say "The operator that decides, brokers and records these sessions is built and tested end to end"
-say "(./dev test); the kubectl aexec plugin and this demo's full story come next. See docs/architecture.md."
+say "The operator that decides, brokers and records these sessions, and the kubectl aexec plugin,"
+say "are built and tested end to end (./dev test); this demo does not yet run the whole story with"
+say "the plugin (ask, approve, attach, replay, verify): see README 'Using the plugin' and docs/."
 if [ -t 0 ] && [ -z "${CI:-}" ]; then
   say "A shell inside the control plane: kubectl as admin; other users: as alice|bob|carol|dave|mallory ..."
   export -f as k
