@@ -451,6 +451,10 @@ fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// A leg quiet for this long gets a ping, so that proxies and load balancers on the way (and
+/// the API server) do not take it for dead.
+const PING_AFTER: Duration = Duration::from_secs(5);
+
 /// How long the last frames of a session (a notice, the close handshake) may take: a client
 /// that does not read or answer is not waited for longer.
 const CLOSING_GRACE: Duration = Duration::from_secs(2);
@@ -546,7 +550,13 @@ async fn relay(
     let (mut client_tx, mut client_rx) = client.split();
     let (mut pod_tx, mut pod_rx) = pod.split();
     let (stdin_allowed, tty) = (session.spec.stdin, session.spec.tty);
-    let mut ping = tokio::time::interval(Duration::from_secs(5));
+    // A leg is pinged after PING_AFTER without traffic on it, not on a fixed beat: a ping
+    // written to the API server after it closed the pod's stream (it may still be sending the
+    // output's tail, which the broker reads seconds later when the client is slow) makes its
+    // kernel reset the connection and drop that tail and the exit status.
+    let mut ping = tokio::time::interval(Duration::from_secs(1));
+    let (mut pod_traffic, mut client_traffic) =
+        (tokio::time::Instant::now(), tokio::time::Instant::now());
     let started = tokio::time::Instant::now();
     let hard_stop = tokio::time::sleep_until(started + limits.max_duration);
     tokio::pin!(hard_stop);
@@ -618,7 +628,7 @@ async fn relay(
                 let (end, text) = terminated(by);
                 end_with_notice!(end, text);
             }
-            m = pod_rx.next() => match m {
+            m = pod_rx.next() => { pod_traffic = tokio::time::Instant::now(); match m {
                 Some(Ok(Message::Binary(data))) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     let frame = frames::parse(&data, usize::MAX);
@@ -637,6 +647,7 @@ async fn relay(
                         let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
                         return End::ClientGone;
                     }
+                    client_traffic = tokio::time::Instant::now();
                     if let Some(outcome) = status {
                         let _ = pod_tx.close().await;
                         close_gracefully(&mut client_tx, &mut client_rx).await;
@@ -652,8 +663,8 @@ async fn relay(
                     let _ = client_tx.close().await;
                     return End::PodGone(e.to_string());
                 }
-            },
-            m = client_rx.next() => match m {
+            }},
+            m = client_rx.next() => { client_traffic = tokio::time::Instant::now(); match m {
                 Some(Ok(Message::Binary(data))) => {
                     let forward = match frames::parse(&data, frames::MAX_CLIENT_FRAME) {
                         Ok(Frame::Stdin(d)) if stdin_allowed => {
@@ -696,8 +707,11 @@ async fn relay(
                     if forward {
                         idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     }
-                    if forward && send!(pod_tx, Message::Binary(data)).is_err() {
-                        return End::PodGone("the pod's stream closed".into());
+                    if forward {
+                        if send!(pod_tx, Message::Binary(data)).is_err() {
+                            return End::PodGone("the pod's stream closed".into());
+                        }
+                        pod_traffic = tokio::time::Instant::now();
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -705,10 +719,16 @@ async fn relay(
                     return End::ClientGone;
                 }
                 Some(Ok(_)) => {}
-            },
+            }},
             _ = ping.tick() => {
-                let _ = send!(pod_tx, Message::Ping(Vec::new().into()));
-                let _ = send!(client_tx, Message::Ping(Vec::new().into()));
+                if pod_traffic.elapsed() >= PING_AFTER {
+                    let _ = send!(pod_tx, Message::Ping(Vec::new().into()));
+                    pod_traffic = tokio::time::Instant::now();
+                }
+                if client_traffic.elapsed() >= PING_AFTER {
+                    let _ = send!(client_tx, Message::Ping(Vec::new().into()));
+                    client_traffic = tokio::time::Instant::now();
+                }
             }
         }
     }
