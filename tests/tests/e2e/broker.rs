@@ -897,3 +897,25 @@ async fn session_phase(t: &Target) -> (Phase, Option<String>) {
         .expect("session");
     (s.phase(), s.status.and_then(|s| s.message))
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_outlast_the_maximum_duration() {
+    // Endless output to a client that reads nothing: the broker waits on the client, yet the
+    // policy's maximum duration still ends the session.
+    let cmd = ["sh", "-c", "yes aexec-never-read-filler"];
+    let (t, _op) = setup_with(&cmd, false, json!({"maxDuration": "3s"})).await;
+    let ws = attach(User::Alice, &t).await.expect("attach");
+    let start = std::time::Instant::now();
+    let s = final_session(&t, Phase::Terminated).await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "ended after {took:?}"
+    );
+    let msg = s.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        msg.contains("the maximum duration of 3s was reached"),
+        "{msg}"
+    );
+    drop(ws);
+}
