@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
-use aexec_crds::{ExecPolicy, ExecSession, Phase};
+use aexec_crds::{ExecSession, Phase};
 use aexec_testenv::{Target, User};
 use futures::{SinkExt, StreamExt};
 use kube::{Api, api::PostParams, runtime::wait::await_condition};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{env, kubectl, with_peak_rss};
+use crate::common::{
+    env, kubectl, policy, tamper, target_with_operator, wait_phase, with_peak_rss,
+};
 
 pub(crate) async fn setup(
     command: &[&str],
@@ -24,10 +26,7 @@ pub(crate) async fn setup_with(
     stdin: bool,
     limits: serde_json::Value,
 ) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
-    let env = env();
-    let guard = env.operator().await.expect("operator");
-    let admin = env.client(User::Admin).await.expect("admin");
-    let t = env.target(&admin).await.expect("target");
+    let (t, guard) = target_with_operator().await;
     auto_policy(&t, limits).await;
     request(&t, command, stdin, false).await;
     final_session(&t, Phase::Approved).await;
@@ -36,18 +35,12 @@ pub(crate) async fn setup_with(
 
 /// An auto-approving policy with `limits`, governing only the target's namespace.
 pub(crate) async fn auto_policy(t: &Target, limits: serde_json::Value) {
-    let admin = env().client(User::Admin).await.expect("admin");
-    let p: ExecPolicy = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-        "metadata": {"name": format!("{}-auto", t.namespace)},
-        "spec": {"decision": "AutoApprove", "limits": limits,
-                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": t.namespace}}}
-    }))
-    .expect("policy");
-    Api::<ExecPolicy>::all(admin)
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("policy");
+    policy(
+        t,
+        "auto",
+        json!({"decision": "AutoApprove", "limits": limits}),
+    )
+    .await;
 }
 
 /// alice requests session `s1` for `command` in the target pod.
@@ -286,15 +279,9 @@ pub(crate) async fn drain(ws: &mut Conn, secs: u64) -> (Vec<u8>, Vec<u8>) {
     (out, err)
 }
 
+/// Waits until session `s1` reaches `phase`.
 pub(crate) async fn final_session(t: &Target, phase: Phase) -> ExecSession {
-    let admin = env().client(User::Admin).await.expect("admin");
-    let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
-    let cond = move |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == phase);
-    tokio::time::timeout(Duration::from_secs(15), await_condition(api, "s1", cond))
-        .await
-        .unwrap_or_else(|_| panic!("not {phase} in time"))
-        .expect("watch")
-        .expect("session")
+    wait_phase(t, "s1", phase, 15).await
 }
 
 #[tokio::test]
@@ -505,30 +492,9 @@ async fn tampered_recording_fails_verification() {
     recording(User::Carol, &t, "v3")
         .await
         .expect("intact recording verifies");
-    // Change one byte of the segment stored in MinIO (a new object version: Object Lock keeps
-    // the original, but the latest is what a reader gets).
-    let key = crate::storage::uploaded(&t, &uid).await + "/seg-000000.cast";
-    let s3 = env().s3_client().await;
-    let obj = s3
-        .get_object()
-        .bucket(&env().s3.bucket)
-        .key(&key)
-        .send()
-        .await
-        .expect("segment in MinIO");
-    let mut bytes = obj.body.collect().await.expect("body").to_vec();
-    let pos = bytes
-        .windows(6)
-        .position(|w| w == b"secret")
-        .expect("output in segment");
-    bytes[pos] = b'S';
-    s3.put_object()
-        .bucket(&env().s3.bucket)
-        .key(&key)
-        .body(bytes.into())
-        .send()
-        .await
-        .expect("tamper");
+    // Change one byte of the segment stored in MinIO.
+    let prefix = crate::common::uploaded(&t, "s1", &uid).await;
+    tamper(&format!("{prefix}/seg-000000.cast"), b"secret").await;
     match recording(User::Carol, &t, "v3").await {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 409, "{s:?}");

@@ -2,7 +2,10 @@
 
 use std::{process::Output, time::Duration};
 
-use aexec_testenv::{TestEnv, User};
+use aexec_crds::{ExecPolicy, ExecSession, Phase};
+use aexec_testenv::{Target, TestEnv, User};
+use kube::{Api, api::PostParams, runtime::wait::await_condition};
+use serde_json::{Value, json};
 
 /// The shared control plane.
 pub fn env() -> &'static TestEnv {
@@ -11,33 +14,133 @@ pub fn env() -> &'static TestEnv {
 
 /// The real `kubectl` (built at the server's version) as `user`, with `args`.
 pub async fn kubectl(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use tokio::io::AsyncWriteExt;
     let env = env();
     let mut cmd = tokio::process::Command::new(&env.upstream.kubectl);
-    cmd.arg("--kubeconfig")
-        .arg(env.kubeconfig(user))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("kubectl starts");
-    if let Some(input) = stdin {
-        let mut w = child.stdin.take().expect("stdin");
+    cmd.arg("--kubeconfig").arg(env.kubeconfig(user)).args(args);
+    output(cmd, stdin, "kubectl").await
+}
+
+/// Runs `cmd` to completion (at most 60 s) with `stdin` as its whole input (closed after it:
+/// end of input), capturing stdout and stderr.
+pub async fn output(mut cmd: tokio::process::Command, stdin: Option<&[u8]>, what: &str) -> Output {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
         let input = input.to_vec();
         tokio::spawn(async move {
-            w.write_all(&input).await.expect("write kubectl stdin");
-            // Dropping `w` closes kubectl's stdin: end of input.
+            // The command may exit before reading everything: that is its answer, not ours.
+            let _ = w.write_all(&input).await;
         });
     }
     tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
-        .expect("kubectl finished within 60s")
-        .expect("kubectl ran")
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60s"))
+        .unwrap_or_else(|e| panic!("{what} did not run: {e}"))
+}
+
+/// A fresh target namespace with the shared operator running; hold the guard meanwhile.
+pub async fn target_with_operator() -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
+    let env = env();
+    let guard = env.operator().await.expect("operator running");
+    let admin = env.client(User::Admin).await.expect("admin");
+    (env.target(&admin).await.expect("target"), guard)
+}
+
+/// A policy named `<namespace>-<suffix>`, governing only the target's namespace.
+pub async fn policy(t: &Target, suffix: &str, spec: Value) -> ExecPolicy {
+    let admin = env().client(User::Admin).await.expect("admin");
+    let mut spec = spec;
+    spec["namespaceSelector"] =
+        json!({"matchLabels": {"kubernetes.io/metadata.name": t.namespace}});
+    let p: ExecPolicy = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
+        "metadata": {"name": format!("{}-{suffix}", t.namespace)}, "spec": spec
+    }))
+    .expect("policy");
+    Api::<ExecPolicy>::all(admin)
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("policy created")
+}
+
+/// Waits until session `name` reaches `phase` (written by the operator), failing with its last
+/// status.
+pub async fn wait_phase(t: &Target, name: &str, phase: Phase, secs: u64) -> ExecSession {
+    let admin = env().client(User::Admin).await.expect("admin");
+    let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
+    let cond = move |s: Option<&ExecSession>| {
+        s.is_some_and(|s| s.phase() == phase && s.status.as_ref().and_then(|st| st.phase).is_some())
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(secs),
+        await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(s))) => s,
+        other => {
+            let now = api.get(name).await.ok().and_then(|s| s.status);
+            panic!(
+                "session {name} did not reach {phase} within {secs}s ({other:?}); status: {now:#?}"
+            )
+        }
+    }
+}
+
+/// Waits until the operator has uploaded every file of session `name` (its spool directory is
+/// gone) and returns the recording's key prefix in the bucket.
+pub async fn uploaded(t: &Target, name: &str, uid: &str) -> String {
+    let prefix = format!("{}/{name}-{uid}", t.namespace);
+    let dir = env().spool_dir().join(&prefix);
+    for _ in 0..100 {
+        if !dir.exists() {
+            return prefix;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{} was not uploaded within 20s", dir.display());
+}
+
+/// Changes one byte of a stored object in MinIO: flips the case of the first letter of
+/// `needle`, which must occur in it. (A new object version: Object Lock keeps the original, but readers get the latest.)
+pub async fn tamper(key: &str, needle: &[u8]) {
+    let s3 = env().s3_client().await;
+    let bucket = &env().s3.bucket;
+    let obj = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{key} in MinIO: {e:?}"));
+    let mut bytes = obj.body.collect().await.expect("body").to_vec();
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{} not in {key}", String::from_utf8_lossy(needle)));
+    assert!(
+        needle[0].is_ascii_alphabetic(),
+        "the needle starts with a letter"
+    );
+    bytes[pos] ^= 0x20; // flips the letter's case
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(bytes.into())
+        .send()
+        .await
+        .expect("tamper");
 }
 
 /// Resident anonymous memory (`RssAnon`: the heap, not the mapped binary) of the process whose `/proc` directory is `proc`, in bytes.

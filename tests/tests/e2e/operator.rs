@@ -12,26 +12,9 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::wait::await_condition,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::env;
-
-/// A policy named after the test's namespace, governing only that namespace.
-async fn policy(t: &Target, suffix: &str, spec: Value) -> ExecPolicy {
-    let admin = env().client(User::Admin).await.expect("admin");
-    let mut spec = spec;
-    spec["namespaceSelector"] =
-        json!({"matchLabels": {"kubernetes.io/metadata.name": t.namespace}});
-    let p: ExecPolicy = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-        "metadata": {"name": format!("{}-{suffix}", t.namespace)}, "spec": spec
-    }))
-    .expect("policy");
-    Api::<ExecPolicy>::all(admin)
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("policy created")
-}
+use crate::common::{env, policy, target_with_operator, wait_phase};
 
 /// alice asks for `command` in the target pod.
 async fn request(t: &Target, name: &str, command: &[&str], reason: Option<&str>) -> ExecSession {
@@ -51,29 +34,6 @@ async fn request(t: &Target, name: &str, command: &[&str], reason: Option<&str>)
 
 fn sessions(client: Client, t: &Target) -> Api<ExecSession> {
     Api::namespaced(client, &t.namespace)
-}
-
-/// Waits until the session reaches `phase`, failing with its last status.
-async fn wait_phase(t: &Target, name: &str, phase: Phase, secs: u64) -> ExecSession {
-    let admin = env().client(User::Admin).await.expect("admin");
-    let api = sessions(admin, t);
-    let cond = move |s: Option<&ExecSession>| {
-        s.is_some_and(|s| s.phase() == phase && s.status.as_ref().and_then(|st| st.phase).is_some())
-    };
-    match tokio::time::timeout(
-        Duration::from_secs(secs),
-        await_condition(api.clone(), name, cond),
-    )
-    .await
-    {
-        Ok(Ok(Some(s))) => s,
-        other => {
-            let now = api.get(name).await.ok().and_then(|s| s.status);
-            panic!(
-                "session {name} did not reach {phase} within {secs}s ({other:?}); status: {now:#?}"
-            )
-        }
-    }
 }
 
 /// PUT approve/deny as `user` through the API server; the Status on refusal.
@@ -141,13 +101,6 @@ async fn wait_event(t: &Target, name: &str, reason: &str) -> Event {
         "no {reason} event for {name}: {:?}",
         events_for(t, name).await
     )
-}
-
-async fn target_with_operator() -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
-    let env = env();
-    let guard = env.operator().await.expect("operator running");
-    let admin = env.client(User::Admin).await.expect("admin");
-    (env.target(&admin).await.expect("target"), guard)
 }
 
 #[tokio::test]

@@ -7,13 +7,15 @@ use std::{
     time::Duration,
 };
 
-use aexec_crds::{ExecPolicy, ExecSession, Phase};
+use aexec_crds::{ExecSession, Phase};
 use aexec_testenv::{Target, User};
-use kube::{Api, api::PostParams, runtime::wait::await_condition};
+use kube::Api;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 
-use crate::common::{env, kubectl};
+use crate::common::{
+    env, kubectl, output, policy, tamper, target_with_operator, uploaded, wait_phase,
+};
 
 /// The plugin binary: `AEXEC_PLUGIN_BIN`, or next to the test binary's directory
 /// (`target/debug/deps/e2e-*` -> `target/debug/kubectl-aexec`).
@@ -41,30 +43,11 @@ async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
     cmd.arg("--kubeconfig")
         .arg(env().kubeconfig(user))
         .args(args);
-    run(cmd, stdin).await
+    output(cmd, stdin, "kubectl-aexec").await
 }
 
-async fn run(mut cmd: tokio::process::Command, stdin: Option<&[u8]>) -> Output {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("the plugin starts");
-    if let Some(input) = stdin {
-        let mut w = child.stdin.take().expect("stdin");
-        let input = input.to_vec();
-        tokio::spawn(async move {
-            let _ = w.write_all(&input).await;
-        });
-    }
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the plugin finished within 60s")
-        .expect("the plugin ran")
+async fn run(cmd: tokio::process::Command, stdin: Option<&[u8]>) -> Output {
+    output(cmd, stdin, "the command").await
 }
 
 fn text(b: &[u8]) -> String {
@@ -72,23 +55,9 @@ fn text(b: &[u8]) -> String {
 }
 
 /// A target namespace with the operator running and a policy for it.
-async fn setup(policy: serde_json::Value) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
-    let env = env();
-    let guard = env.operator().await.expect("operator");
-    let admin = env.client(User::Admin).await.expect("admin");
-    let t = env.target(&admin).await.expect("target");
-    let mut spec = policy;
-    spec["namespaceSelector"] =
-        json!({"matchLabels": {"kubernetes.io/metadata.name": t.namespace}});
-    let p: ExecPolicy = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecPolicy",
-        "metadata": {"name": format!("{}-plugin", t.namespace)}, "spec": spec
-    }))
-    .expect("policy");
-    Api::<ExecPolicy>::all(admin)
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("policy");
+async fn setup(spec: serde_json::Value) -> (Target, tokio::sync::RwLockReadGuard<'static, ()>) {
+    let (t, guard) = target_with_operator().await;
+    policy(&t, "plugin", spec).await;
     (t, guard)
 }
 
@@ -110,17 +79,6 @@ async fn only_session(t: &Target) -> ExecSession {
         .items;
     assert_eq!(l.len(), 1, "one session expected");
     l.remove(0)
-}
-
-async fn wait_phase(t: &Target, name: &str, phase: Phase) -> ExecSession {
-    let admin = env().client(User::Admin).await.expect("admin");
-    let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
-    let cond = move |s: Option<&ExecSession>| s.is_some_and(|s| s.phase() == phase);
-    tokio::time::timeout(Duration::from_secs(15), await_condition(api, name, cond))
-        .await
-        .unwrap_or_else(|_| panic!("{name} not {phase} in time"))
-        .expect("watch")
-        .expect("session")
 }
 
 #[tokio::test]
@@ -255,7 +213,7 @@ async fn plugin_waits_then_attaches() {
         w.progress
     );
     assert_eq!(
-        wait_phase(&t, &w.name, Phase::Pending)
+        wait_phase(&t, &w.name, Phase::Pending, 15)
             .await
             .spec
             .reason
@@ -375,7 +333,7 @@ async fn plugin_list_describe_replay_export_verify() {
     assert_eq!(run.status.code(), Some(2));
     let s = only_session(&t).await;
     let name = s.metadata.name.clone().expect("name");
-    let s = wait_phase(&t, &name, Phase::Failed).await;
+    let s = wait_phase(&t, &name, Phase::Failed, 15).await;
     assert!(
         s.status
             .and_then(|s| s.recording)
@@ -495,43 +453,9 @@ async fn plugin_list_describe_replay_export_verify() {
 
     // One changed byte in storage: verify fails, naming the segment.
     let uid = only_session(&t).await.metadata.uid.expect("uid");
-    // The operator uploads from its spool to MinIO; once the spool is empty, change the stored
-    // segment (a new object version is what readers get).
-    let prefix = format!("{ns}/{name}-{uid}");
-    let spool = env().spool_dir().join(&prefix);
-    for _ in 0..100 {
-        if !spool.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        !spool.exists(),
-        "{} was not uploaded in time",
-        spool.display()
-    );
-    let key = format!("{prefix}/seg-000000.cast");
-    let s3 = env().s3_client().await;
-    let obj = s3
-        .get_object()
-        .bucket(&env().s3.bucket)
-        .key(&key)
-        .send()
-        .await
-        .expect("segment in MinIO");
-    let mut bytes = obj.body.collect().await.expect("body").to_vec();
-    let pos = bytes
-        .windows(9)
-        .position(|w| w == b"replay-me")
-        .expect("output in segment");
-    bytes[pos] = b'R';
-    s3.put_object()
-        .bucket(&env().s3.bucket)
-        .key(&key)
-        .body(bytes.into())
-        .send()
-        .await
-        .expect("tamper");
+    // Once the operator has uploaded it, change the segment stored in MinIO.
+    let prefix = uploaded(&t, &name, &uid).await;
+    tamper(&format!("{prefix}/seg-000000.cast"), b"replay-me").await;
     let bad = aexec(User::Carol, &["verify", &name, "-n", ns], None).await;
     assert_eq!(bad.status.code(), Some(1));
     let err = text(&bad.stderr);
@@ -659,7 +583,7 @@ async fn plugin_interactive_shell() {
     let s = only_session(&t).await;
     assert!(s.spec.tty && s.spec.stdin);
     let name = s.metadata.name.clone().expect("name");
-    let s = wait_phase(&t, &name, Phase::Failed).await;
+    let s = wait_phase(&t, &name, Phase::Failed, 15).await;
     assert_eq!(s.status.and_then(|s| s.exit_code), Some(7));
     // The recording replays what happened on the terminal.
     let replay = aexec(
@@ -1014,7 +938,7 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let attached = c.spawn().expect("attach starts");
-    wait_phase(&t, &name, Phase::Active).await;
+    wait_phase(&t, &name, Phase::Active, 15).await;
     let bob = aexec(User::Bob, &["terminate", &name, "-n", ns], None).await;
     assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
     assert!(text(&bob.stdout).contains("terminated"));
@@ -1029,7 +953,7 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
         "{}",
         text(&out.stderr)
     );
-    let s = wait_phase(&t, &name, Phase::Terminated).await;
+    let s = wait_phase(&t, &name, Phase::Terminated, 15).await;
     assert_eq!(
         s.status.and_then(|s| s.message).as_deref(),
         Some("terminated by bob")

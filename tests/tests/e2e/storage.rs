@@ -23,17 +23,9 @@ fn spooled(t: &Target, uid: &str) -> PathBuf {
         .join(format!("s1-{uid}"))
 }
 
-/// Waits until the operator has uploaded every file of `s1` (its spool directory is gone) and
-/// returns the recording's key prefix in the bucket.
-pub(crate) async fn uploaded(t: &Target, uid: &str) -> String {
-    let dir = spooled(t, uid);
-    for _ in 0..100 {
-        if !dir.exists() {
-            return format!("{}/s1-{uid}", t.namespace);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{} was not uploaded within 20s", dir.display());
+/// Waits until every file of `s1` is uploaded; the recording's key prefix.
+async fn uploaded(t: &Target, uid: &str) -> String {
+    crate::common::uploaded(t, "s1", uid).await
 }
 
 /// The object names under `prefix` in the bucket.
