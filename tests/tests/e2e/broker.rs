@@ -10,7 +10,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{
-    env, kubectl, policy, tamper, target_with_operator, wait_phase, with_peak_rss,
+    env, kubectl, policy, tamper, target_with_operator, target_with_operator_exclusive, wait_phase,
+    with_peak_rss,
 };
 
 pub(crate) async fn setup(
@@ -219,9 +220,8 @@ async fn replaced_pod_cannot_be_attached() {
     let env = env();
     // Exclusive: the operator is stopped while the pod is replaced, so the session is still
     // Approved when alice attaches and the broker itself must refuse the new pod.
-    let _op = env.operator_exclusive().await.expect("operator");
+    let (t, _op) = target_with_operator_exclusive().await;
     let admin = env.client(User::Admin).await.expect("admin");
-    let t = env.target(&admin).await.expect("target");
     auto_policy(&t, json!({})).await;
     request(&t, &["id"], false, false).await;
     final_session(&t, Phase::Approved).await;
@@ -290,19 +290,34 @@ async fn idle_timeout_ends_session() {
     let mut ws = attach(User::Alice, &t).await.expect("attach");
     let start = std::time::Instant::now();
     let (_, err) = drain(&mut ws, 20).await;
+    ended_by_limit(
+        &t,
+        (start.elapsed(), Duration::from_secs(2)),
+        &err,
+        "[aexec] session ended: no input or output for 2s (idle timeout)",
+        "idle timeout",
+    )
+    .await;
+}
+
+/// The session was ended by a limit of its policy: not too early, with `notice` on the user's
+/// stderr, and Terminated with `message` in its status.
+async fn ended_by_limit(
+    t: &Target,
+    (elapsed, limit): (Duration, Duration),
+    err: &[u8],
+    notice: &str,
+    message: &str,
+) {
     assert!(
-        start.elapsed() >= Duration::from_secs(2),
-        "ended after {:?}",
-        start.elapsed()
+        elapsed >= limit,
+        "ended after {elapsed:?}, before the {limit:?} limit"
     );
-    let err = String::from_utf8_lossy(&err);
-    assert!(
-        err.contains("[aexec] session ended: no input or output for 2s (idle timeout)"),
-        "{err}"
-    );
-    let s = final_session(&t, Phase::Terminated).await;
+    let err = String::from_utf8_lossy(err);
+    assert!(err.contains(notice), "{err}");
+    let s = final_session(t, Phase::Terminated).await;
     let msg = s.status.and_then(|s| s.message).unwrap_or_default();
-    assert!(msg.contains("idle timeout"), "{msg}");
+    assert!(msg.contains(message), "{msg}");
 }
 
 #[tokio::test]
@@ -315,20 +330,15 @@ async fn max_duration_ends_session() {
     let start = std::time::Instant::now();
     let mut ws = attach(User::Alice, &t).await.expect("attach");
     let (out, err) = drain(&mut ws, 20).await;
-    assert!(
-        start.elapsed() >= Duration::from_secs(3),
-        "ended after {:?}",
-        start.elapsed()
-    );
     assert!(String::from_utf8_lossy(&out).matches("tick").count() >= 5);
-    let err = String::from_utf8_lossy(&err);
-    assert!(
-        err.contains("session ended: the maximum duration of 3s was reached"),
-        "{err}"
-    );
-    let s = final_session(&t, Phase::Terminated).await;
-    let msg = s.status.and_then(|s| s.message).unwrap_or_default();
-    assert!(msg.contains("maximum duration"), "{msg}");
+    ended_by_limit(
+        &t,
+        (start.elapsed(), Duration::from_secs(3)),
+        &err,
+        "session ended: the maximum duration of 3s was reached",
+        "maximum duration",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -57,6 +57,15 @@ pub async fn target_with_operator() -> (Target, tokio::sync::RwLockReadGuard<'st
     (env.target(&admin).await.expect("target"), guard)
 }
 
+/// A fresh target namespace with the operator to this test alone (it may stop or restart it).
+pub async fn target_with_operator_exclusive() -> (Target, tokio::sync::RwLockWriteGuard<'static, ()>)
+{
+    let env = env();
+    let guard = env.operator_exclusive().await.expect("operator running");
+    let admin = env.client(User::Admin).await.expect("admin");
+    (env.target(&admin).await.expect("target"), guard)
+}
+
 /// A policy named `<namespace>-<suffix>`, governing only the target's namespace.
 pub async fn policy(t: &Target, suffix: &str, spec: Value) -> ExecPolicy {
     let admin = env().client(User::Admin).await.expect("admin");

@@ -14,7 +14,9 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::common::{env, policy, target_with_operator, wait_phase};
+use crate::common::{
+    env, policy, target_with_operator, target_with_operator_exclusive, wait_phase,
+};
 
 /// alice asks for `command` in the target pod.
 async fn request(t: &Target, name: &str, command: &[&str], reason: Option<&str>) -> ExecSession {
@@ -356,9 +358,8 @@ async fn pod_replaced_is_detected() {
     let env = env();
     // Exclusive: the operator is stopped while the pod is replaced, so it must notice the new
     // UID itself rather than see the pod vanish first.
-    let _op = env.operator_exclusive().await.expect("operator");
+    let (t, _op) = target_with_operator_exclusive().await;
     let admin = env.client(User::Admin).await.expect("admin");
-    let t = env.target(&admin).await.expect("target");
     policy(
         &t,
         "p",
@@ -545,9 +546,7 @@ async fn policy_change_applies_to_pending() {
 #[tokio::test]
 async fn operator_restart_keeps_state() {
     let env = env();
-    let _op = env.operator_exclusive().await.expect("operator");
-    let admin = env.client(User::Admin).await.expect("admin");
-    let t = env.target(&admin).await.expect("target");
+    let (t, _op) = target_with_operator_exclusive().await;
     policy(
         &t,
         "p",

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::broker::{
     attach, auto_policy, collect, drain, final_session, recording, request, setup,
 };
-use crate::common::{env, with_peak_rss};
+use crate::common::{env, target_with_operator_exclusive, with_peak_rss};
 use aexec_operator::recording::cast::{CastReader, Event};
 
 /// The spool directory of session `s1` in `t`.
@@ -124,9 +124,7 @@ async fn recordings_are_uploaded_to_s3_under_object_lock() {
 
 #[tokio::test]
 async fn storage_outage_recovers_from_spool() {
-    let _op = env().operator_exclusive().await.expect("operator");
-    let admin = env().client(User::Admin).await.expect("admin");
-    let t = env().target(&admin).await.expect("target");
+    let (t, _op) = target_with_operator_exclusive().await;
     auto_policy(&t, json!({})).await;
     env().stop_minio().expect("stop MinIO");
 
@@ -167,9 +165,7 @@ async fn storage_outage_recovers_from_spool() {
 
 #[tokio::test]
 async fn storage_outage_fails_closed_when_the_spool_is_full() {
-    let _op = env().operator_exclusive().await.expect("operator");
-    let admin = env().client(User::Admin).await.expect("admin");
-    let t = env().target(&admin).await.expect("target");
+    let (t, _op) = target_with_operator_exclusive().await;
     auto_policy(&t, json!({"recordingRequired": true})).await;
     env().stop_minio().expect("stop MinIO");
 
@@ -225,9 +221,7 @@ async fn storage_outage_fails_closed_when_the_spool_is_full() {
 
 #[tokio::test]
 async fn recording_survives_operator_kill() {
-    let _op = env().operator_exclusive().await.expect("operator");
-    let admin = env().client(User::Admin).await.expect("admin");
-    let t = env().target(&admin).await.expect("target");
+    let (t, _op) = target_with_operator_exclusive().await;
     auto_policy(&t, json!({})).await;
     let cmd = [
         "sh",
@@ -360,9 +354,7 @@ async fn recording_plays_in_asciinema() {
 #[tokio::test]
 async fn large_recording_streams_complete_in_bounded_memory() {
     // Exclusive: the operator's memory is measured while only this test uses it.
-    let _op = env().operator_exclusive().await.expect("operator");
-    let admin = env().client(User::Admin).await.expect("admin");
-    let t = env().target(&admin).await.expect("target");
+    let (t, _op) = target_with_operator_exclusive().await;
     auto_policy(&t, json!({})).await;
     // 16 MiB of text output (base64 lines of random bytes): many segments.
     let cmd = "head -c 12582912 /dev/urandom | base64";
