@@ -394,20 +394,10 @@ pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
         .request_stream(req)
         .await
         .map_err(|err| explain(&err, &what, Doing::Audit))?;
-    let mut buf = vec![0u8; 64 * 1024];
     match &e.output {
         None => {
             let mut stdout = std::io::stdout().lock();
-            loop {
-                let n = body
-                    .read(&mut buf)
-                    .await
-                    .map_err(|err| Error::Api(format!("{what}: {err}")))?;
-                if n == 0 {
-                    break;
-                }
-                stdout.write_all(&buf[..n])?;
-            }
+            copy_body(&mut body, &mut stdout, &what, "standard output").await?;
             stdout.flush()?;
         }
         Some(path) => {
@@ -417,19 +407,7 @@ pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
                 .unwrap_or(std::path::Path::new("."));
             let mut tmp = tempfile::NamedTempFile::new_in(dir)
                 .map_err(|err| Error::Io(format!("cannot write in {}: {err}", dir.display())))?;
-            let mut total = 0u64;
-            loop {
-                let n = body
-                    .read(&mut buf)
-                    .await
-                    .map_err(|err| Error::Api(format!("{what}: {err}")))?;
-                if n == 0 {
-                    break;
-                }
-                tmp.write_all(&buf[..n])
-                    .map_err(|err| Error::Io(format!("writing {}: {err}", path.display())))?;
-                total += n as u64;
-            }
+            let total = copy_body(&mut body, &mut tmp, &what, &path.display().to_string()).await?;
             tmp.persist(path)
                 .map_err(|err| Error::Io(format!("writing {}: {err}", path.display())))?;
             eprintln!(
@@ -440,6 +418,32 @@ pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Copies a response body to `out` in 64 KiB chunks; the number of bytes.
+async fn copy_body(
+    body: &mut (impl futures::AsyncRead + Unpin),
+    out: &mut impl Write,
+    what: &str,
+    to: &str,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = body
+            .read(&mut buf)
+            .await
+            .map_err(|err| Error::Api(format!("{what}: {err}")))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..n])
+            .map_err(|err| match Error::from(err) {
+                Error::Io(m) => Error::Io(format!("writing {to}: {m}")),
+                closed => closed, // a closed pipe stays Error::OutputClosed (exit 141)
+            })?;
+        total += n as u64;
+    }
 }
 
 /// `replay NAME`: plays the recording (verified by the operator) with its timing.

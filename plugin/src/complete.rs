@@ -227,48 +227,39 @@ pub fn answer(candidates: &[String]) -> String {
 }
 
 async fn pods(g: &Global) -> Vec<String> {
-    let Ok(c) = connect::connect(g).await else {
-        return Vec::new();
-    };
-    Api::<Pod>::namespaced(c.client, &c.namespace)
-        .list_metadata(&ListParams::default())
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter_map(|p| p.metadata.name)
-                .collect()
-        })
-        .unwrap_or_default()
+    names(g, |c| {
+        Api::<Pod>::namespaced(c.client.clone(), &c.namespace)
+    })
+    .await
 }
 
 async fn sessions(g: &Global) -> Vec<String> {
-    let Ok(c) = connect::connect(g).await else {
-        return Vec::new();
-    };
-    Api::<aexec_crds::ExecSession>::namespaced(c.client, &c.namespace)
-        .list_metadata(&ListParams::default())
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter_map(|p| p.metadata.name)
-                .collect()
-        })
-        .unwrap_or_default()
+    names(g, |c| {
+        Api::<aexec_crds::ExecSession>::namespaced(c.client.clone(), &c.namespace)
+    })
+    .await
 }
 
 async fn namespaces(g: &Global) -> Vec<String> {
+    names(g, |c| Api::<Namespace>::all(c.client.clone())).await
+}
+
+/// The names of the objects `api` lists; none when the cluster cannot be reached (completion
+/// offers nothing rather than an error).
+async fn names<K>(g: &Global, api: impl FnOnce(&connect::Conn) -> Api<K>) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let Ok(c) = connect::connect(g).await else {
         return Vec::new();
     };
-    Api::<Namespace>::all(c.client)
+    api(&c)
         .list_metadata(&ListParams::default())
         .await
         .map(|l| {
             l.items
                 .into_iter()
-                .filter_map(|p| p.metadata.name)
+                .filter_map(|o| o.metadata.name)
                 .collect()
         })
         .unwrap_or_default()

@@ -237,6 +237,35 @@ pub fn selector_string(sel: &LabelSelector) -> String {
 }
 
 /// Finds the pod a target names, in `namespace`.
+/// The pod selector of the workload `target` names (`None` when it has no spec).
+async fn selector_of<K>(
+    client: &Client,
+    namespace: &str,
+    target: &Target,
+    what: &str,
+    selector: impl FnOnce(K) -> Option<LabelSelector>,
+) -> Result<Option<LabelSelector>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let object = Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(&target.name)
+        .await
+        .map_err(|e| explain(&e, what, Doing::Target))?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{} {:?} not found in namespace {namespace:?}",
+                target.kind.name(),
+                target.name
+            ))
+        })?;
+    Ok(selector(object))
+}
+
 pub async fn find_pod(client: &Client, namespace: &str, target: &Target) -> Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     if target.kind == Kind::Pod {
@@ -254,42 +283,31 @@ pub async fn find_pod(client: &Client, namespace: &str, target: &Target) -> Resu
         };
     }
     let what = format!("reading {}/{}", target.kind.name(), target.name);
-    let not_found = || {
-        Error::Usage(format!(
-            "{} {:?} not found in namespace {namespace:?}",
-            target.kind.name(),
-            target.name
-        ))
-    };
     let selector = match target.kind {
-        Kind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await
-            .map_err(|e| explain(&e, &what, Doing::Target))?
-            .ok_or_else(not_found)?
-            .spec
-            .map(|s| s.selector),
-        Kind::ReplicaSet => Api::<ReplicaSet>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await
-            .map_err(|e| explain(&e, &what, Doing::Target))?
-            .ok_or_else(not_found)?
-            .spec
-            .map(|s| s.selector),
-        Kind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await
-            .map_err(|e| explain(&e, &what, Doing::Target))?
-            .ok_or_else(not_found)?
-            .spec
-            .map(|s| s.selector),
-        Kind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await
-            .map_err(|e| explain(&e, &what, Doing::Target))?
-            .ok_or_else(not_found)?
-            .spec
-            .map(|s| s.selector),
+        Kind::Deployment => {
+            selector_of::<Deployment>(client, namespace, target, &what, |d| {
+                d.spec.map(|s| s.selector)
+            })
+            .await?
+        }
+        Kind::ReplicaSet => {
+            selector_of::<ReplicaSet>(client, namespace, target, &what, |r| {
+                r.spec.map(|s| s.selector)
+            })
+            .await?
+        }
+        Kind::StatefulSet => {
+            selector_of::<StatefulSet>(client, namespace, target, &what, |s| {
+                s.spec.map(|s| s.selector)
+            })
+            .await?
+        }
+        Kind::DaemonSet => {
+            selector_of::<DaemonSet>(client, namespace, target, &what, |d| {
+                d.spec.map(|s| s.selector)
+            })
+            .await?
+        }
         Kind::Pod => None,
     };
     let selector = selector.map(|s| selector_string(&s)).unwrap_or_default();
