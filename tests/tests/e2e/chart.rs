@@ -157,51 +157,37 @@ async fn restricted_namespace(admin: &Client) -> String {
 /// cert-manager's and prometheus-operator's kinds are not installed here: minimal CRDs let the
 /// API server accept (and check the metadata of) the Issuer, Certificate and ServiceMonitor the
 /// chart renders. Their specs are not validated: those schemas belong to the other projects.
-const THIRD_PARTY_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+fn third_party_crds() -> String {
+    [
+        ("cert-manager.io", "Certificate", "certificates"),
+        ("cert-manager.io", "Issuer", "issuers"),
+        ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
+    ]
+    .map(|(group, kind, plural)| {
+        let singular = kind.to_lowercase();
+        format!(
+            r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: certificates.cert-manager.io}
+metadata: {{name: {plural}.{group}}}
 spec:
-  group: cert-manager.io
+  group: {group}
   scope: Namespaced
-  names: {kind: Certificate, plural: certificates, singular: certificate, listKind: CertificateList}
+  names: {{kind: {kind}, plural: {plural}, singular: {singular}, listKind: {kind}List}}
   versions:
   - name: v1
     served: true
     storage: true
-    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: issuers.cert-manager.io}
-spec:
-  group: cert-manager.io
-  scope: Namespaced
-  names: {kind: Issuer, plural: issuers, singular: issuer, listKind: IssuerList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}}
-"#;
+    schema: {{openAPIV3Schema: {{type: object, properties: {{spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}}}
+"#
+        )
+    })
+    .join("---\n")
+}
 
 async fn install_third_party_crds(admin: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::runtime::wait::{await_condition, conditions};
-    aexec_testenv::env::apply_yaml(admin, THIRD_PARTY_CRDS)
+    aexec_testenv::env::apply_yaml(admin, &third_party_crds())
         .await
         .expect("third-party CRDs");
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
