@@ -100,36 +100,53 @@ impl Spool {
         Ok(self.dir.join(key))
     }
 
-    fn add_used(&self, delta: i64) {
-        let now = if delta >= 0 {
-            self.used.fetch_add(delta.unsigned_abs(), Ordering::SeqCst) + delta.unsigned_abs()
-        } else {
-            self.used
-                .fetch_sub(delta.unsigned_abs(), Ordering::SeqCst)
-                .saturating_sub(delta.unsigned_abs())
-        };
+    /// Counts `len` more spooled bytes. A `budgeted` file only counts if it fits, checked and
+    /// counted in one step, so concurrent sessions cannot overshoot the budget together.
+    /// Otherwise the bytes already spooled.
+    fn reserve(&self, len: u64, budgeted: bool) -> Result<(), u64> {
+        let before = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (!budgeted || used + len <= self.max_bytes).then_some(used + len)
+            })?;
+        self.show_used(before + len);
+        Ok(())
+    }
+
+    /// Stops counting `len` bytes (uploaded, or never written).
+    fn release(&self, len: u64) {
+        let before = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                Some(used.saturating_sub(len))
+            })
+            .unwrap_or_default();
+        self.show_used(before.saturating_sub(len));
+    }
+
+    fn show_used(&self, used: u64) {
         self.metrics
             .spool_bytes
-            .set(i64::try_from(now).unwrap_or(i64::MAX));
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
     }
 
     /// Spools a file for upload. A `budgeted` file (a segment) is refused when it does not fit
     /// in the budget; small bookkeeping files (sidecars, manifests) are always taken.
     pub async fn put(&self, key: &str, bytes: &[u8], budgeted: bool) -> Result<(), SpoolError> {
         let len = bytes.len() as u64;
-        let used = self.used.load(Ordering::SeqCst);
-        if budgeted && used + len > self.max_bytes {
-            return Err(SpoolError::Full {
+        let path = self.path(key).map_err(SpoolError::Io)?;
+        self.reserve(len, budgeted)
+            .map_err(|used| SpoolError::Full {
                 used,
                 max: self.max_bytes,
                 last_error: self
                     .last_error()
                     .unwrap_or_else(|| "it is slower than the session".into()),
-            });
+            })?;
+        if let Err(e) = write_atomic(&path, bytes).await {
+            self.release(len);
+            return Err(SpoolError::Io(e));
         }
-        let path = self.path(key).map_err(SpoolError::Io)?;
-        write_atomic(&path, bytes).await.map_err(SpoolError::Io)?;
-        self.add_used(i64::try_from(len).unwrap_or(i64::MAX));
         self.wake.notify_one();
         Ok(())
     }
@@ -245,7 +262,7 @@ impl Spool {
                 tokio::fs::remove_file(&file)
                     .await
                     .with_context(|| format!("removing uploaded {}", file.display()))?;
-                self.add_used(-i64::try_from(len).unwrap_or(i64::MAX));
+                self.release(len as u64);
             }
             // The manifest is the last file of a recording: once it is uploaded, nothing more
             // comes, and the session's directory can go.
@@ -365,6 +382,29 @@ mod tests {
             s.get("ns/s-1/seg-000000.cast", 100).await.expect("get"),
             b"12345678"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_segments_cannot_overshoot_the_budget_together() {
+        let (store, dir) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let s = spool(10, store.path(), dir.path()).await;
+        let puts = (0..8).map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put(&format!("ns/s-{i}/seg-000000.cast"), b"123456", true)
+                    .await
+                    .is_ok()
+            })
+        });
+        let mut taken = 0;
+        for p in puts {
+            taken += usize::from(p.await.expect("task"));
+        }
+        assert_eq!(taken, 1, "only one 6-byte segment fits in 10 bytes");
+        assert_eq!(s.used.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]
