@@ -1,16 +1,46 @@
 #!/usr/bin/env bash
-# The demo, run by `./dev demo` inside the local control plane (KUBECONFIG is admin's,
-# AEXEC_TESTENV_DIR holds every user's kubeconfig, AEXEC_KUBECTL is kubectl at the server's
-# version). Non-interactive when stdin is not a terminal or CI is set.
+# The demo, run by `./dev demo` inside the local control plane with the operator running as the
+# chart's ServiceAccount and recording to a local directory:
+#   KUBECONFIG            admin's kubeconfig
+#   AEXEC_TESTENV_DIR     the run directory, with every user's kubeconfig (alice.kubeconfig, ...)
+#   AEXEC_KUBECTL         kubectl at the server's version
+#   AEXEC_PLUGIN_BIN      the kubectl-aexec binary (found by kubectl through PATH, as krew does)
+#   AEXEC_RECORDINGS_DIR  where the operator keeps recordings
+# The story: alice asks for a shell in a "production" pod, bob approves, alice's command runs,
+# carol replays, exports and verifies it. Non-interactive when stdin is not a terminal or CI is
+# set; otherwise it ends in a shell to try it by hand.
 set -euo pipefail
-k() { "$AEXEC_KUBECTL" "$@"; }
-as() { local u=$1; shift; "$AEXEC_KUBECTL" --kubeconfig "$AEXEC_TESTENV_DIR/$u.kubeconfig" "$@"; }
-say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "A 'production' namespace with a pod on the kwok node"
-k create namespace prod >/dev/null
-k -n prod apply -f - >/dev/null <<'YAML'
+NS=${AEXEC_DEMO_NAMESPACE:-prod}
+: "${AEXEC_KUBECTL:?run through ./dev demo}" "${AEXEC_TESTENV_DIR:?run through ./dev demo}"
+: "${AEXEC_PLUGIN_BIN:?run through ./dev demo}" "${AEXEC_RECORDINGS_DIR:?run through ./dev demo}"
+
+# kubectl and the plugin on PATH, as they are after `kubectl krew install aexec`.
+BIN="$AEXEC_TESTENV_DIR/demo-bin"
+mkdir -p "$BIN"
+ln -sf "$AEXEC_KUBECTL" "$BIN/kubectl"
+ln -sf "$AEXEC_PLUGIN_BIN" "$BIN/kubectl-aexec"
+export PATH="$BIN:$PATH"
+
+# `as USER kubectl ...`: a command as one of the local users (their own kubeconfig).
+as() { local u=$1; shift; KUBECONFIG="$AEXEC_TESTENV_DIR/$u.kubeconfig" "$@"; }
+say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
+# One argument quoted as a shell user would type it.
+quote() {
+  if [[ $1 =~ ^[][A-Za-z0-9_./:=@%+,{}-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+# Prints a command as USER would type it: `show USER CMD ARGS...`.
+show() {
+  local who=$1 a line=
+  shift
+  for a in "$@"; do line+=" $(quote "$a")"; done
+  printf '\033[2m%s$\033[0m%s\n' "$who" "$line"
+}
+run() { local who=$1; shift; show "$who" "$@"; as "$who" "$@"; }
+
+say "A '$NS' namespace with a pod on the kwok node"
+kubectl create namespace "$NS" >/dev/null
+kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata: {name: api, labels: {app: api}}
@@ -18,54 +48,84 @@ spec:
   nodeName: kwok-node-0
   containers: [{name: app, image: registry.invalid/api:1}]
 YAML
-k -n prod wait --for=condition=Ready pod/api --timeout=30s >/dev/null
-run k -n prod get pods -o wide
+kubectl -n "$NS" wait --for=condition=Ready pod/api --timeout=60s >/dev/null
+run admin kubectl -n "$NS" get pods
 
-say "alice may read pods but holds no pods/exec: plain kubectl exec is refused"
-run as alice -n prod exec api -- id || true
+say "alice (group dev) may read pods but holds no pods/exec: plain kubectl exec is refused"
+run alice kubectl -n "$NS" exec api -- id || true
 
-say "The API she will use instead: an ExecSession, governed by an ExecPolicy"
-k apply -f - >/dev/null <<'YAML'
+say "Instead, an ExecPolicy governs exec in $NS: one approval from the sre group, a reason required"
+kubectl apply -f - >/dev/null <<YAML
 apiVersion: aexec.dev/v1alpha1
 kind: ExecPolicy
-metadata: {name: prod-shell}
+metadata: {name: $NS-shell}
 spec:
-  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: prod}}
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: $NS}}
   decision: RequireApproval
   approval: {required: 1, groups: [sre], pendingTimeout: 30m}
   limits: {maxDuration: 1h, idleTimeout: 15m, approvalValidFor: 10m}
   reasonRequired: true
 YAML
-run k get execpolicies -o wide
-say "alice cannot pretend to be someone else: the requester must be the creating user"
-as alice -n prod create -f - <<'YAML' || true
-apiVersion: aexec.dev/v1alpha1
-kind: ExecSession
-metadata: {name: spoofed}
-spec:
-  pod: api
-  command: [sh]
-  requester: {username: bob, groups: [sre]}
-YAML
-as alice -n prod create -f - >/dev/null <<'YAML'
-apiVersion: aexec.dev/v1alpha1
-kind: ExecSession
-metadata: {name: inc-1234}
-spec:
-  pod: api
-  command: [sh, -c, "cat /etc/hostname; id"]
-  reason: INC-1234 api latency
-  requester: {username: alice, groups: [dev, system:authenticated]}
-YAML
-run k -n prod get execsessions -o wide
-say "The spec is immutable once created: what is approved is what runs"
-run k -n prod patch execsession inc-1234 --type=merge -p '{"spec":{"command":["rm","-rf","/"]}}' || true
+run admin kubectl get execpolicies
 
-say "The operator that decides, brokers and records these sessions, and the kubectl aexec plugin,"
-say "are built and tested end to end (./dev test); this demo does not yet run the whole story with"
-say "the plugin (ask, approve, attach, replay, verify): see README 'Using the plugin' and docs/."
+say "alice asks with kubectl aexec, as she would with kubectl exec; it waits for approval"
+ALICE_OUT="$AEXEC_TESTENV_DIR/demo-alice.out"
+ASK=(kubectl aexec -n "$NS" api -r "INC-1234 api latency" --wait 2m -- sh -c 'hostname; id; echo "diagnosing INC-1234"; exit 3')
+show alice "${ASK[@]}"
+as alice "${ASK[@]}" >"$ALICE_OUT" 2>&1 &
+ALICE=$!
+# The session alice's request created, as bob sees it.
+NAME=
+for _ in $(seq 1 100); do
+  NAME=$(as bob kubectl -n "$NS" get execsessions -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
+  [ -n "$NAME" ] && grep -q 'send this to an approver' "$ALICE_OUT" && break
+  sleep 0.2
+done
+[ -n "$NAME" ] || { cat "$ALICE_OUT"; echo "demo: alice's session did not appear" >&2; exit 1; }
+SEEN=$(wc -l <"$ALICE_OUT")
+sed 's/^/    /' "$ALICE_OUT"
+
+say "bob (group sre) sees what waits for approval, and why"
+run bob kubectl aexec list -n "$NS" --phase Pending
+say "alice (a requester) cannot approve, nor can mallory (no role): only the policy's approvers can"
+run alice kubectl aexec approve "$NAME" -n "$NS" || true
+run mallory kubectl aexec approve "$NAME" -n "$NS" || true
+
+say "bob approves; alice's command runs at once, through the operator, and is recorded"
+run bob kubectl aexec approve "$NAME" -n "$NS" -m "ok for INC-1234"
+code=0
+wait "$ALICE" || code=$?
+tail -n +"$((SEEN + 1))" "$ALICE_OUT" | sed 's/^/    /'
+echo "    (alice's kubectl aexec exited with $code, the remote command's exit code)"
+[ "$code" = 3 ] || { echo "demo: expected exit code 3 from alice's command" >&2; exit 1; }
+
+say "carol (group audit) reviews: the list, the details, the replay"
+run carol kubectl aexec list -n "$NS" -o wide
+run carol kubectl aexec describe "$NAME" -n "$NS"
+run carol kubectl aexec replay "$NAME" -n "$NS"
+say "carol exports it for asciinema and verifies that nobody altered it"
+CAST="$AEXEC_TESTENV_DIR/$NAME.cast"
+run carol kubectl aexec export "$NAME" -n "$NS" --format v2 -o "$CAST"
+head -c 300 "$CAST" | head -n 2
+run carol kubectl aexec verify "$NAME" -n "$NS"
+
+say "The recording: hash-chained asciicast segments and a manifest, in the operator's store"
+(cd "$AEXEC_RECORDINGS_DIR" && find . -type f | sort | sed 's/^\.\//    /')
+
+say "alice's own exec rights did not change: she still cannot exec without approval"
+run alice kubectl -n "$NS" exec api -- id || true
+
 if [ -t 0 ] && [ -z "${CI:-}" ]; then
-  say "A shell inside the control plane: kubectl as admin; other users: as alice|bob|carol|dave|mallory ..."
-  export -f as k
-  PATH="$AEXEC_KUBECTL_DIR:$PATH" bash -i || true
+  say "Your turn. A shell in the control plane: kubectl runs as admin; 'as alice|bob|carol|dave|mallory CMD' as a user."
+  cat <<EOF
+    N=\$(as alice kubectl aexec -n $NS api -it -r "try it" --no-wait -- sh)   # ask; prints the name
+    as bob kubectl aexec approve \$N -n $NS                                   # approve
+    as alice kubectl aexec attach \$N -n $NS                                  # a recorded shell
+    as carol kubectl aexec replay \$N -n $NS --speed 2                         # watch it again
+    exit                                                                     # stops everything
+EOF
+  export -f as
+  PS1='aexec-demo$ ' bash --norc -i || true
+else
+  say "Done. Run ./dev demo in a terminal to end in a shell and try it by hand."
 fi

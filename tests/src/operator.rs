@@ -51,9 +51,20 @@ pub const INSTANCE: &str = "aexec-operator-0";
 /// takes the write guard, so it never pulls the operator from under another test.
 pub struct Operator {
     process: Mutex<Option<Component>>,
+    storage: std::sync::Mutex<RecordingStore>,
     lock: RwLock<()>,
     registered: tokio::sync::OnceCell<()>,
     credentials: tokio::sync::OnceCell<Credentials>,
+}
+
+/// Where the test operator keeps recordings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordingStore {
+    /// MinIO's bucket with Object Lock, behind a local spool (what the end-to-end tests use).
+    #[default]
+    S3,
+    /// A directory in the run directory (`recordings/`), the chart's default (the demo's).
+    Local,
 }
 
 /// What an operator process runs with: the chart's ServiceAccount and serving certificate.
@@ -113,6 +124,7 @@ impl Default for Operator {
     fn default() -> Self {
         Operator {
             process: Mutex::new(None),
+            storage: std::sync::Mutex::new(RecordingStore::default()),
             lock: RwLock::new(()),
             registered: tokio::sync::OnceCell::new(),
             credentials: tokio::sync::OnceCell::new(),
@@ -154,6 +166,22 @@ impl TestEnv {
         let guard = self.operator.lock.write().await;
         self.ensure_operator().await?;
         Ok(guard)
+    }
+
+    /// Chooses where operators started from now on keep recordings (MinIO by default).
+    pub fn set_recording_store(&self, store: RecordingStore) {
+        if let Ok(mut s) = self.operator.storage.lock() {
+            *s = store;
+        }
+    }
+
+    fn recording_store(&self) -> RecordingStore {
+        self.operator.storage.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// The directory operators keep recordings in with [`RecordingStore::Local`].
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.dir.join("recordings")
     }
 
     /// The test operator's local spool, where recording files wait for upload to MinIO.
@@ -238,7 +266,7 @@ impl TestEnv {
             .get_or_try_init(|| self.operator_credentials())
             .await?;
         process::ensure_port_free(replica.api, &replica.instance)?;
-        let args = vec![
+        let mut args = vec![
             format!("--kubeconfig={}", creds.kubeconfig.display()),
             format!("--api-bind={}", replica.api),
             format!("--ops-bind={}", replica.ops),
@@ -251,13 +279,6 @@ impl TestEnv {
                 "--leader-election-lease-duration={}s",
                 replica.lease_duration.as_secs()
             ),
-            "--storage=s3".into(),
-            format!("--s3-endpoint={}", self.s3.endpoint),
-            format!("--s3-bucket={}", self.s3.bucket),
-            format!("--s3-region={}", self.s3.region),
-            "--s3-force-path-style".into(),
-            "--s3-object-lock-mode=GOVERNANCE".into(),
-            "--s3-object-lock-days=1".into(),
             format!("--spool-dir={}", self.replica_spool_dir(replica).display()),
             format!(
                 "--spool-max-bytes={}",
@@ -267,6 +288,21 @@ impl TestEnv {
                     .unwrap_or(SPOOL_MAX_BYTES)
             ),
         ];
+        args.extend(match self.recording_store() {
+            RecordingStore::S3 => vec![
+                "--storage=s3".into(),
+                format!("--s3-endpoint={}", self.s3.endpoint),
+                format!("--s3-bucket={}", self.s3.bucket),
+                format!("--s3-region={}", self.s3.region),
+                "--s3-force-path-style".into(),
+                "--s3-object-lock-mode=GOVERNANCE".into(),
+                "--s3-object-lock-days=1".into(),
+            ],
+            RecordingStore::Local => vec![
+                "--storage=local".into(),
+                format!("--recordings-dir={}", self.recordings_dir().display()),
+            ],
+        });
         let mut c = Component::spawn(
             &replica.instance,
             &binary()?,

@@ -1,7 +1,9 @@
 //! `aexec-testenv`: build, start and use the local control plane.
 //!
 //!   aexec-testenv build          build the upstream binaries (cached by version)
-//!   aexec-testenv up [-- CMD]    start the control plane, print how to use it, open a shell
+//!   aexec-testenv up [--operator local|s3] [-- CMD]
+//!                                start the control plane (and the operator), print how to use
+//!                                it, then run CMD or open a shell
 //!   aexec-testenv run -- CMD     run CMD inside a private network namespace (the test runner)
 
 use std::{
@@ -9,9 +11,11 @@ use std::{
     process::{Command, ExitCode},
 };
 
-use aexec_testenv::{TestEnv, User, netns, process::tail, upstream::Upstream};
+use aexec_testenv::{
+    TestEnv, User, netns, operator::RecordingStore, process::tail, upstream::Upstream,
+};
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +34,10 @@ enum Cmd {
     /// Start the control plane and print how to use it; then run CMD, or an interactive shell,
     /// and stop everything when it exits.
     Up {
+        /// Also run the operator (built beforehand: `cargo build -p aexec-operator`) as the
+        /// chart's ServiceAccount, recording to a local directory or to MinIO.
+        #[arg(long, value_enum)]
+        operator: Option<Store>,
         /// Command to run with the control plane up (default: $SHELL when interactive).
         #[arg(last = true)]
         command: Vec<String>,
@@ -49,9 +57,20 @@ enum Cmd {
         keep: bool,
         #[arg(long)]
         up: bool,
+        #[arg(long, value_enum)]
+        operator: Option<Store>,
         #[arg(last = true)]
         command: Vec<String>,
     },
+}
+
+/// Where the operator of `up --operator` keeps recordings.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Store {
+    /// `recordings/` in the run directory (the chart's default kind of store).
+    Local,
+    /// MinIO's bucket, with Object Lock (as the end-to-end tests run it).
+    S3,
 }
 
 fn main() -> ExitCode {
@@ -67,9 +86,15 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Cmd::Build => Upstream::build(&[]).map(|_| ExitCode::SUCCESS),
-        Cmd::Up { command } => {
+        Cmd::Up { operator, command } => {
             Upstream::build(&[])?;
-            let mut inner = vec!["inside".to_owned(), "--up".to_owned(), "--".to_owned()];
+            let mut inner = vec!["inside".to_owned(), "--up".to_owned()];
+            match operator {
+                Some(Store::Local) => inner.push("--operator=local".into()),
+                Some(Store::S3) => inner.push("--operator=s3".into()),
+                None => {}
+            }
+            inner.push("--".into());
             inner.extend(command);
             reexec(inner)
         }
@@ -83,7 +108,12 @@ fn run(args: Args) -> Result<ExitCode> {
             inner.extend(command);
             reexec(inner)
         }
-        Cmd::Inside { keep, up, command } => inside(keep, up, command),
+        Cmd::Inside {
+            keep,
+            up,
+            operator,
+            command,
+        } => inside(keep, up, operator, command),
     }
 }
 
@@ -92,11 +122,11 @@ fn reexec(args: Vec<String>) -> Result<ExitCode> {
     match netns::reexec_inside(&me, &args)? {}
 }
 
-fn inside(keep: bool, up: bool, command: Vec<String>) -> Result<ExitCode> {
+fn inside(keep: bool, up: bool, operator: Option<Store>, command: Vec<String>) -> Result<ExitCode> {
     netns::setup()?;
     let dir = run_dir()?;
     let code = if up {
-        serve(&dir, command)?
+        serve(&dir, operator, command)?
     } else {
         let status = Command::new(&command[0])
             .args(&command[1..])
@@ -144,9 +174,17 @@ fn report_logs(dir: &std::path::Path) {
     }
 }
 
-fn serve(dir: &std::path::Path, command: Vec<String>) -> Result<i32> {
+fn serve(dir: &std::path::Path, operator: Option<Store>, command: Vec<String>) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new()?;
     let env = rt.block_on(TestEnv::start_in(dir.to_path_buf()))?;
+    if let Some(store) = operator {
+        env.set_recording_store(match store {
+            Store::Local => RecordingStore::Local,
+            Store::S3 => RecordingStore::S3,
+        });
+        rt.block_on(env.ensure_operator())
+            .context("starting the operator")?;
+    }
     println!(
         "\nThe local control plane is up (run directory {}).",
         env.dir.display()
@@ -169,6 +207,16 @@ fn serve(dir: &std::path::Path, command: Vec<String>) -> Result<i32> {
         env.upstream.kubectl.display(),
         host_pid()
     );
+    if let Some(store) = operator {
+        println!(
+            "Operator: {} (the chart's ServiceAccount), recordings in {}",
+            TestEnv::shared_replica().api,
+            match store {
+                Store::Local => env.recordings_dir().display().to_string(),
+                Store::S3 => format!("s3://{}", env.s3.bucket),
+            }
+        );
+    }
     let (program, args) = match command.split_first() {
         Some((p, a)) => (p.clone(), a.to_vec()),
         None => (
@@ -188,6 +236,7 @@ fn serve(dir: &std::path::Path, command: Vec<String>) -> Result<i32> {
         .env("AEXEC_TESTENV_DIR", &env.dir)
         .env("AEXEC_KUBECTL", &env.upstream.kubectl)
         .env("AEXEC_KUBECTL_DIR", kubectl_dir)
+        .env("AEXEC_RECORDINGS_DIR", env.recordings_dir())
         .status()
         .with_context(|| format!("running {program}"))?;
     env.stop();

@@ -287,8 +287,10 @@ pub(crate) async fn final_session(t: &Target, phase: Phase) -> ExecSession {
 #[tokio::test]
 async fn idle_timeout_ends_session() {
     let (t, _op) = setup_with(&["sleep", "60"], false, json!({"idleTimeout": "2s"})).await;
-    let mut ws = attach(User::Alice, &t).await.expect("attach");
+    // Timed from before the attach request: the relay's idle clock starts before the client
+    // has read the handshake response.
     let start = std::time::Instant::now();
+    let mut ws = attach(User::Alice, &t).await.expect("attach");
     let (_, err) = drain(&mut ws, 20).await;
     ended_by_limit(
         &t,

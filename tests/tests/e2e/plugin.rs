@@ -937,8 +937,16 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let attached = c.spawn().expect("attach starts");
-    wait_phase(&t, &name, Phase::Active, 15).await;
+    let mut attached = c.spawn().expect("attach starts");
+    // Terminate only once the command's first line has reached alice: Active alone does not
+    // mean the pod's output has crossed yet.
+    let mut stdout = tokio::io::BufReader::new(attached.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut first))
+        .await
+        .expect("the command's output reaches alice")
+        .expect("read stdout");
+    assert_eq!(first, "started\n");
     let bob = aexec(User::Bob, &["terminate", &name, "-n", ns], None).await;
     assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
     assert!(text(&bob.stdout).contains("terminated"));
@@ -947,7 +955,11 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
         .expect("attach ends after terminate")
         .expect("wait");
     assert_ne!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "started\n");
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest)
+        .await
+        .expect("read stdout");
+    assert_eq!(rest, "", "nothing after the first line");
     assert!(
         text(&out.stderr).contains("terminated by bob"),
         "{}",

@@ -1,0 +1,94 @@
+//! The README's demo command, run as a newcomer runs it: `./dev demo`, non-interactive (CI=true,
+//! no terminal on stdin). It starts its own control plane, so this test runs outside
+//! `aexec-testenv run` (`./dev test` runs it after the end-to-end tests).
+
+use std::{path::Path, process::Stdio};
+
+/// Position of `needle` in `text` at or after `from`, or a failure that shows the output.
+fn find_after(text: &str, from: usize, needle: &str) -> usize {
+    match text[from..].find(needle) {
+        Some(i) => from + i,
+        None => panic!("the demo's output lacks {needle:?} (after byte {from}):\n{text}"),
+    }
+}
+
+#[test]
+fn demo_command_runs_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
+    // One stream, as a terminal shows it: the order of what each user sees is checked below.
+    let mut demo = std::process::Command::new("bash");
+    demo.args(["-c", "exec ./dev demo 2>&1"]).current_dir(root);
+    // Without what cargo sets for a test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...): build
+    // scripts watch some of these names, and the demo's own `cargo build` would rebuild half
+    // the dependency tree for them, then again for the next build outside this test.
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        let from_cargo = n == "CARGO"
+            || n == "OUT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
+            || [
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&n.as_ref());
+        if from_cargo {
+            demo.env_remove(&name);
+        }
+    }
+    let out = demo
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .output()
+        .expect("./dev demo starts");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "./dev demo failed:\n{text}");
+
+    // The operator ran as the chart's ServiceAccount with a local directory as its store.
+    let at = find_after(&text, 0, "(the chart's ServiceAccount), recordings in /");
+    // alice is refused plain exec, then asks and waits.
+    let at = find_after(
+        &text,
+        at,
+        "User \"alice\" cannot create resource \"pods/exec\"",
+    );
+    let at = find_after(&text, at, "waiting for approval of exec-");
+    let at = find_after(
+        &text,
+        at,
+        "send this to an approver:  kubectl aexec approve exec-",
+    );
+    // Nobody but an approver of the policy can approve.
+    let at = find_after(
+        &text,
+        at,
+        "User \"mallory\" cannot update resource \"execsessions/approve\"",
+    );
+    // bob approves; only then does alice's command run, with its exit code.
+    let at = find_after(&text, at, "approved (1/1 approvals)");
+    let at = find_after(&text, at, "approved; attaching to exec-");
+    let at = find_after(&text, at, "diagnosing INC-1234");
+    let at = find_after(&text, at, "command terminated with exit code 3");
+    let at = find_after(&text, at, "exited with 3");
+    // carol lists, describes, replays, exports and verifies.
+    let at = find_after(&text, at, "carol");
+    let at = find_after(&text, at, "the command exited with code 3");
+    let at = find_after(&text, at, "bob at ");
+    let at = find_after(&text, at, "URI:        file:///");
+    let at = find_after(&text, at, "diagnosing INC-1234");
+    let at = find_after(&text, at, "bytes, v2)");
+    let at = find_after(&text, at, "\"version\":2");
+    let at = find_after(&text, at, "matches the session's status");
+    // The hash-chained files landed in the local store.
+    let at = find_after(&text, at, "/manifest.json");
+    find_after(&text, at, "/seg-000000.cast");
+}
