@@ -26,7 +26,7 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{Message, protocol::Role},
 };
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     apiserver::{AppState, Caller, StatusError, get_session, status_error},
@@ -52,6 +52,8 @@ pub enum End {
     TerminatedBy(String),
     /// The recording stopped and the policy requires one (fail closed).
     RecordingFailed(String),
+    /// The replica relaying it shut down (SIGTERM: a restart, a rollout, a drained node).
+    Shutdown(String),
 }
 
 /// The phase, message and exit code a session ends with.
@@ -96,6 +98,14 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
             ),
             None,
         ),
+        End::Shutdown(instance) => (
+            Phase::Failed,
+            format!(
+                "ended: operator replica {instance} shut down (restart or rollout) before the command \
+                 ended; the recording is sealed, marked interrupted; request a new session to go on"
+            ),
+            None,
+        ),
     }
 }
 
@@ -130,17 +140,27 @@ impl Limits {
     }
 }
 
-type StopSenders =
-    std::collections::HashMap<(String, String), tokio::sync::oneshot::Sender<String>>;
+/// Why a relay is told to stop from outside.
+#[derive(Debug)]
+pub enum Stop {
+    /// `terminate`, by this user.
+    TerminatedBy(String),
+    /// This replica is shutting down.
+    Shutdown,
+}
 
-/// Sessions this replica is relaying, so that `terminate` can reach them.
+type StopSenders = std::collections::HashMap<(String, String), tokio::sync::oneshot::Sender<Stop>>;
+
+/// Sessions this replica is relaying, so that `terminate` and a shutdown can reach them, and
+/// the tasks that relay them, so that a shutdown can wait until each has written its end.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
     inner: std::sync::Arc<std::sync::Mutex<StopSenders>>,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Sessions {
-    fn register(&self, ns: &str, name: &str) -> tokio::sync::oneshot::Receiver<String> {
+    fn register(&self, ns: &str, name: &str) -> tokio::sync::oneshot::Receiver<Stop> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut m) = self.inner.lock() {
             m.insert((ns.to_owned(), name.to_owned()), tx);
@@ -161,7 +181,54 @@ impl Sessions {
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(ns.to_owned(), name.to_owned())));
-        tx.is_some_and(|tx| tx.send(by.to_owned()).is_ok())
+        tx.is_some_and(|tx| tx.send(Stop::TerminatedBy(by.to_owned())).is_ok())
+    }
+
+    /// True once a shutdown began: no new session may start here.
+    pub fn is_closed(&self) -> bool {
+        self.tasks.is_closed()
+    }
+
+    /// How many sessions this replica relays now.
+    pub fn active(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The shutdown of the relays: no new session starts here; sessions that end by themselves
+    /// within `grace` end as usual; the rest are stopped (the user is told, the recording is
+    /// sealed and marked interrupted, the session fails with the reason). Returns once every
+    /// relay has written its session's end, or after `grace + write_within`.
+    pub async fn shut_down(&self, grace: Duration, write_within: Duration) {
+        self.tasks.close();
+        if self.tasks.is_empty() {
+            return;
+        }
+        info!(
+            sessions = self.tasks.len(),
+            ?grace,
+            "waiting for active sessions to end"
+        );
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return;
+        }
+        let senders: Vec<_> = self
+            .inner
+            .lock()
+            .map(|mut m| m.drain().map(|(_, tx)| tx).collect())
+            .unwrap_or_default();
+        info!(sessions = senders.len(), "ending the sessions still active");
+        for tx in senders {
+            let _ = tx.send(Stop::Shutdown);
+        }
+        if tokio::time::timeout(write_within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                sessions = self.tasks.len(),
+                "sessions still ending at exit; a restart of this replica recovers them"
+            );
+        }
     }
 }
 
@@ -225,6 +292,16 @@ async fn prepare(
         )
     })?;
 
+    if state.sessions.is_closed() {
+        return Err(status_error(
+            503,
+            "ServiceUnavailable",
+            format!(
+                "operator replica {} is shutting down; attach again (another replica takes it)",
+                state.instance
+            ),
+        ));
+    }
     let sessions: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
     let internal =
         |what: &str, e: kube::Error| status_error(500, "InternalError", format!("{what}: {e}"));
@@ -321,7 +398,8 @@ async fn prepare(
     let session_for_relay = claimed;
     let sessions = state.sessions.clone();
     let recordings = state.recordings.clone();
-    tokio::spawn(
+    let tasks = state.sessions.tasks.clone();
+    tasks.spawn(
         async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
@@ -358,6 +436,11 @@ async fn prepare(
             .await;
             sessions.remove(&ns, &n);
             info!(?end, "session ended");
+            if let End::Shutdown(instance) = &end {
+                recorder.interrupt(format!(
+                    "operator replica {instance} shut down before the session ended"
+                ));
+            }
             let recorded = recorder.finish().await;
             finish(&client, &ns, &n, &end, recorded).await;
         }
@@ -490,11 +573,29 @@ fn idle_timed_out(limits: &Limits) -> (End, String) {
     (End::Limit(why.clone()), format!("session ended: {why}"))
 }
 
-/// The end and the user's notice for `terminate`.
-fn terminated(by: Result<String, tokio::sync::oneshot::error::RecvError>) -> (End, String) {
-    let by = by.unwrap_or_else(|_| "the operator".into());
-    let notice = format!("session terminated by {by}");
-    (End::TerminatedBy(by), notice)
+/// The end and the user's notice for `terminate` or a shutdown of this replica.
+fn stopped(
+    stop: Result<Stop, tokio::sync::oneshot::error::RecvError>,
+    session: &ExecSession,
+) -> (End, String) {
+    match stop {
+        Ok(Stop::TerminatedBy(by)) => {
+            let notice = format!("session terminated by {by}");
+            (End::TerminatedBy(by), notice)
+        }
+        Ok(Stop::Shutdown) | Err(_) => {
+            let instance = session
+                .status
+                .as_ref()
+                .and_then(|s| s.broker.clone())
+                .unwrap_or_else(|| "unknown".into());
+            let notice = format!(
+                "session ended: operator replica {instance} is shutting down (restart or rollout); \
+                 the recording is sealed; request a new session to go on"
+            );
+            (End::Shutdown(instance), notice)
+        }
+    }
 }
 
 /// What the recording says about a frame the client sent that is not forwarded (`None` for
@@ -544,7 +645,7 @@ async fn relay(
     pod: Ws,
     session: &ExecSession,
     limits: Limits,
-    mut stop: tokio::sync::oneshot::Receiver<String>,
+    mut stop: tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
 ) -> End {
     let (mut client_tx, mut client_rx) = client.split();
@@ -590,7 +691,7 @@ async fn relay(
                     r = &mut send => Ok(r),
                     () = &mut hard_stop => Err(max_duration_reached(&limits)),
                     () = &mut idle => Err(idle_timed_out(&limits)),
-                    by = &mut stop => Err(terminated(by)),
+                    by = &mut stop => Err(stopped(by, session)),
                 }
             };
             match outcome {
@@ -625,7 +726,7 @@ async fn relay(
                 end_with_notice!(end, text);
             }
             by = &mut stop => {
-                let (end, text) = terminated(by);
+                let (end, text) = stopped(by, session);
                 end_with_notice!(end, text);
             }
             m = pod_rx.next() => { pod_traffic = tokio::time::Instant::now(); match m {
@@ -787,9 +888,21 @@ async fn finish(
     }
     let recording = recorded.status;
     let api: Api<ExecSession> = Api::namespaced(client.clone(), namespace);
-    for _ in 0..10 {
-        let Ok(Some(mut s)) = api.get_opt(name).await else {
-            return;
+    // The API server may be away (a restart, an upgrade): the end is written once it is back,
+    // for up to FINAL_STATUS_PATIENCE; a shutdown bounds this by its own deadline.
+    let give_up = tokio::time::Instant::now() + FINAL_STATUS_PATIENCE;
+    let mut backoff = Duration::from_millis(200);
+    let mut conflicts = 0;
+    while conflicts < 10 && tokio::time::Instant::now() < give_up {
+        let mut s = match api.get_opt(name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "reading the session to write its end; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
         };
         let mut st: ExecSessionStatus = s.status.clone().unwrap_or_default();
         st.phase = Some(phase);
@@ -802,14 +915,19 @@ async fn finish(
         s.status = Some(st);
         match api.replace_status(name, &PostParams::default(), &s).await {
             Ok(_) => return,
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) if e.code == 409 => conflicts += 1,
             Err(e) => {
-                warn!(error = %e, "writing the final status");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                warn!(error = %e, "writing the final status; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
+    error!(?end, "the session's end could not be written to its status");
 }
+
+/// How long a relay that ended keeps trying to write the session's end.
+const FINAL_STATUS_PATIENCE: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {
@@ -842,6 +960,52 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .expect("time")
             .with_timezone(&Utc)
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_sessions_end_within_the_grace_then_stops_the_rest() {
+        let sessions = Sessions::default();
+        // One session ends by itself within the grace; one would run on.
+        let quick = sessions.register("ns", "quick");
+        let slow = sessions.register("ns", "slow");
+        let quick_task = sessions.tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(quick);
+            "ended by itself".to_owned()
+        });
+        let slow_task = sessions.tasks.spawn(async move {
+            match slow.await {
+                Ok(Stop::Shutdown) => "stopped for the shutdown".to_owned(),
+                other => format!("{other:?}"),
+            }
+        });
+        assert_eq!(sessions.active(), 2);
+        let started = tokio::time::Instant::now();
+        sessions
+            .shut_down(Duration::from_millis(300), Duration::from_secs(5))
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(sessions.is_closed());
+        assert_eq!(sessions.active(), 0);
+        assert_eq!(quick_task.await.unwrap(), "ended by itself");
+        assert_eq!(slow_task.await.unwrap(), "stopped for the shutdown");
+        // And a shutdown with nothing running returns at once.
+        let idle = Sessions::default();
+        let started = tokio::time::Instant::now();
+        idle.shut_down(Duration::from_secs(30), Duration::from_secs(30))
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_shutdown_fails_the_session_and_says_so() {
+        let (phase, message, code) = final_state(&End::Shutdown("aexec-operator-1".into()));
+        assert_eq!(phase, Phase::Failed);
+        assert!(
+            message.contains("operator replica aexec-operator-1 shut down"),
+            "{message}"
+        );
+        assert_eq!(code, None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use kube::{
     runtime::{events::Reporter, reflector::Store},
 };
 use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     apiserver::{self, AppState, FrontProxy},
@@ -141,7 +141,18 @@ pub struct Args {
     /// from one that died (whole seconds, at least 3s).
     #[arg(long, default_value = "15s", value_parser = crate::leader::parse_lease_duration, env = "AEXEC_LEADER_ELECTION_LEASE_DURATION")]
     pub leader_election_lease_duration: Duration,
+
+    /// On SIGTERM, how long sessions this replica relays may go on to end by themselves; then
+    /// each is ended (the user is told, the recording sealed and marked interrupted) and the
+    /// spool is uploaded. Keep it, plus about 30s, under the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "AEXEC_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Duration,
 }
+
+/// How long a shutdown waits for stopped sessions to write their end, and for the spool to
+/// reach the store, each.
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(15);
 
 /// Recording stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -293,6 +304,7 @@ pub async fn run(args: Args) -> Result<()> {
     let interrupted = crate::recorder::interrupted_sessions(&client, &args.instance)
         .instrument(info_span!("recovery"))
         .await;
+    let sessions = crate::broker::Sessions::default();
     let api_task = tokio::spawn({
         let state = AppState {
             client: client.clone(),
@@ -306,7 +318,7 @@ pub async fn run(args: Args) -> Result<()> {
                 },
             ),
             instance: args.instance.clone(),
-            sessions: Default::default(),
+            sessions: sessions.clone(),
             recordings: spool.clone(),
         };
         let stop = stopped();
@@ -387,10 +399,14 @@ pub async fn run(args: Args) -> Result<()> {
         .instrument(info_span!("controller"))
     });
 
+    // The uploader outlives the sessions at shutdown: it stops only after they are sealed.
+    let (stop_uploads, uploads_stopped) = tokio::sync::oneshot::channel::<()>();
     let upload_task = tokio::spawn(
         spool
             .clone()
-            .upload_loop(stopped())
+            .upload_loop(async move {
+                let _ = uploads_stopped.await;
+            })
             .instrument(info_span!("uploader")),
     );
     // Sessions this replica was relaying when it stopped (a crash, a SIGKILL) cannot resume:
@@ -409,8 +425,20 @@ pub async fn run(args: Args) -> Result<()> {
     info!("operator running");
     shutdown_signal().await;
     info!("shutting down");
+    // New connections and the controller stop (the lease is released); sessions relayed here
+    // get the grace to end, then are ended and sealed; then what the spool holds is uploaded,
+    // since a pod's spool (an emptyDir) does not outlive it.
     let _ = stop_tx.send(true);
-    let (api, ops, ctl, _) = tokio::join!(api_task, ops_task, controller_task, upload_task);
+    sessions
+        .shut_down(args.shutdown_grace, SHUTDOWN_WRITE)
+        .instrument(info_span!("shutdown"))
+        .await;
+    let _ = stop_uploads.send(());
+    let _ = upload_task.await;
+    if let Err(e) = spool.drain(SHUTDOWN_WRITE).await {
+        warn!(error = %format!("{e:#}"), "recordings left in the spool at exit; this replica uploads them when it starts again");
+    }
+    let (api, ops, ctl) = tokio::join!(api_task, ops_task, controller_task);
     if let Ok(Err(e)) = api {
         error!(error = %e, "aggregated API");
         return Err(e);
