@@ -26,10 +26,15 @@ use crate::{
     spool::Spool,
 };
 
-/// Events in flight between the relay and the recorder: a bound, so a stalled store slows the
-/// session instead of growing memory (64 frames of at most 1 MiB each from the client; pod
-/// frames are bounded by the API server's).
+/// Events in flight between the relay and the recorder, bounded in number and in bytes: a
+/// recorder that falls behind (a slow disk, a busy CPU) slows its session instead of growing
+/// memory. The byte bound is what matters under load: 64 frames of 32 KiB would be 2 MiB per
+/// session.
 const QUEUE: usize = 64;
+const QUEUE_BYTES: usize = 256 << 10;
+
+/// An event on its way to the recorder, holding its share of the byte bound until written.
+type Queued = (Duration, Event, tokio::sync::OwnedSemaphorePermit);
 /// Largest manifest or segment read back.
 pub const MAX_OBJECT: u64 = 64 << 20;
 
@@ -44,10 +49,12 @@ pub fn prefix(session: &ExecSession) -> String {
 /// The handle the relay feeds.
 #[derive(Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<(Duration, Event)>,
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<Finished>,
     started: tokio::time::Instant,
     failure: Arc<OnceLock<String>>,
+    interrupted: Arc<OnceLock<String>>,
 }
 
 /// What a recording ended with.
@@ -109,6 +116,7 @@ impl Recorder {
         let header = Header::new(facts(session), timestamp, None);
         let (tx, rx) = mpsc::channel(QUEUE);
         let failure = Arc::new(OnceLock::new());
+        let interrupted = Arc::new(OnceLock::new());
         let task = tokio::spawn(run(
             spool,
             prefix(session),
@@ -116,12 +124,15 @@ impl Recorder {
             header,
             rx,
             failure.clone(),
+            interrupted.clone(),
         ));
         Recorder {
             tx,
+            budget: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
             task,
             started: tokio::time::Instant::now(),
             failure,
+            interrupted,
         }
     }
 
@@ -129,14 +140,31 @@ impl Recorder {
     /// the recording stopped (the spool is full, or the disk failed): nothing more is recorded.
     pub async fn record(&self, ev: Event) -> Result<(), String> {
         let at = self.started.elapsed();
-        if self.tx.send((at, ev)).await.is_err() {
-            return Err(self
-                .failure
+        let len = match &ev {
+            Event::Output(b) | Event::Error(b) | Event::Input(b) => b.len(),
+            _ => 1,
+        };
+        // A frame larger than the whole bound waits until the queue is empty, then goes alone.
+        let share = u32::try_from(len.clamp(1, QUEUE_BYTES)).unwrap_or(1);
+        let stopped = || {
+            self.failure
                 .get()
                 .cloned()
-                .unwrap_or_else(|| "the recorder stopped".into()));
+                .unwrap_or_else(|| "the recorder stopped".into())
+        };
+        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
+            return Err(stopped());
+        };
+        if self.tx.send((at, ev, permit)).await.is_err() {
+            return Err(stopped());
         }
         Ok(())
+    }
+
+    /// Marks the recording interrupted (sealed by [`Self::finish`] with `why`): the session was
+    /// cut off by something other than its own end.
+    pub fn interrupt(&self, why: String) {
+        let _ = self.interrupted.set(why);
     }
 
     /// Ends the recording: flushes, seals, and returns what goes into the session's status.
@@ -154,8 +182,9 @@ async fn run(
     prefix: String,
     session: SessionRef,
     header: Header,
-    mut rx: mpsc::Receiver<(Duration, Event)>,
+    mut rx: mpsc::Receiver<Queued>,
     failure: Arc<OnceLock<String>>,
+    interrupted: Arc<OnceLock<String>>,
 ) -> Finished {
     let (mut writer, head_line) = CastWriter::new(&header);
     let mut seg = Segmenter::new(SegmentLimits::default());
@@ -169,11 +198,14 @@ async fn run(
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some((at, ev)) => {
+                    Some((at, ev, _permit)) => {
                         last = at;
                         buf.clear();
                         writer.event(at, &ev, &mut buf);
                         let micros = micros(at);
+                        if seg.would_overflow(buf.len()) && let Some(cut) = seg.cut() {
+                            write_segment(&spool, &prefix, &mut metas, cut).await?;
+                        }
                         seg.push(&buf, micros);
                         if seg.should_cut(micros) && let Some(cut) = seg.cut() {
                             write_segment(&spool, &prefix, &mut metas, cut).await?;
@@ -199,6 +231,13 @@ async fn run(
     .await;
     let sealed_at = chrono::Utc::now().to_rfc3339();
     let (manifest, failure_msg) = match stopped {
+        Ok(()) if interrupted.get().is_some() => {
+            let why = interrupted.get().cloned().unwrap_or_default();
+            (
+                chain::seal_from_metas(session, metas, sealed_at, &why),
+                None,
+            )
+        }
         Ok(()) => match chain::seal(session.clone(), metas.clone(), sealed_at.clone()) {
             Ok(m) => (m, None),
             Err(e) => {

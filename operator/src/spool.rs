@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     metrics::Metrics,
@@ -239,40 +239,72 @@ impl Spool {
         }
     }
 
-    /// One pass over the spool: every session's files in order, the manifest last.
+    /// Uploads everything spooled, retrying until the store takes it or `within` has passed
+    /// (at shutdown: the spool of a pod does not outlive it).
+    pub async fn drain(&self, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.upload_pending()).await;
+            match attempt {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e))
+                    if tokio::time::Instant::now() + Duration::from_millis(500) < deadline =>
+                {
+                    debug!(error = %format!("{e:#}"), "draining the spool");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => anyhow::bail!("the store did not take the spool within {within:?}"),
+            }
+        }
+    }
+
+    /// One pass over the spool: every session's files in order, the manifest last; up to
+    /// [`PARALLEL_UPLOADS`] sessions at a time (one at a time, the store's round trips would
+    /// fall behind hundreds of sessions writing at once).
     async fn upload_pending(&self) -> Result<()> {
-        for (dir, files) in pending(&self.dir).await? {
-            let sealed = files.iter().any(|f| f.ends_with(MANIFEST_NAME));
-            for file in files {
-                let key = file
-                    .strip_prefix(&self.dir)
-                    .ok()
-                    .and_then(Path::to_str)
-                    .map(str::to_owned)
-                    .with_context(|| {
-                        format!("a spooled file outside the spool: {}", file.display())
-                    })?;
-                let bytes = match tokio::fs::read(&file).await {
-                    Ok(b) => b,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-                };
-                let len = bytes.len();
-                self.store.put(&key, bytes).await?;
-                tokio::fs::remove_file(&file)
-                    .await
-                    .with_context(|| format!("removing uploaded {}", file.display()))?;
-                self.release(len as u64);
-            }
-            // The manifest is the last file of a recording: once it is uploaded, nothing more
-            // comes, and the session's directory can go.
-            if sealed && list_dir(&dir).await?.is_empty() {
-                let _ = tokio::fs::remove_dir(&dir).await;
-            }
+        use futures::StreamExt as _;
+        let results: Vec<Result<()>> = futures::stream::iter(pending(&self.dir).await?)
+            .map(|(dir, files)| self.upload_session(dir, files))
+            .buffer_unordered(PARALLEL_UPLOADS)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Uploads one session's spooled files in order.
+    async fn upload_session(&self, dir: PathBuf, files: Vec<PathBuf>) -> Result<()> {
+        let sealed = files.iter().any(|f| f.ends_with(MANIFEST_NAME));
+        for file in files {
+            let key = file
+                .strip_prefix(&self.dir)
+                .ok()
+                .and_then(Path::to_str)
+                .map(str::to_owned)
+                .with_context(|| format!("a spooled file outside the spool: {}", file.display()))?;
+            let bytes = match tokio::fs::read(&file).await {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            };
+            let len = bytes.len();
+            self.store.put(&key, bytes).await?;
+            tokio::fs::remove_file(&file)
+                .await
+                .with_context(|| format!("removing uploaded {}", file.display()))?;
+            self.release(len as u64);
+        }
+        // The manifest is the last file of a recording: once it is uploaded, nothing more
+        // comes, and the session's directory can go.
+        if sealed && list_dir(&dir).await?.is_empty() {
+            let _ = tokio::fs::remove_dir(&dir).await;
         }
         Ok(())
     }
 }
+
+/// Sessions whose files are uploaded at the same time.
+const PARALLEL_UPLOADS: usize = 8;
 
 /// The spooled files, by session directory (`<spool>/<namespace>/<session>-<uid>`), each
 /// directory's files in upload order: segments and sidecars by name, the manifest last. (The

@@ -62,7 +62,10 @@
 //! Output of 64 bytes or more that is mostly control characters without a short JSON escape
 //! (NULs from `/dev/zero`, say: six bytes each as `\u0000`) is written as `b` runs too, since
 //! base64 costs 4/3 and such bytes have no glyph to play. Input stays text: keystrokes like
-//! Ctrl-C are short and are what a reviewer looks for.
+//! Ctrl-C are short and are what a reviewer looks for. And a chunk of 64 bytes or more of any
+//! stream that is binary (valid and invalid UTF-8 alternating every few bytes, as in a
+//! compressed file) is one `b` run when that costs less than two thirds of the text lines and
+//! runs it would otherwise be: random bytes took about six times their size as lines.
 //! A character split across two chunks (the broker relays frames, not characters) is not
 //! invalid: the writer keeps an incomplete trailing sequence (at most 3 bytes) per stream and
 //! prepends it to that stream's next chunk, so the character is written whole, at the time of
@@ -335,6 +338,30 @@ fn mostly_escapes(text: &str) -> bool {
     long * 5 > text.len()
 }
 
+/// Whether `data` written as text lines and `b` runs (what [`CastWriter`] does by default)
+/// would cost more than half again as much as one `b` run: a line per switch between valid
+/// and invalid UTF-8, six bytes per control character without a short escape.
+fn cheaper_as_bytes(data: &[u8]) -> bool {
+    const LINE: usize = 32; // `[0.000000, "b", "o:"]` and its newline, about
+    let mut mixed = 0;
+    for chunk in data.utf8_chunks() {
+        let text = chunk.valid();
+        if !text.is_empty() {
+            let escapes = text
+                .bytes()
+                .filter(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .count();
+            mixed += LINE + text.len() + 5 * escapes;
+        }
+        let invalid = chunk.invalid();
+        if !invalid.is_empty() {
+            mixed += LINE + invalid.len().div_ceil(3) * 4;
+        }
+    }
+    let raw = LINE + data.len().div_ceil(3) * 4;
+    mixed > raw + raw / 2
+}
+
 /// The incomplete UTF-8 sequence at the end of a stream's last chunk (at most 3 bytes).
 #[derive(Clone, Copy, Debug, Default)]
 struct Carry {
@@ -434,6 +461,13 @@ impl CastWriter {
             joined = v;
             &joined
         };
+        if data.len() >= 64 && cheaper_as_bytes(data) {
+            // Binary data (a compressed file, random bytes): valid UTF-8 and invalid runs
+            // alternate every few bytes, and a line per run would cost several times the
+            // data; one base64 run costs 4/3 and loses nothing a player could show.
+            self.raw(stream, data, at_us, out);
+            return;
+        }
         let mut pos = 0;
         // Start of the pending run of invalid bytes (runs are merged until text follows).
         let mut raw_from: Option<usize> = None;
@@ -1646,6 +1680,39 @@ mod tests {
             CastReader::parse(&file).unwrap().events,
             vec![(ms(1), Event::Output(colored))]
         );
+    }
+
+    #[test]
+    fn binary_data_is_one_base64_run_not_a_line_per_invalid_byte() {
+        // Pseudo-random bytes, as from a compressed file: valid and invalid UTF-8 alternate.
+        let random: Vec<u8> = (0u32..300_000)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for event in [Event::Output(random.clone()), Event::Input(random.clone())] {
+            let file = write(&[(ms(1), event.clone())]);
+            let body = file.len() - CastWriter::new(&header()).1.len();
+            assert!(
+                body < random.len() * 3 / 2,
+                "{body} bytes for {} random bytes",
+                random.len()
+            );
+            assert_eq!(
+                CastReader::parse(&file).unwrap().events,
+                vec![(ms(1), event)]
+            );
+        }
+        // Text in any script stays text, invalid bytes among it too.
+        let text = "Grüße, 世界! Ünïcödé ok\n".repeat(50).into_bytes();
+        let mut with_invalid = text.clone();
+        with_invalid.insert(100, 0xff);
+        for data in [text, with_invalid] {
+            let file = write(&[(ms(1), Event::Output(data.clone()))]);
+            assert!(lines(&file).iter().any(|l| l.contains("世界")));
+            assert_eq!(
+                CastReader::parse(&file).unwrap().events,
+                vec![(ms(1), Event::Output(data))]
+            );
+        }
     }
 
     #[test]

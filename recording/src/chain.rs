@@ -287,6 +287,15 @@ impl Segmenter {
         }
     }
 
+    /// Whether pushing `more` bytes would take a segment that ends with a whole line past
+    /// `max_bytes`: cut it first, and no segment's buffer ever grows (or doubles its
+    /// allocation) beyond `max_bytes` plus one event.
+    pub fn would_overflow(&self, more: usize) -> bool {
+        self.complete > 0
+            && self.complete == self.buf.len()
+            && self.buf.len() + more > self.limits.max_bytes
+    }
+
     /// Whether the current segment should be cut now: it holds at least one whole line and is
     /// either `max_bytes` long or `max_age` old.
     pub fn should_cut(&self, now_micros: u64) -> bool {
@@ -959,6 +968,28 @@ mod tests {
             forged.check(bytes),
             Err(VerifyError::Resized { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn cutting_before_an_overflow_keeps_segments_within_the_limit() {
+        let limits = SegmentLimits {
+            max_bytes: 100,
+            max_age_micros: u64::MAX,
+        };
+        let mut seg = Segmenter::new(limits);
+        let line = [b'x'; 29].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        let mut sizes = Vec::new();
+        for i in 0..10u64 {
+            if seg.would_overflow(line.len()) {
+                sizes.push(seg.cut().expect("whole lines").0.bytes);
+            }
+            seg.push(&line, i);
+        }
+        // 30-byte lines: three fit in 100 bytes, the fourth goes to the next segment.
+        assert_eq!(sizes, vec![90, 90, 90]);
+        // A partial line is never cut off: no overflow cut then.
+        seg.push(b"partial", 11);
+        assert!(!seg.would_overflow(1000));
     }
 
     #[test]
