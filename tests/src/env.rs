@@ -505,6 +505,25 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Restarts kube-apiserver as a crash or an OOM kill would (SIGKILL, then the same flags on
+    /// the same etcd), and waits until it is ready again. Every client's connection and watch
+    /// breaks meanwhile: only for tests that have the control plane to themselves. (A SIGTERM
+    /// makes it drain its requests for up to a minute first; a kill is both quicker and the
+    /// harsher case for clients.)
+    pub async fn restart_apiserver(&self) -> Result<()> {
+        let old = {
+            let mut cs = self.components.lock().map_err(|_| anyhow!("poisoned"))?;
+            let i = cs
+                .iter()
+                .position(|c| c.name == "kube-apiserver")
+                .context("kube-apiserver is not running")?;
+            cs.remove(i)
+        };
+        let mut old = old;
+        old.kill();
+        self.start_apiserver().await
+    }
+
     /// Starts MinIO again on the same data directory (after [`Self::stop_minio`]).
     pub async fn restart_minio(&self) -> Result<()> {
         self.start_minio().await

@@ -23,6 +23,8 @@ pub const APISERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 /// The operator's address (the aggregated API's endpoint).
 pub const OPERATOR_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
+/// A second operator replica's address, for tests of two replicas behind the APIService.
+pub const OPERATOR_IP_2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 4);
 /// Service cluster IP range; `10.96.0.1` is the `kubernetes` Service.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
@@ -62,7 +64,7 @@ pub fn setup() -> Result<()> {
         bail!("refusing to change the network outside a private namespace ({INSIDE_ENV} unset)");
     }
     ip(&["link", "set", "lo", "up"])?;
-    for addr in [APISERVER_IP, NODE_IP, OPERATOR_IP] {
+    for addr in [APISERVER_IP, NODE_IP, OPERATOR_IP, OPERATOR_IP_2] {
         ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
     }
     Ok(())
@@ -75,6 +77,7 @@ pub fn addresses() -> Vec<IpAddr> {
         IpAddr::V4(APISERVER_IP),
         IpAddr::V4(NODE_IP),
         IpAddr::V4(OPERATOR_IP),
+        IpAddr::V4(OPERATOR_IP_2),
         IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1)),
     ]
 }

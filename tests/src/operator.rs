@@ -32,7 +32,8 @@ pub const API_PORT: u16 = 8443;
 /// Port of the operations endpoint (health, metrics).
 pub const OPS_PORT: u16 = 8080;
 /// How long the test operator keeps finished sessions: short, so that deletion is tested, and
-/// long enough for every test to inspect its finished sessions.
+/// long enough for every test to inspect its finished sessions. `AEXEC_TEST_RETENTION_SECS`
+/// overrides it (the load test inspects hundreds of sessions after they end).
 pub const RETENTION: Duration = Duration::from_secs(40);
 /// The test operator's spool budget: larger than any test's burst while MinIO is up, small
 /// enough that an outage test fills it quickly. `AEXEC_TEST_SPOOL_MAX_BYTES` overrides it
@@ -95,6 +96,17 @@ impl Replica {
             instance: instance.to_owned(),
             api: SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, api_port)),
             ops: SocketAddr::V4(SocketAddrV4::new(netns::OPERATOR_IP, ops_port)),
+            lease_duration,
+        }
+    }
+
+    /// A replica on an address of its own with the shared replica's ports, as a second pod
+    /// behind the chart's Service would be (see [`TestEnv::set_operator_endpoints`]).
+    pub fn at(instance: &str, ip: std::net::Ipv4Addr, lease_duration: Duration) -> Self {
+        Replica {
+            instance: instance.to_owned(),
+            api: SocketAddr::V4(SocketAddrV4::new(ip, API_PORT)),
+            ops: SocketAddr::V4(SocketAddrV4::new(ip, OPS_PORT)),
             lease_duration,
         }
     }
@@ -257,6 +269,17 @@ impl TestEnv {
         self.wait_apiservice_available().await
     }
 
+    /// Starts the shared replica again after [`Self::stop_operator`] while another replica
+    /// holds the lease: it serves (healthz) but does not lead until that one goes.
+    pub async fn restart_operator_as_follower(&self) -> Result<()> {
+        let mut slot = self.operator.process.lock().await;
+        if slot.as_mut().is_some_and(|c| c.check_running().is_ok()) {
+            bail!("the shared operator still runs");
+        }
+        *slot = Some(self.spawn_operator(&Self::shared_replica()).await?);
+        Ok(())
+    }
+
     /// Starts an operator process for `replica` as the chart's ServiceAccount, and waits until
     /// it answers on its operations endpoint (not until it leads).
     pub async fn spawn_operator(&self, replica: &Replica) -> Result<Component> {
@@ -273,7 +296,13 @@ impl TestEnv {
             format!("--tls-cert-file={}", creds.cert.display()),
             format!("--tls-private-key-file={}", creds.key.display()),
             "--default-policy=deny".into(),
-            format!("--retention={}s", RETENTION.as_secs()),
+            format!(
+                "--retention={}s",
+                std::env::var("AEXEC_TEST_RETENTION_SECS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(RETENTION.as_secs())
+            ),
             format!("--instance={}", replica.instance),
             format!(
                 "--leader-election-lease-duration={}s",
@@ -391,27 +420,31 @@ impl TestEnv {
         })
     }
 
+    /// Rewrites the endpoints of the chart's Service, as the EndpointSlice controller does
+    /// from the operator's pods: each address with its readiness (a terminating pod is not
+    /// ready). The aggregator sends each request to one of the ready ones.
+    pub async fn set_operator_endpoints(
+        &self,
+        endpoints: &[(std::net::Ipv4Addr, bool)],
+    ) -> Result<()> {
+        let client = self.client(User::Admin).await?;
+        let list: Vec<String> = endpoints
+            .iter()
+            .map(|(ip, ready)| {
+                format!(r#"{{addresses: ["{ip}"], conditions: {{ready: {ready}}}}}"#)
+            })
+            .collect();
+        apply_yaml(&client, &endpoint_slice(&list.join(", "))).await
+    }
+
     /// Points the chart's Service at the operator process. The chart's Service selects the
     /// operator's pods, which kwok never runs, and no kube-controller-manager writes
     /// EndpointSlices here: the environment writes the one the aggregator resolves (labelled
     /// with the Service, its port named like the Service's port). In a cluster the
     /// EndpointSlice controller writes it from the ready pods.
     async fn register_operator(&self) -> Result<()> {
-        let client = self.client(User::Admin).await?;
-        let ip = netns::OPERATOR_IP;
-        let yaml = format!(
-            r#"apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {SERVICE}-testenv
-  namespace: {NAMESPACE}
-  labels: {{kubernetes.io/service-name: {SERVICE}, endpointslice.kubernetes.io/managed-by: aexec-testenv}}
-addressType: IPv4
-ports: [{{name: https, port: {API_PORT}, protocol: TCP}}]
-endpoints: [{{addresses: ["{ip}"], conditions: {{ready: true}}}}]
-"#
-        );
-        apply_yaml(&client, &yaml).await
+        self.set_operator_endpoints(&[(netns::OPERATOR_IP, true)])
+            .await
     }
 
     async fn wait_apiservice_available(&self) -> Result<()> {
@@ -443,4 +476,21 @@ endpoints: [{{addresses: ["{ip}"], conditions: {{ready: true}}}}]
         ))
         .context("registering the operator")
     }
+}
+
+/// The EndpointSlice of the chart's Service with `endpoints` (YAML flow items), labelled as the
+/// aggregator looks it up, its port named like the Service's.
+fn endpoint_slice(endpoints: &str) -> String {
+    format!(
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {SERVICE}-testenv
+  namespace: {NAMESPACE}
+  labels: {{kubernetes.io/service-name: {SERVICE}, endpointslice.kubernetes.io/managed-by: aexec-testenv}}
+addressType: IPv4
+ports: [{{name: https, port: {API_PORT}, protocol: TCP}}]
+endpoints: [{endpoints}]
+"#
+    )
 }

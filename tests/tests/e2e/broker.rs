@@ -735,7 +735,7 @@ async fn invalid_resize_is_not_applied_and_is_recorded() {
 }
 
 #[tokio::test]
-async fn client_that_never_reads_holds_back_only_its_own_session() {
+async fn slow_client_keeps_memory_flat_and_holds_back_only_its_own_session() {
     // Exclusive: the operator's memory is measured.
     let env = env();
     let _op = env.operator_exclusive().await.expect("operator");
