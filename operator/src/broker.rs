@@ -987,8 +987,8 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(sessions.is_closed());
         assert_eq!(sessions.active(), 0);
-        assert_eq!(quick_task.await.unwrap(), "ended by itself");
-        assert_eq!(slow_task.await.unwrap(), "stopped for the shutdown");
+        assert_eq!(quick_task.await.expect("task"), "ended by itself");
+        assert_eq!(slow_task.await.expect("task"), "stopped for the shutdown");
         // And a shutdown with nothing running returns at once.
         let idle = Sessions::default();
         let started = tokio::time::Instant::now();
