@@ -250,9 +250,20 @@ async fn requester_cannot_approve_own_session() {
         .create(&PostParams::default(), &rb)
         .await
         .expect("bind");
-    let err = approve(User::Alice, &t, "s1", "me")
+    // The API server's RBAC sees a new binding a moment later: until then the refusal is
+    // RBAC's ("cannot update resource"), not the operator's rule.
+    let mut err = approve(User::Alice, &t, "s1", "me")
         .await
         .expect_err("self-approval refused");
+    for _ in 0..50 {
+        if !err.message.contains("cannot update resource") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        err = approve(User::Alice, &t, "s1", "me")
+            .await
+            .expect_err("self-approval refused");
+    }
     assert_eq!(err.code, 403);
     assert!(
         err.message
