@@ -43,6 +43,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub default_policy: DefaultPolicy,
     pub retention: Duration,
+    /// Where recordings are, to seal the one of a session whose broker was lost.
+    pub recordings: std::sync::Arc<crate::spool::Spool>,
 }
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -69,13 +71,25 @@ fn phase_of(status: Option<&ExecSessionStatus>) -> Phase {
     status.and_then(|s| s.phase).unwrap_or_default()
 }
 
+/// What the controller decides with, from the operator's flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub default_policy: DefaultPolicy,
+    pub retention: Duration,
+    /// Where recordings are, to seal the one of a session whose broker was lost.
+    pub recordings: std::sync::Arc<crate::spool::Spool>,
+}
+
 /// Runs the controller until `shutdown` resolves. Returns the session cache (for readiness and
 /// metrics) through `on_store` as soon as it exists.
 pub async fn run(
     client: Client,
     metrics: Metrics,
-    default_policy: DefaultPolicy,
-    retention: Duration,
+    Settings {
+        default_policy,
+        retention,
+        recordings,
+    }: Settings,
     reporter: Reporter,
     on_store: impl FnOnce(Store<ExecSession>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -139,6 +153,7 @@ pub async fn run(
         metrics,
         default_policy,
         retention,
+        recordings,
     });
     controller
         .watches(pods, watcher::Config::default(), move |pod: Pod| {
@@ -228,7 +243,7 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     );
 
     // Decide.
-    let outcome = lifecycle::reconcile(&Observed {
+    let mut outcome = lifecycle::reconcile(&Observed {
         session: &session,
         pod,
         policy: selected,
@@ -236,6 +251,20 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         now: Utc::now(),
         retention: ctx.retention,
     });
+    // A session whose broker was lost: its recording is sealed from what reached the store
+    // (the lost replica's spool went with it), marked interrupted, before its end is written.
+    if let Some(t) = outcome
+        .transition
+        .as_ref()
+        .filter(|t| t.reason == "BrokerLost")
+    {
+        match crate::recorder::seal_interrupted(&ctx.recordings, &session, &t.message).await {
+            Ok(recording) => outcome.status.recording = Some(recording),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "sealing the recording of a session whose broker was lost")
+            }
+        }
+    }
 
     let api: Api<ExecSession> = Api::namespaced(ctx.client.clone(), &ns);
     if outcome.delete {

@@ -89,7 +89,7 @@ pub struct Transition {
     /// The phase after.
     pub to: Phase,
     /// CamelCase Event reason: `Approved`, `AutoApproved`, `Denied`, `Expired`, `PodMissing`,
-    /// `PodReplaced`, `ContainerMissing` or `WaitingForApproval`.
+    /// `PodReplaced`, `ContainerMissing`, `WaitingForApproval` or `BrokerLost`.
     pub reason: &'static str,
     /// The session's new status message.
     pub message: String,
@@ -226,7 +226,7 @@ impl Step {
 
     /// Whether the session had been approved before this reconcile.
     fn was_approved(&self) -> bool {
-        self.before == Some(Phase::Approved)
+        matches!(self.before, Some(Phase::Approved | Phase::Active))
     }
 
     /// Ends the session in a terminal `phase`.
@@ -343,6 +343,53 @@ fn resolve_container(
         .ok_or_else(|| format!("pod {pod} has no containers"))
 }
 
+/// An `Active` session belongs to its broker, which ends it (at the latest at its maximum
+/// duration) and writes its end. One still `Active` [`BROKER_LOST_AFTER`] past its maximum
+/// duration has lost its broker: a replica killed that never came back (a crash recovery
+/// happens only when the same replica restarts). It fails with a message saying so; the
+/// controller seals its recording from what reached the store.
+fn active(obs: &Observed<'_>, current: ExecSessionStatus) -> Outcome {
+    let now = obs.now;
+    let max = current
+        .limits
+        .as_ref()
+        .and_then(|l| l.max_duration)
+        .map_or(DEFAULT_MAX_DURATION, Into::into);
+    let started = current
+        .start_time
+        .as_ref()
+        .map_or_else(|| creation_time(obs.session, now), from_time);
+    let lost_at = plus(plus(started, max), BROKER_LOST_AFTER);
+    if now < lost_at {
+        return Outcome {
+            status: current,
+            transition: None,
+            requeue_after: Some(until(lost_at, now)),
+            delete: false,
+        };
+    }
+    let broker = current.broker.clone().unwrap_or_else(|| "unknown".into());
+    let message = format!(
+        "{BROKER_LOST}: operator replica {broker} stopped relaying it without ending it (killed, \
+         and it did not come back); ended {}s after its maximum duration, its recording sealed \
+         with what reached the store, marked interrupted",
+        BROKER_LOST_AFTER.as_secs()
+    );
+    let step = Step {
+        status: current,
+        before: Some(Phase::Active),
+        now,
+        generation: obs.session.metadata.generation,
+        retention: obs.retention,
+    };
+    step.end(Phase::Failed, "BrokerLost", message)
+}
+
+/// See [`active`]: time a broker has past a session's maximum duration to write its end.
+pub const BROKER_LOST_AFTER: StdDuration = StdDuration::from_secs(30);
+/// The start of the message of a session whose broker was lost.
+pub const BROKER_LOST: &str = "the session's broker was lost";
+
 /// The desired status of a session, given what the controller observed. See the module
 /// documentation for the phases it moves.
 pub fn reconcile(obs: &Observed<'_>) -> Outcome {
@@ -351,14 +398,7 @@ pub fn reconcile(obs: &Observed<'_>) -> Outcome {
     let now = obs.now;
     match current.phase {
         Some(p) if p.is_terminal() => return retain(session, current, now, obs.retention),
-        Some(Phase::Active) => {
-            return Outcome {
-                status: current,
-                transition: None,
-                requeue_after: None,
-                delete: false,
-            };
-        }
+        Some(Phase::Active) => return active(obs, current),
         _ => {}
     }
 
@@ -1462,15 +1502,55 @@ mod tests {
     // ---- active and terminal sessions
 
     #[test]
-    fn active_sessions_belong_to_the_broker() {
-        let s = session(Some(
-            json!({"phase": "Active", "podUID": "uid-1", "deadline": CREATED}),
-        ));
-        let o = run(&s, PodState::Missing, None, DefaultPolicy::Deny, t(99_999));
-        assert_eq!(o.status, s.status.clone().expect("status"));
-        assert_eq!(o.transition, None);
-        assert_eq!(o.requeue_after, None);
-        assert!(!o.delete);
+    fn active_sessions_belong_to_the_broker_until_it_is_lost() {
+        // Started at +100 s with a 10-minute maximum duration: the broker ends it by +700 s.
+        let s = session(Some(json!({
+            "phase": "Active", "podUID": "uid-1", "deadline": CREATED, "broker": "aexec-operator-1",
+            "startTime": "2026-03-01T10:01:40Z",
+            "limits": {"maxDuration": "10m", "idleTimeout": "1m", "recordingRequired": true},
+            "conditions": [{"type": "Approved", "status": "True", "reason": "AutoApproved",
+                            "message": "ok", "lastTransitionTime": CREATED}]
+        })));
+        for now in [0, 700, 729] {
+            let o = run(&s, PodState::Missing, None, DefaultPolicy::Deny, t(now));
+            assert_eq!(o.status, s.status.clone().expect("status"), "at +{now}s");
+            assert_eq!(o.transition, None);
+            assert_eq!(
+                o.requeue_after,
+                Some(StdDuration::from_secs(730 - now as u64))
+            );
+            assert!(!o.delete);
+        }
+        // Still Active 30 s past its maximum duration: its broker was lost.
+        let o = run(&s, PodState::Missing, None, DefaultPolicy::Deny, t(730));
+        assert_eq!(o.status.phase, Some(Phase::Failed));
+        let t_ = o.transition.expect("transition");
+        assert_eq!(
+            (t_.from, t_.to, t_.reason),
+            (Phase::Active, Phase::Failed, "BrokerLost")
+        );
+        assert!(t_.message.starts_with(BROKER_LOST), "{}", t_.message);
+        assert!(t_.message.contains("aexec-operator-1"), "{}", t_.message);
+        assert_eq!(o.status.end_time, Some(time(730)));
+        let cond = |ty: &str| {
+            o.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(
+            cond("Approved"),
+            Some(("True".into(), "AutoApproved".into()))
+        );
+        assert_eq!(cond("Ready"), Some(("False".into(), "BrokerLost".into())));
+        // Without a start time or limits: the creation time and the default maximum duration.
+        let bare = session(Some(json!({"phase": "Active", "podUID": "uid-1"})));
+        let o = run(&bare, PodState::Missing, None, DefaultPolicy::Deny, t(0));
+        assert_eq!(
+            o.requeue_after,
+            Some(DEFAULT_MAX_DURATION + BROKER_LOST_AFTER)
+        );
     }
 
     #[test]

@@ -357,20 +357,25 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let (client, metrics) = (client.clone(), metrics.clone());
         let (default_policy, retention) = (args.default_policy, args.retention);
+        let spool = spool.clone();
         let lead = move |stop_leading: leader::StopLeading| {
-            let (client, metrics, reporter, sessions) = (
+            let (client, metrics, reporter, sessions, recordings) = (
                 client.clone(),
                 metrics.clone(),
                 reporter.clone(),
                 sessions.clone(),
+                spool.clone(),
             );
             async move {
                 let cache = sessions.clone();
                 controller::run(
                     client,
                     metrics,
-                    default_policy,
-                    retention,
+                    controller::Settings {
+                        default_policy,
+                        retention,
+                        recordings,
+                    },
                     reporter,
                     move |store| {
                         if let Ok(mut s) = cache.lock() {

@@ -555,3 +555,66 @@ async fn operator_rolling_restart() {
     // a leads again once b is gone: the environment is as the other tests expect it.
     env.ensure_operator().await.expect("replica a leads");
 }
+
+/// A replica killed mid-session that never comes back (its pod deleted after a node loss):
+/// nothing can resume its streams, and its own crash recovery never runs. The leader ends the
+/// session once it is past its maximum duration, with the recording sealed from what reached
+/// the store, marked interrupted.
+#[tokio::test]
+async fn killed_replica_that_never_returns_is_ended_by_the_leader() {
+    let env = env();
+    let (t, _op) = target_with_operator_exclusive().await;
+    policy(
+        &t,
+        "auto",
+        json!({"decision": "AutoApprove", "limits": {"maxDuration": "8s"}}),
+    )
+    .await;
+    let (a_ip, b_ip) = (netns::OPERATOR_IP, netns::OPERATOR_IP_2);
+    let b = Replica::at("aexec-operator-1", b_ip, Duration::from_secs(15));
+    let mut b_proc = env.spawn_operator(&b).await.expect("replica b starts");
+    env.set_operator_endpoints(&[(a_ip, false), (b_ip, true)])
+        .await
+        .expect("endpoints");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ask(&t, "s1", &strs(&ticks(600)), false).await;
+    wait_phase(&t, "s1", Phase::Approved, 30).await;
+    let mut ws = attach(&t, "s1").await;
+    // Three seconds of ticks: at least one segment (cut every 2 s) reached MinIO.
+    let (mut out, _, _) = read(&mut ws, Some(b"tick-30\n"), 30).await;
+    let killed = Instant::now();
+    b_proc.kill();
+    env.set_operator_endpoints(&[(a_ip, true), (b_ip, false)])
+        .await
+        .expect("endpoints");
+    let (rest, _, status) = read(&mut ws, None, 30).await;
+    out.extend(rest);
+    assert!(status.is_none(), "the stream broke: {status:?}");
+    assert_eq!(
+        session(&t, "s1").await.phase(),
+        Phase::Active,
+        "nobody ended it yet"
+    );
+
+    let s = wait_phase(&t, "s1", Phase::Failed, 90).await;
+    eprintln!("ended {:?} after the kill", killed.elapsed());
+    let st = s.status.expect("status");
+    let message = st.message.unwrap_or_default();
+    assert!(
+        message.starts_with("the session's broker was lost: operator replica aexec-operator-1"),
+        "{message}"
+    );
+    let rec = st.recording.expect("the recording is sealed");
+    assert!(rec.interrupted, "{rec:?}");
+    let (recorded_out, _) = recorded(&t, "s1").await;
+    let n = tick_count(&recorded_out);
+    assert!(
+        n >= 10 && out.starts_with(&recorded_out),
+        "recorded {n} ticks of {}",
+        tick_count(&out)
+    );
+    eprintln!(
+        "the client got {} ticks; the sealed recording holds {n}",
+        tick_count(&out)
+    );
+}
