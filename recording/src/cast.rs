@@ -362,6 +362,22 @@ fn cheaper_as_bytes(data: &[u8]) -> bool {
     mixed > raw + raw / 2
 }
 
+/// The length of the incomplete UTF-8 sequence `data` ends with (0 to 3 bytes): a lead byte
+/// and continuation bytes that a next chunk could complete, as `str::from_utf8` sees it.
+fn incomplete_tail(data: &[u8]) -> usize {
+    let from = data.len().saturating_sub(3);
+    let Some(lead) = (from..data.len())
+        .rev()
+        .find(|&i| data[i] & 0xc0 != 0x80)
+    else {
+        return 0;
+    };
+    match std::str::from_utf8(&data[lead..]) {
+        Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => data.len() - lead,
+        _ => 0,
+    }
+}
+
 /// The incomplete UTF-8 sequence at the end of a stream's last chunk (at most 3 bytes).
 #[derive(Clone, Copy, Debug, Default)]
 struct Carry {
@@ -464,8 +480,17 @@ impl CastWriter {
         if data.len() >= 64 && cheaper_as_bytes(data) {
             // Binary data (a compressed file, random bytes): valid UTF-8 and invalid runs
             // alternate every few bytes, and a line per run would cost several times the
-            // data; one base64 run costs 4/3 and loses nothing a player could show.
-            self.raw(stream, data, at_us, out);
+            // data; one base64 run costs 4/3 and loses nothing a player could show. An
+            // incomplete character at the end is still carried, as on the text path.
+            let end = data.len() - incomplete_tail(data);
+            self.raw(stream, &data[..end], at_us, out);
+            let tail = &data[end..];
+            let mut bytes = [0; 3];
+            bytes[..tail.len()].copy_from_slice(tail);
+            self.carry[stream.idx()] = Carry {
+                bytes,
+                len: tail.len(),
+            };
             return;
         }
         let mut pos = 0;
@@ -1701,6 +1726,22 @@ mod tests {
                 vec![(ms(1), event)]
             );
         }
+        // A character cut at the end of a binary chunk is carried to the next chunk, as on
+        // the text path (found by the cast_roundtrip fuzzer).
+        let mut cut = random[..1000].to_vec();
+        cut.extend_from_slice(&"世".as_bytes()[..2]);
+        let file = write(&[
+            (ms(1), Event::Output(cut.clone())),
+            (ms(2), Event::Output(b"\x96 ok".to_vec())),
+        ]);
+        let events = CastReader::parse(&file).unwrap().events;
+        assert_eq!(events[0], (ms(1), Event::Output(cut[..1000].to_vec())));
+        assert_eq!(events[1], (ms(2), Event::Output("世 ok".as_bytes().to_vec())));
+        assert_eq!(incomplete_tail(b"ab\xe4\xb8"), 2);
+        assert_eq!(incomplete_tail(b"ab\xe4\xb8\x96"), 0);
+        assert_eq!(incomplete_tail(b"ab\xff"), 0);
+        assert_eq!(incomplete_tail(b"\x80\x80\x80"), 0);
+        assert_eq!(incomplete_tail(b""), 0);
         // Text in any script stays text, invalid bytes among it too.
         let text = "Grüße, 世界! Ünïcödé ok\n".repeat(50).into_bytes();
         let mut with_invalid = text.clone();
