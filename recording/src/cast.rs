@@ -366,10 +366,7 @@ fn cheaper_as_bytes(data: &[u8]) -> bool {
 /// and continuation bytes that a next chunk could complete, as `str::from_utf8` sees it.
 fn incomplete_tail(data: &[u8]) -> usize {
     let from = data.len().saturating_sub(3);
-    let Some(lead) = (from..data.len())
-        .rev()
-        .find(|&i| data[i] & 0xc0 != 0x80)
-    else {
+    let Some(lead) = (from..data.len()).rev().find(|&i| data[i] & 0xc0 != 0x80) else {
         return 0;
     };
     match std::str::from_utf8(&data[lead..]) {
@@ -1736,7 +1733,10 @@ mod tests {
         ]);
         let events = CastReader::parse(&file).unwrap().events;
         assert_eq!(events[0], (ms(1), Event::Output(cut[..1000].to_vec())));
-        assert_eq!(events[1], (ms(2), Event::Output("世 ok".as_bytes().to_vec())));
+        assert_eq!(
+            events[1],
+            (ms(2), Event::Output("世 ok".as_bytes().to_vec()))
+        );
         assert_eq!(incomplete_tail(b"ab\xe4\xb8"), 2);
         assert_eq!(incomplete_tail(b"ab\xe4\xb8\x96"), 0);
         assert_eq!(incomplete_tail(b"ab\xff"), 0);
