@@ -762,7 +762,10 @@ async fn relay(
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     let _ = client_tx.close().await;
-                    return End::PodGone(e.to_string());
+                    return End::PodGone(format!(
+                        "the connection to the API server that carried it broke (an API server \
+                         restart or a network failure): {e}"
+                    ));
                 }
             }},
             m = client_rx.next() => { client_traffic = tokio::time::Instant::now(); match m {

@@ -256,7 +256,7 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     if let Some(t) = outcome
         .transition
         .as_ref()
-        .filter(|t| t.reason == "BrokerLost")
+        .filter(|t| t.reason == lifecycle::BROKER_LOST_REASON)
     {
         match crate::recorder::seal_interrupted(&ctx.recordings, &session, &t.message).await {
             Ok(recording) => outcome.status.recording = Some(recording),

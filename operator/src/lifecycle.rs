@@ -382,13 +382,15 @@ fn active(obs: &Observed<'_>, current: ExecSessionStatus) -> Outcome {
         generation: obs.session.metadata.generation,
         retention: obs.retention,
     };
-    step.end(Phase::Failed, "BrokerLost", message)
+    step.end(Phase::Failed, BROKER_LOST_REASON, message)
 }
 
 /// See [`active`]: time a broker has past a session's maximum duration to write its end.
 pub const BROKER_LOST_AFTER: StdDuration = StdDuration::from_secs(30);
 /// The start of the message of a session whose broker was lost.
 pub const BROKER_LOST: &str = "the session's broker was lost";
+/// The Event and condition reason of a session whose broker was lost.
+pub const BROKER_LOST_REASON: &str = "BrokerLost";
 
 /// The desired status of a session, given what the controller observed. See the module
 /// documentation for the phases it moves.

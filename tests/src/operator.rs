@@ -298,10 +298,7 @@ impl TestEnv {
             "--default-policy=deny".into(),
             format!(
                 "--retention={}s",
-                std::env::var("AEXEC_TEST_RETENTION_SECS")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(RETENTION.as_secs())
+                env_u64("AEXEC_TEST_RETENTION_SECS").unwrap_or(RETENTION.as_secs())
             ),
             format!("--instance={}", replica.instance),
             format!(
@@ -311,10 +308,7 @@ impl TestEnv {
             format!("--spool-dir={}", self.replica_spool_dir(replica).display()),
             format!(
                 "--spool-max-bytes={}",
-                std::env::var("AEXEC_TEST_SPOOL_MAX_BYTES")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(SPOOL_MAX_BYTES)
+                env_u64("AEXEC_TEST_SPOOL_MAX_BYTES").unwrap_or(SPOOL_MAX_BYTES)
             ),
         ];
         args.extend(match self.recording_store() {
@@ -493,4 +487,9 @@ ports: [{{name: https, port: {API_PORT}, protocol: TCP}}]
 endpoints: [{endpoints}]
 "#
     )
+}
+
+/// A whole number from the environment, if `name` holds one.
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
 }

@@ -13,43 +13,22 @@ use aexec_crds::{ExecSession, Phase};
 use aexec_operator::recording::cast::{CastReader, Event};
 use aexec_testenv::{Target, User, netns, operator::Replica};
 use futures::{SinkExt, StreamExt, stream};
-use kube::{Api, api::PostParams};
+use kube::Api;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{env, policy, target_with_operator_exclusive, wait_phase, with_peak_rss};
+use common::{Conn, env, policy, target_with_operator_exclusive, wait_phase, with_peak_rss};
 
-type Conn = tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
-
-/// alice asks for session `name` running `command` in the target pod.
+/// alice asks for session `name` running `command` (no tty) in the target pod.
 async fn ask(t: &Target, name: &str, command: &[&str], stdin: bool) {
-    let alice = env().client(User::Alice).await.expect("alice");
-    let s: ExecSession = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": name},
-        "spec": {"pod": t.pod, "command": command, "stdin": stdin,
-                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
-    }))
-    .expect("session");
-    Api::<ExecSession>::namespaced(alice, &t.namespace)
-        .create(&PostParams::default(), &s)
-        .await
-        .unwrap_or_else(|e| panic!("alice asks for {name}: {e}"));
+    common::request_named(t, name, command, stdin, false).await
 }
 
 /// alice attaches to session `name`.
 async fn attach(t: &Target, name: &str) -> Conn {
-    let client = env().client(User::Alice).await.expect("alice");
-    let req = http::Request::get(format!(
-        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/{name}/attach",
-        t.namespace
-    ))
-    .body(Vec::new())
-    .expect("request");
-    client
-        .connect(req)
+    common::attach_named(User::Alice, t, name)
         .await
         .unwrap_or_else(|e| panic!("alice attaches to {name}: {e}"))
-        .into_stream()
 }
 
 /// What a client got from its stream until `until` appeared in stdout, the status frame came,
@@ -90,18 +69,10 @@ async fn read(
 /// The session's recording as carol (the auditor) reads it: (output, input), and whether it
 /// is marked interrupted. Reading it verifies its hash chain (a 409 otherwise).
 async fn recorded(t: &Target, name: &str) -> (Vec<u8>, Vec<u8>) {
-    let carol = env().client(User::Carol).await.expect("carol");
-    let req = http::Request::get(format!(
-        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/{name}/recording?format=v3",
-        t.namespace
-    ))
-    .body(Vec::new())
-    .expect("request");
-    let cast = carol
-        .request_text(req)
+    let cast = common::recording_named(User::Carol, t, name, "v3")
         .await
         .unwrap_or_else(|e| panic!("the recording of {name} reads and verifies: {e}"));
-    let rec = CastReader::parse(cast.as_bytes()).expect("valid asciicast v3");
+    let rec = CastReader::parse(&cast).expect("valid asciicast v3");
     let (mut out, mut input) = (Vec::new(), Vec::new());
     for (_, ev) in rec.events {
         match ev {

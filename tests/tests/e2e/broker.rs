@@ -5,13 +5,14 @@ use std::time::Duration;
 use aexec_crds::{ExecSession, Phase};
 use aexec_testenv::{Target, User};
 use futures::{SinkExt, StreamExt};
-use kube::{Api, api::PostParams, runtime::wait::await_condition};
+use kube::{Api, runtime::wait::await_condition};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+pub(crate) use crate::common::Conn;
 use crate::common::{
-    env, kubectl, policy, tamper, target_with_operator, target_with_operator_exclusive, wait_phase,
-    with_peak_rss,
+    attach_named, env, kubectl, policy, recording_named, request_named, tamper,
+    target_with_operator, target_with_operator_exclusive, wait_phase, with_peak_rss,
 };
 
 pub(crate) async fn setup(
@@ -46,31 +47,11 @@ pub(crate) async fn auto_policy(t: &Target, limits: serde_json::Value) {
 
 /// alice requests session `s1` for `command` in the target pod.
 pub(crate) async fn request(t: &Target, command: &[&str], stdin: bool, tty: bool) {
-    let alice = env().client(User::Alice).await.expect("alice");
-    let s: ExecSession = serde_json::from_value(json!({
-        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": "s1"},
-        "spec": {"pod": t.pod, "command": command, "stdin": stdin, "tty": tty,
-                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
-    }))
-    .expect("session");
-    Api::<ExecSession>::namespaced(alice, &t.namespace)
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("alice creates the session");
+    request_named(t, "s1", command, stdin, tty).await
 }
 
-pub(crate) type Conn =
-    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
-
 pub(crate) async fn attach(user: User, t: &Target) -> Result<Conn, kube::Error> {
-    let client = env().client(user).await.expect("client");
-    let req = http::Request::get(format!(
-        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/attach",
-        t.namespace
-    ))
-    .body(Vec::new())
-    .expect("request");
-    client.connect(req).await.map(|c| c.into_stream())
+    attach_named(user, t, "s1").await
 }
 
 /// Reads frames until the status frame: (stdout, stderr, status JSON).
@@ -410,14 +391,7 @@ pub(crate) async fn recording(
     t: &Target,
     format: &str,
 ) -> Result<Vec<u8>, kube::Error> {
-    let client = env().client(user).await.expect("client");
-    let req = http::Request::get(format!(
-        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/recording?format={format}",
-        t.namespace
-    ))
-    .body(Vec::new())
-    .expect("request");
-    client.request_text(req).await.map(String::into_bytes)
+    recording_named(user, t, "s1", format).await
 }
 
 #[tokio::test]

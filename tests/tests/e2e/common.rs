@@ -192,3 +192,52 @@ pub async fn with_peak_rss<T>(
     let peak = sampler.join().expect("sampler");
     (out, before, peak)
 }
+
+/// alice asks for session `name` running `command` in the target pod.
+pub async fn request_named(t: &Target, name: &str, command: &[&str], stdin: bool, tty: bool) {
+    let alice = env().client(User::Alice).await.expect("alice");
+    let s: ExecSession = serde_json::from_value(json!({
+        "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession", "metadata": {"name": name},
+        "spec": {"pod": t.pod, "command": command, "stdin": stdin, "tty": tty,
+                 "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]}}
+    }))
+    .expect("session");
+    Api::<ExecSession>::namespaced(alice, &t.namespace)
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap_or_else(|e| panic!("alice asks for {name}: {e}"));
+}
+
+/// A client's attach stream.
+pub type Conn =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `user` attaches to session `name` of the target's namespace.
+pub async fn attach_named(user: User, t: &Target, name: &str) -> Result<Conn, kube::Error> {
+    let client = env().client(user).await.expect("client");
+    let req = http::Request::get(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/{name}/attach",
+        t.namespace
+    ))
+    .body(Vec::new())
+    .expect("request");
+    client.connect(req).await.map(|c| c.into_stream())
+}
+
+/// Session `name`'s recording in `format` (v3, v2, text), as `user` reads it (verified by the
+/// operator on the way: a 409 if it was altered).
+pub async fn recording_named(
+    user: User,
+    t: &Target,
+    name: &str,
+    format: &str,
+) -> Result<Vec<u8>, kube::Error> {
+    let client = env().client(user).await.expect("client");
+    let req = http::Request::get(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/{name}/recording?format={format}",
+        t.namespace
+    ))
+    .body(Vec::new())
+    .expect("request");
+    client.request_text(req).await.map(String::into_bytes)
+}
