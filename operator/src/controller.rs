@@ -45,6 +45,8 @@ pub struct Context {
     pub retention: Duration,
     /// Where recordings are, to seal the one of a session whose broker was lost.
     pub recordings: std::sync::Arc<crate::spool::Spool>,
+    /// The namespace of the replicas' pods, when replicas are pods (`--replicas-are-pods`).
+    pub replica_pods: Option<String>,
 }
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -78,6 +80,9 @@ pub struct Settings {
     pub retention: Duration,
     /// Where recordings are, to seal the one of a session whose broker was lost.
     pub recordings: std::sync::Arc<crate::spool::Spool>,
+    /// The namespace of the replicas' pods (named by their `--instance`), when replicas are
+    /// pods: a session whose broker's pod is gone ends at once.
+    pub replica_pods: Option<String>,
 }
 
 /// Runs the controller until `shutdown` resolves. Returns the session cache (for readiness and
@@ -89,6 +94,7 @@ pub async fn run(
         default_policy,
         retention,
         recordings,
+        replica_pods,
     }: Settings,
     reporter: Reporter,
     on_store: impl FnOnce(Store<ExecSession>),
@@ -154,17 +160,25 @@ pub async fn run(
         default_policy,
         retention,
         recordings,
+        replica_pods: replica_pods.clone(),
     });
     controller
         .watches(pods, watcher::Config::default(), move |pod: Pod| {
             let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            // A replica's pod: the sessions it brokers (it may be gone).
+            let replica = replica_pods.as_deref() == Some(ns.as_str());
             session_cache
                 .state()
                 .into_iter()
                 .filter(|s| {
-                    s.namespace().as_deref() == Some(ns.as_str())
+                    let targets = s.namespace().as_deref() == Some(ns.as_str())
                         && s.spec.pod == name
-                        && !s.phase().is_terminal()
+                        && !s.phase().is_terminal();
+                    let brokered = replica
+                        && s.phase() == Phase::Active
+                        && s.status.as_ref().and_then(|st| st.broker.as_deref())
+                            == Some(name.as_str());
+                    targets || brokered
                 })
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
@@ -251,6 +265,22 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         now: Utc::now(),
         retention: ctx.retention,
     });
+    // An Active session whose broker's pod is gone: nothing will end it, so end it now.
+    if before == Phase::Active {
+        if let Some(gone) = broker_gone(&ctx, &session).await? {
+            outcome = lifecycle::broker_gone(
+                &Observed {
+                    session: &session,
+                    pod: PodState::Missing,
+                    policy: None,
+                    default_policy: ctx.default_policy,
+                    now: Utc::now(),
+                    retention: ctx.retention,
+                },
+                &gone,
+            );
+        }
+    }
     // A session whose broker was lost: its recording is sealed from what reached the store
     // (the lost replica's spool went with it), marked interrupted, before its end is written.
     if let Some(t) = outcome
@@ -334,6 +364,36 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         // A little past the deadline, so that it has passed when we look again.
         Some(d) => Action::requeue(d + Duration::from_millis(100)),
         None => Action::await_change(),
+    })
+}
+
+/// Why the broker of an Active session can no longer end it, when replicas are pods and its
+/// pod is gone (deleted without a clean shutdown) or dead (evicted: the object stays, its
+/// containers do not). A pod that is terminating is not gone: it ends its sessions itself.
+async fn broker_gone(ctx: &Context, session: &ExecSession) -> Result<Option<String>, Error> {
+    let (Some(ns), Some(broker)) = (
+        ctx.replica_pods.as_deref(),
+        session.status.as_ref().and_then(|s| s.broker.as_deref()),
+    ) else {
+        return Ok(None);
+    };
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .get_opt(broker)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("the pod of operator replica {ns}/{broker}"),
+            source,
+        })?;
+    Ok(match pod {
+        None => Some(format!(
+            "its pod {ns}/{broker} was deleted without a clean shutdown"
+        )),
+        Some(p) => match p.status.and_then(|s| s.phase).as_deref() {
+            Some(phase @ ("Failed" | "Succeeded")) => {
+                Some(format!("its pod {ns}/{broker} is {phase}"))
+            }
+            _ => None,
+        },
     })
 }
 

@@ -385,6 +385,30 @@ fn active(obs: &Observed<'_>, current: ExecSessionStatus) -> Outcome {
     step.end(Phase::Failed, BROKER_LOST_REASON, message)
 }
 
+/// An `Active` session whose broker's pod is gone (`why`): no process is left to end it, so it
+/// fails at once with [`BROKER_LOST_REASON`], without waiting for its maximum duration. The
+/// controller seals its recording from what reached the store. Any other session is left to
+/// [`reconcile`].
+pub fn broker_gone(obs: &Observed<'_>, why: &str) -> Outcome {
+    let current = obs.session.status.clone().unwrap_or_default();
+    if current.phase != Some(Phase::Active) {
+        return reconcile(obs);
+    }
+    let broker = current.broker.clone().unwrap_or_else(|| "unknown".into());
+    let message = format!(
+        "{BROKER_LOST}: operator replica {broker} is gone ({why}) and cannot end it; its \
+         recording sealed with what reached the store, marked interrupted"
+    );
+    let step = Step {
+        status: current,
+        before: Some(Phase::Active),
+        now: obs.now,
+        generation: obs.session.metadata.generation,
+        retention: obs.retention,
+    };
+    step.end(Phase::Failed, BROKER_LOST_REASON, message)
+}
+
 /// See [`active`]: time a broker has past a session's maximum duration to write its end.
 pub const BROKER_LOST_AFTER: StdDuration = StdDuration::from_secs(30);
 /// The start of the message of a session whose broker was lost.
@@ -1553,6 +1577,55 @@ mod tests {
             o.requeue_after,
             Some(DEFAULT_MAX_DURATION + BROKER_LOST_AFTER)
         );
+    }
+
+    #[test]
+    fn a_session_whose_broker_pod_is_gone_fails_at_once() {
+        let s = session(Some(json!({
+            "phase": "Active", "podUID": "uid-1", "broker": "aexec-operator-7d9-x2",
+            "startTime": "2026-03-01T10:01:40Z",
+            "limits": {"maxDuration": "1h", "idleTimeout": "1m", "recordingRequired": true}
+        })));
+        let obs = Observed {
+            session: &s,
+            pod: PodState::Missing,
+            policy: None,
+            default_policy: DefaultPolicy::Deny,
+            now: t(120),
+            retention: HOUR,
+        };
+        // Long before its maximum duration.
+        let o = broker_gone(
+            &obs,
+            "its pod aexec-system/aexec-operator-7d9-x2 was deleted",
+        );
+        assert_eq!(o.status.phase, Some(Phase::Failed));
+        let tr = o.transition.expect("transition");
+        assert_eq!(
+            (tr.from, tr.to, tr.reason),
+            (Phase::Active, Phase::Failed, "BrokerLost")
+        );
+        assert!(tr.message.starts_with(BROKER_LOST), "{}", tr.message);
+        assert!(
+            tr.message
+                .contains("aexec-operator-7d9-x2 is gone (its pod"),
+            "{}",
+            tr.message
+        );
+        assert_eq!(o.status.end_time, Some(time(120)));
+        // A session that is not Active is not a broker's to lose: decided as usual.
+        let done = session(Some(
+            json!({"phase": "Succeeded", "endTime": "2026-03-01T10:01:00Z"}),
+        ));
+        let o = broker_gone(
+            &Observed {
+                session: &done,
+                ..obs
+            },
+            "gone",
+        );
+        assert_eq!(o.status.phase, Some(Phase::Succeeded));
+        assert_eq!(o.transition, None);
     }
 
     #[test]

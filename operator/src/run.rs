@@ -123,6 +123,13 @@ pub struct Args {
     #[arg(long, env = "POD_NAME", default_value = "aexec-operator")]
     pub instance: String,
 
+    /// Replicas are pods named by `--instance` (POD_NAME), in the namespace of
+    /// `--leader-election-namespace` (POD_NAMESPACE): when the pod of a session's broker is
+    /// gone (deleted without a clean shutdown, evicted, its node lost) the leader ends the
+    /// session at once, instead of waiting for its maximum duration. The chart sets it.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "AEXEC_REPLICAS_ARE_PODS")]
+    pub replicas_are_pods: bool,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AEXEC_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -357,14 +364,20 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let (client, metrics) = (client.clone(), metrics.clone());
         let (default_policy, retention) = (args.default_policy, args.retention);
+        let replica_pods = args.replicas_are_pods.then(|| {
+            args.leader_election_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned())
+        });
         let spool = spool.clone();
         let lead = move |stop_leading: leader::StopLeading| {
-            let (client, metrics, reporter, sessions, recordings) = (
+            let (client, metrics, reporter, sessions, recordings, replica_pods) = (
                 client.clone(),
                 metrics.clone(),
                 reporter.clone(),
                 sessions.clone(),
                 spool.clone(),
+                replica_pods.clone(),
             );
             async move {
                 let cache = sessions.clone();
@@ -375,6 +388,7 @@ pub async fn run(args: Args) -> Result<()> {
                         default_policy,
                         retention,
                         recordings,
+                        replica_pods,
                     },
                     reporter,
                     move |store| {
