@@ -6,6 +6,8 @@
 #   AEXEC_KUBECTL         kubectl at the server's version
 #   AEXEC_PLUGIN_BIN      the kubectl-aexec binary (found by kubectl through PATH, as krew does)
 #   AEXEC_RECORDINGS_DIR  where the operator keeps recordings
+#   AEXEC_NODE            real (kubelet, containerd, runc; the operator in the cluster) or kwok
+#   AEXEC_POD_IMAGE       the image of the demo's pod on the real node (busybox, built locally)
 # The story: alice asks for a shell in a "production" pod, bob approves, alice's command runs,
 # carol replays, exports and verifies it. Non-interactive when stdin is not a terminal or CI is
 # set; otherwise it ends in a shell to try it by hand.
@@ -38,9 +40,28 @@ show() {
 }
 run() { local who=$1; shift; show "$who" "$@"; as "$who" "$@"; }
 
-say "A '$NS' namespace with a pod on the kwok node"
-kubectl create namespace "$NS" >/dev/null
-kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
+if [ "${AEXEC_NODE:-kwok}" = real ]; then
+  say "A cluster with a real node (kubelet, containerd, runc) and the operator running in it (helm install, 2 replicas)"
+  run admin kubectl get nodes -o wide
+  run admin kubectl -n aexec-system get pods -o wide
+  say "A '$NS' namespace with a pod running busybox as an unprivileged user"
+  kubectl create namespace "$NS" >/dev/null
+  # Pods need the namespace's ServiceAccount, which its controller makes a moment later.
+  for _ in $(seq 1 100); do kubectl -n "$NS" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
+  kubectl -n "$NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: api, labels: {app: api}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true}
+  containers:
+  - {name: app, image: ${AEXEC_POD_IMAGE:?}, imagePullPolicy: Never, command: [sleep, "2000000"], workingDir: /home/app}
+YAML
+else
+  say "A '$NS' namespace with a pod on the kwok node"
+  kubectl create namespace "$NS" >/dev/null
+  kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata: {name: api, labels: {app: api}}
@@ -48,7 +69,8 @@ spec:
   nodeName: kwok-node-0
   containers: [{name: app, image: registry.invalid/api:1}]
 YAML
-kubectl -n "$NS" wait --for=condition=Ready pod/api --timeout=60s >/dev/null
+fi
+kubectl -n "$NS" wait --for=condition=Ready pod/api --timeout=90s >/dev/null
 run admin kubectl -n "$NS" get pods
 
 say "alice (group dev) may read pods but holds no pods/exec: plain kubectl exec is refused"

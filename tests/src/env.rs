@@ -89,7 +89,10 @@ impl User {
 /// The S3 server (MinIO) and its bucket.
 #[derive(Clone, Debug)]
 pub struct S3 {
+    /// Its URL from the run's namespace (tests, a local operator).
     pub endpoint: String,
+    /// Its URL from a pod (the operator in the cluster).
+    pub pod_endpoint: String,
     pub region: String,
     pub bucket: String,
     pub access_key: String,
@@ -103,6 +106,31 @@ pub struct Target {
     pub pod: String,
     pub container: String,
     pub uid: String,
+}
+
+/// What plays the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// kwok: every exec is a local process on the test machine. Fast; most end-to-end tests.
+    Kwok,
+    /// A real kubelet with containerd and runc, and the operator running in the cluster from
+    /// its image (the `real_node_` tests, the demo).
+    Real,
+}
+
+/// Set by `aexec-testenv run --node real` for what runs inside: which node to start.
+pub const NODE_KIND_ENV: &str = "AEXEC_TESTENV_NODE";
+/// Set by the runner: the run's id (its cgroups are named after it).
+pub const RUN_ID_ENV: &str = "AEXEC_TESTENV_RUN_ID";
+
+impl NodeKind {
+    /// The node this process was started for.
+    pub fn current() -> NodeKind {
+        match std::env::var(NODE_KIND_ENV).as_deref() {
+            Ok("real") => NodeKind::Real,
+            _ => NodeKind::Kwok,
+        }
+    }
 }
 
 /// A running control plane.
@@ -119,19 +147,25 @@ pub struct TestEnv {
     /// Certificate authorities, for components the tests start later (the operator).
     pub front_proxy_ca: PathBuf,
     pub cluster_ca: PathBuf,
+    /// What plays the node.
+    pub node: NodeKind,
+    /// The real node's programs (with [`NodeKind::Real`]).
+    node_binaries: Option<crate::node::NodeBinaries>,
+    run_id: String,
     components: Mutex<Vec<Component>>,
     ca: Ca,
     pub(crate) operator: crate::operator::Operator,
 }
 
 /// How to start one component.
-struct Launch<'a> {
-    name: &'a str,
-    program: &'a Path,
-    args: Vec<String>,
-    envs: &'a [(&'a str, &'a str)],
-    port: SocketAddr,
-    timeout: Duration,
+pub(crate) struct Launch<'a> {
+    pub name: &'a str,
+    pub program: &'a Path,
+    pub args: Vec<String>,
+    pub envs: &'a [(&'a str, &'a str)],
+    /// The port it serves on, checked free before it starts (`None`: a unix socket).
+    pub port: Option<SocketAddr>,
+    pub timeout: Duration,
 }
 
 static SHARED: OnceLock<Result<TestEnv, String>> = OnceLock::new();
@@ -174,6 +208,15 @@ impl TestEnv {
 
     /// Starts the control plane with `dir` as its run directory.
     pub async fn start_in(dir: PathBuf) -> Result<TestEnv> {
+        Self::start_with(dir, crate::operator::RecordingStore::S3).await
+    }
+
+    /// Starts the control plane with `dir` as its run directory; operators keep recordings in
+    /// `store` (on a real node that is how the chart installs the operator).
+    pub async fn start_with(
+        dir: PathBuf,
+        store: crate::operator::RecordingStore,
+    ) -> Result<TestEnv> {
         if !netns::inside() {
             bail!(
                 "the local control plane runs inside a private network namespace: run tests \
@@ -182,6 +225,11 @@ impl TestEnv {
             );
         }
         let upstream = Upstream::require()?;
+        let node = NodeKind::current();
+        let node_binaries = match node {
+            NodeKind::Real => Some(crate::node::NodeBinaries::require(&Upstream::paths()?)?),
+            NodeKind::Kwok => None,
+        };
         let logs = dir.join("logs");
         let pki_dir = dir.join("pki");
         for d in [&logs, &pki_dir] {
@@ -229,22 +277,45 @@ impl TestEnv {
             server,
             s3: S3 {
                 endpoint: format!("http://127.0.0.1:{MINIO_PORT}"),
+                pod_endpoint: format!("http://{}:{MINIO_PORT}", netns::STORE_IP),
                 region: "us-east-1".into(),
                 bucket: "aexec-recordings".into(),
                 access_key: "aexec-test".into(),
                 secret_key: "aexec-test-secret".into(),
             },
             upstream,
+            node,
+            node_binaries,
+            run_id: std::env::var(RUN_ID_ENV).unwrap_or_else(|_| std::process::id().to_string()),
             components: Mutex::new(Vec::new()),
             ca,
             operator: Default::default(),
         };
+        env.set_recording_store(store);
         env.start_etcd().await?;
         env.start_apiserver().await?;
         env.bootstrap().await?;
-        env.start_kwok().await?;
         env.start_minio().await?;
+        match node {
+            NodeKind::Kwok => env.start_kwok().await?,
+            NodeKind::Real => {
+                env.start_real_node().await?;
+                env.install_operator_in_cluster().await?;
+            }
+        }
         Ok(env)
+    }
+
+    /// The real node's programs; an error in a kwok environment.
+    pub fn node_binaries(&self) -> Result<&crate::node::NodeBinaries> {
+        self.node_binaries.as_ref().context(
+            "this control plane has no real node (run it with `aexec-testenv run --node real`)",
+        )
+    }
+
+    /// The run's id (cgroups and the like are named after it).
+    pub fn run_id(&self) -> String {
+        self.run_id.clone()
     }
 
     fn logs(&self) -> PathBuf {
@@ -256,11 +327,20 @@ impl TestEnv {
     }
 
     /// Starts a component and waits until `ready` says it serves.
-    async fn run_component(&self, l: Launch<'_>, ready: impl AsyncFnMut() -> bool) -> Result<()> {
-        process::ensure_port_free(l.port, l.name)?;
+    pub(crate) async fn run_component(
+        &self,
+        l: Launch<'_>,
+        ready: impl AsyncFnMut() -> bool,
+    ) -> Result<()> {
+        if let Some(port) = l.port {
+            process::ensure_port_free(port, l.name)?;
+        }
         let mut c = Component::spawn(l.name, l.program, &l.args, l.envs, &self.logs())?;
-        c.wait_ready(&format!("serving on {}", l.port), l.timeout, ready)
-            .await?;
+        let what = match l.port {
+            Some(p) => format!("serving on {p}"),
+            None => "serving".to_owned(),
+        };
+        c.wait_ready(&what, l.timeout, ready).await?;
         self.components
             .lock()
             .map_err(|_| anyhow!("poisoned"))?
@@ -287,7 +367,7 @@ impl TestEnv {
                 program: &self.upstream.etcd,
                 args,
                 envs: &[],
-                port: addr,
+                port: Some(addr),
                 timeout: Duration::from_secs(30),
             },
             async || process::accepts(addr).await,
@@ -305,14 +385,22 @@ impl TestEnv {
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--client-ca-file={}", p("ca.crt")),
-            "--authorization-mode=RBAC".into(),
+            match self.node {
+                // The Node authorizer: kubelets read only what their own pods need.
+                NodeKind::Real => "--authorization-mode=Node,RBAC".into(),
+                NodeKind::Kwok => "--authorization-mode=RBAC".into(),
+            },
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             format!("--service-cluster-ip-range={}", netns::SERVICE_CIDR),
             "--allow-privileged=true".into(),
-            // No kube-controller-manager runs, so nothing would create ServiceAccount tokens.
-            "--disable-admission-plugins=ServiceAccount".into(),
+            match self.node {
+                // kube-controller-manager runs: pods get their ServiceAccount's projected token.
+                NodeKind::Real => "--enable-admission-plugins=NodeRestriction".into(),
+                // No kube-controller-manager runs, so nothing would create ServiceAccount tokens.
+                NodeKind::Kwok => "--disable-admission-plugins=ServiceAccount".into(),
+            },
             "--kubelet-preferred-address-types=InternalIP".into(),
             format!(
                 "--kubelet-client-certificate={}",
@@ -329,11 +417,15 @@ impl TestEnv {
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
             format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
             format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
-            // No kube-proxy: reach the APIService's endpoint directly, not its ClusterIP.
-            "--enable-aggregator-routing=true".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        let mut args = args;
+        if self.node == NodeKind::Kwok {
+            // No kube-proxy: reach the APIService's endpoint directly, not its ClusterIP. (On
+            // the real node the aggregator dials the Service's ClusterIP, as in a cluster.)
+            args.push("--enable-aggregator-routing=true".into());
+        }
         let addr = SocketAddr::V4(SocketAddrV4::new(netns::APISERVER_IP, APISERVER_PORT));
         let admin = self.kubeconfig(User::Admin);
         self.run_component(
@@ -342,7 +434,7 @@ impl TestEnv {
                 program: &self.upstream.kube_apiserver,
                 args,
                 envs: &[],
-                port: addr,
+                port: Some(addr),
                 timeout: Duration::from_secs(120),
             },
             async || readyz(&admin).await,
@@ -361,9 +453,12 @@ impl TestEnv {
                        "verbs": ["get", "list", "watch"]}]
         }))?;
         apply(&Api::<ClusterRole>::all(client.clone()), &reader).await?;
-        // The product as a platform team installs it: CRDs, admission policy, user roles, the
-        // operator's RBAC and ServiceAccount, its Service and APIService.
-        self.install_chart().await?;
+        if self.node == NodeKind::Kwok {
+            // The product as a platform team installs it: CRDs, admission policy, user roles,
+            // the operator's RBAC and ServiceAccount, its Service and APIService. (On the real
+            // node it is installed once the node runs, operator pods included.)
+            self.install_chart().await?;
+        }
         // Each group gets the product's role for it; mallory (no group) gets nothing.
         let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
         for (group, role) in [
@@ -380,6 +475,9 @@ impl TestEnv {
                 "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]
             }))?;
             apply(&bindings, &b).await?;
+        }
+        if self.node == NodeKind::Real {
+            return Ok(()); // the kubelet registers its node
         }
         let nodes: Api<Node> = Api::all(client);
         let node: Node = serde_json::from_value(serde_json::json!({
@@ -429,7 +527,7 @@ impl TestEnv {
                 program: &self.upstream.kwok,
                 args,
                 envs: &[],
-                port: addr,
+                port: Some(addr),
                 timeout: Duration::from_secs(60),
             },
             async || process::accepts(addr).await && node_ready(&nodes).await,
@@ -442,7 +540,8 @@ impl TestEnv {
         let args = vec![
             "server".into(),
             self.dir.join("minio").display().to_string(),
-            format!("--address={addr}"),
+            // Every address of the run's namespace: the operator's pods reach it at STORE_IP.
+            format!("--address=:{MINIO_PORT}"),
             "--console-address=127.0.0.1:9001".into(),
             "--quiet".into(),
         ];
@@ -460,7 +559,7 @@ impl TestEnv {
                 program: &self.upstream.minio,
                 args,
                 envs: &envs,
-                port: addr,
+                port: Some(addr),
                 timeout: Duration::from_secs(60),
             },
             async || http_ok(&health).await,
@@ -590,23 +689,50 @@ impl TestEnv {
         name: &str,
     ) -> Result<(String, String)> {
         let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {
-                "nodeName": NODE_NAME,
-                "containers": [{"name": "app", "image": "registry.invalid/aexec/app:1"}]
+        let pod: Pod = match self.node {
+            NodeKind::Kwok => serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {"app": name}},
+                "spec": {
+                    "nodeName": NODE_NAME,
+                    "containers": [{"name": "app", "image": "registry.invalid/aexec/app:1"}]
+                }
+            }))?,
+            NodeKind::Real => {
+                // Pods need their namespace's ServiceAccount, which its controller makes a
+                // moment after the namespace.
+                crate::cluster::wait_default_service_account(admin, namespace).await?;
+                crate::cluster::busybox_pod(name)?
             }
-        }))?;
+        };
         let pod = pods.create(&PostParams::default(), &pod).await?;
         let uid = pod.uid().context("created pod has no uid")?;
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(pods, name, conditions::is_pod_running()),
+        let wait = match self.node {
+            NodeKind::Kwok => Duration::from_secs(30),
+            NodeKind::Real => Duration::from_secs(90),
+        };
+        if tokio::time::timeout(
+            wait,
+            await_condition(pods.clone(), name, conditions::is_pod_running()),
         )
         .await
-        .map_err(|_| {
-            anyhow!("pod {namespace}/{name} did not become Running within 30s (is kwok running?)")
-        })??;
+        .is_err()
+        {
+            let status = pods
+                .get(name)
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .map(|s| serde_json::to_string(&s).unwrap_or_default())
+                .unwrap_or_default();
+            bail!(
+                "pod {namespace}/{name} did not become Running within {}s ({}); its status: {status}",
+                wait.as_secs(),
+                match self.node {
+                    NodeKind::Kwok => "is kwok running?",
+                    NodeKind::Real => "see the kubelet and containerd logs",
+                }
+            );
+        }
         Ok((name.to_owned(), uid))
     }
 
@@ -778,7 +904,7 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-fn kubeconfig(server: &str, ca: &str, cert: &pki::CertPem, user: &str) -> String {
+pub(crate) fn kubeconfig(server: &str, ca: &str, cert: &pki::CertPem, user: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: aexec-local\n  cluster:\n    server: {server}\n    \
          certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    \

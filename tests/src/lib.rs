@@ -18,7 +18,12 @@ pub mod process;
 pub mod upstream;
 
 pub mod chart;
+pub mod cluster;
 pub mod env;
+pub mod host;
+pub mod images;
+pub mod node;
 pub mod operator;
+pub mod sandbox;
 
-pub use env::{S3, Target, TestEnv, User, apply, apply_file, client_from, install_crds};
+pub use env::{NodeKind, S3, Target, TestEnv, User, apply, apply_file, client_from, install_crds};

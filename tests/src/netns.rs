@@ -25,6 +25,9 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
 pub const OPERATOR_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
 /// A second operator replica's address, for tests of two replicas behind the APIService.
 pub const OPERATOR_IP_2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 4);
+/// The S3 server's address for pods (MinIO listens on every address of the namespace; a pod
+/// cannot reach the namespace's loopback).
+pub const STORE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 5);
 /// Service cluster IP range; `10.96.0.1` is the `kubernetes` Service.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
@@ -56,6 +59,48 @@ pub fn reexec_inside(program: &Path, args: &[String]) -> Result<std::convert::In
     bail!("cannot run unshare: {err}")
 }
 
+/// Runs `program args` inside new network, PID, mount, cgroup, UTS and IPC namespaces with a
+/// fresh `/proc`, and waits for it: a real node's run (see [`crate::sandbox`]). Unlike
+/// [`reexec_inside`] the caller lives on, outside, to clean up and check the host afterwards.
+/// Root only: the node mounts file systems and makes cgroups.
+pub fn run_inside_for_real_node(
+    program: &Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+) -> Result<std::process::ExitStatus> {
+    which("unshare").context(
+        "`unshare` (util-linux) is needed to make the private namespaces: apt-get install util-linux",
+    )?;
+    if !is_root() {
+        bail!(
+            "the real node runs containers (mounts, cgroups, containerd): run it as root \
+             (the kwok environment also runs as an unprivileged user)"
+        );
+    }
+    let status = Command::new("unshare")
+        .args([
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "--cgroup",
+            "--uts",
+            "--ipc",
+        ])
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env(INSIDE_ENV, "1")
+        .envs(envs.iter().copied())
+        .status()
+        .context("cannot run unshare")?;
+    Ok(status)
+}
+
 /// Brings up loopback carrying the control plane's addresses as well. (A dummy interface would
 /// be the textbook choice, but sandboxes often lack its kernel module; addresses outside 127/8 on
 /// `lo` are just as unreachable from outside and are not "loopback" to the API server.)
@@ -64,10 +109,18 @@ pub fn setup() -> Result<()> {
         bail!("refusing to change the network outside a private namespace ({INSIDE_ENV} unset)");
     }
     ip(&["link", "set", "lo", "up"])?;
-    for addr in [APISERVER_IP, NODE_IP, OPERATOR_IP, OPERATOR_IP_2] {
+    for addr in [APISERVER_IP, NODE_IP, OPERATOR_IP, OPERATOR_IP_2, STORE_IP] {
         ip(&["addr", "add", &format!("{addr}/32"), "dev", "lo"])?;
     }
     Ok(())
+}
+
+/// For a real node: the API server dials a Service's ClusterIP (the APIService's) before
+/// kube-proxy's DNAT rewrites it, and a namespace with no default route answers "network is
+/// unreachable" first. A route for the Service range to `lo` lets the lookup succeed; the
+/// DNAT then sends the packet to the pod.
+pub fn route_services() -> Result<()> {
+    ip(&["route", "add", SERVICE_CIDR, "dev", "lo"])
 }
 
 /// The addresses as `IpAddr`, for certificates.
@@ -97,7 +150,7 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // The effective uid of this process, from procfs (no libc call needed).
     std::fs::read_to_string("/proc/self/status")
         .ok()

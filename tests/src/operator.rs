@@ -187,7 +187,7 @@ impl TestEnv {
         }
     }
 
-    fn recording_store(&self) -> RecordingStore {
+    pub(crate) fn recording_store(&self) -> RecordingStore {
         self.operator.storage.lock().map(|s| *s).unwrap_or_default()
     }
 

@@ -29,8 +29,8 @@ pub fn build_script() -> PathBuf {
 }
 
 impl Upstream {
-    /// Locates the binaries without building anything.
-    pub fn locate() -> Result<Self> {
+    /// Every path `tests/upstream/build.sh --paths` names, built or not.
+    pub fn paths() -> Result<HashMap<String, PathBuf>> {
         let out = Command::new("bash")
             .arg(build_script())
             .arg("--paths")
@@ -42,11 +42,16 @@ impl Upstream {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let paths: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
-            .collect();
+            .collect())
+    }
+
+    /// Locates the binaries without building anything.
+    pub fn locate() -> Result<Self> {
+        let paths = Self::paths()?;
         let get = |k: &str| {
             paths
                 .get(k)
@@ -145,14 +150,11 @@ mod tests {
     fn unknown_component_is_named() {
         let out = Command::new("bash")
             .arg(build_script())
-            .arg("kube-scheduler")
+            .arg("kube-dns")
             .output()
             .expect("run build.sh");
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("unknown component 'kube-scheduler'"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("unknown component 'kube-dns'"), "{stderr}");
     }
 }

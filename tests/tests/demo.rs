@@ -1,6 +1,7 @@
 //! The README's demo command, run as a newcomer runs it: `./dev demo`, non-interactive (CI=true,
-//! no terminal on stdin). It starts its own control plane, so this test runs outside
-//! `aexec-testenv run` (`./dev test` runs it after the end-to-end tests).
+//! no terminal on stdin). It starts its own control plane with a real node (kubelet,
+//! containerd, runc) and the operator installed in it with helm from its image, so this test
+//! runs outside `aexec-testenv run` (`./dev test` runs it after the end-to-end tests).
 
 use std::{path::Path, process::Stdio};
 
@@ -13,7 +14,7 @@ fn find_after(text: &str, from: usize, needle: &str) -> usize {
 }
 
 #[test]
-fn demo_command_runs_end_to_end() {
+fn real_node_demo() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repository root");
@@ -53,8 +54,16 @@ fn demo_command_runs_end_to_end() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "./dev demo failed:\n{text}");
 
-    // The operator ran as the chart's ServiceAccount with a local directory as its store.
-    let at = find_after(&text, 0, "(the chart's ServiceAccount), recordings in /");
+    // A real node, and the operator in the cluster from its image, recording to the node's
+    // disk (a hostPath volume).
+    let at = find_after(
+        &text,
+        0,
+        "the operator runs in the cluster (helm release aexec-operator in aexec-system, 2 replicas), recordings in /",
+    );
+    let at = find_after(&text, at, "aexec-node-0   Ready");
+    let at = find_after(&text, at, "containerd://");
+    let at = find_after(&text, at, "aexec-operator-");
     // alice is refused plain exec, then asks and waits.
     let at = find_after(
         &text,
@@ -76,6 +85,9 @@ fn demo_command_runs_end_to_end() {
     // bob approves; only then does alice's command run, with its exit code.
     let at = find_after(&text, at, "approved (1/1 approvals)");
     let at = find_after(&text, at, "approved; attaching to exec-");
+    // alice's command ran in the container: its hostname is the pod's, its user the
+    // container's (not the machine's, not root).
+    let at = find_after(&text, at, "\n    api\n    uid=1000(app) gid=1000(app)");
     let at = find_after(&text, at, "diagnosing INC-1234");
     let at = find_after(&text, at, "command terminated with exit code 3");
     let at = find_after(&text, at, "exited with 3");

@@ -52,11 +52,12 @@ scratch() { # dir module version
   echo "  fetching $2@$3 and its dependencies"
 }
 
-build_kubernetes() {
-  local v=$KUBERNETES_VERSION
-  local minor=${v#v1.}; minor=${minor%%.*}
+# The scratch module every Kubernetes component is built in: one module, so the node
+# components reuse the Go build cache kube-apiserver filled (most packages are shared).
+kubernetes_module() {
+  local v=$KUBERNETES_VERSION dir=$work/kubernetes-$KUBERNETES_VERSION
   local staging=v0.${v#v1.}
-  if [ -x "$bin/kube-apiserver-$v" ] && [ -x "$bin/kubectl-$v" ]; then return; fi
+  if [ -f "$dir/go.mod" ] && [ -f "$dir/.ready" ]; then cd "$dir"; return; fi
   scratch "kubernetes-$v" k8s.io/kubernetes "$v"
   go mod edit -require "k8s.io/kubernetes@$v"
   local gomod
@@ -67,11 +68,51 @@ build_kubernetes() {
   for m in $(awk '$2 == "v0.0.0" && $1 ~ /^k8s.io\// {print $1}' "$gomod" | sort -u); do
     go mod edit -replace "$m=$m@$staging"
   done
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v" >/dev/null 2>"$work/kubernetes-get.log" ||
+  local cmds=() c
+  for c in kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler kube-proxy; do
+    cmds+=("k8s.io/kubernetes/cmd/$c@$v")
+  done
+  go get "${cmds[@]}" >/dev/null 2>"$work/kubernetes-get.log" ||
     { tail -n 20 "$work/kubernetes-get.log" >&2; die "go get k8s.io/kubernetes@$v failed"; }
-  local ld="-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/component-base/version.gitTreeState=clean"
-  go_build kube-apiserver "$bin/kube-apiserver-$v" k8s.io/kubernetes/cmd/kube-apiserver "$ld"
-  go_build kubectl "$bin/kubectl-$v" k8s.io/kubernetes/cmd/kubectl "$ld"
+  touch .ready
+}
+
+kube_ldflags() {
+  local v=$KUBERNETES_VERSION minor=${KUBERNETES_VERSION#v1.}
+  minor=${minor%%.*}
+  echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/component-base/version.gitTreeState=clean"
+}
+
+# kube-apiserver and kubectl: the control plane of every test.
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION c
+  for c in kube-apiserver kubectl; do
+    [ -x "$bin/$c-$v" ] && continue
+    kubernetes_module
+    go_build "$c" "$bin/$c-$v" "k8s.io/kubernetes/cmd/$c" "$(kube_ldflags)"
+  done
+}
+
+# The real node and the controllers around it (tests whose names start with real_node_):
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy, and the pause binary every
+# pod's sandbox runs (one C file in the k8s.io/kubernetes module, linked statically).
+build_node() {
+  local v=$KUBERNETES_VERSION c
+  for c in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+    [ -x "$bin/$c-$v" ] && continue
+    kubernetes_module
+    go_build "$c" "$bin/$c-$v" "k8s.io/kubernetes/cmd/$c" "$(kube_ldflags)"
+  done
+  if [ ! -x "$bin/pause-$v" ]; then
+    command -v gcc >/dev/null || die "gcc is missing (it builds the pause binary): apt-get install gcc libc6-dev"
+    local src
+    src=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+    [ -f "$src/build/pause/linux/pause.c" ] || die "build/pause/linux/pause.c is not in k8s.io/kubernetes@$v"
+    gcc -Os -static -Wall -Werror -DVERSION="$v-aexec" -o "$bin/pause-$v.tmp" "$src/build/pause/linux/pause.c" ||
+      die "compiling pause.c failed (static linking needs libc6-dev)"
+    mv "$bin/pause-$v.tmp" "$bin/pause-$v"
+    echo "  built $bin/pause-$v"
+  fi
 }
 
 build_simple() { # name module version pkg [ldflags]
@@ -135,7 +176,21 @@ if [ "${1:-}" = "--paths" ]; then
   echo "helm=$bin/helm-$HELM_VERSION"
   echo "asciinema=$bin/asciinema-$ASCIINEMA_VERSION"
   echo "krew=$bin/krew-$KREW_VERSION"
+  for c in kubelet kube-controller-manager kube-scheduler kube-proxy pause; do
+    echo "$c=$bin/$c-$KUBERNETES_VERSION"
+  done
   exit 0
+fi
+
+# `node` (the real node's components) is built only when asked for: ./dev test asks after the
+# kwok suites, so their binaries are ready first.
+# One build at a time per cache: two builds of one component would replace each other's files.
+if command -v flock >/dev/null; then
+  exec 9>"$cache/build.lock"
+  if ! flock -n 9; then
+    echo "  another build of the upstream binaries is running; waiting for it ($cache/build.lock)"
+    flock 9
+  fi
 fi
 
 all=(etcd kubernetes kwok minio asciinema helm krew)
@@ -146,8 +201,8 @@ for c in "${want[@]}"; do
   i=$((i + 1))
   echo "[$i/${#want[@]}] $c"
   case $c in
-    etcd | kubernetes | kwok | minio | helm | asciinema | krew) (build_"$c") ;;
-    *) die "unknown component '$c' (known: etcd kubernetes kwok minio helm asciinema krew)" ;;
+    etcd | kubernetes | node | kwok | minio | helm | asciinema | krew) (build_"$c") ;;
+    *) die "unknown component '$c' (known: etcd kubernetes node kwok minio helm asciinema krew)" ;;
   esac
 done
 echo "upstream binaries ready in $bin"

@@ -1,10 +1,11 @@
 //! `aexec-testenv`: build, start and use the local control plane.
 //!
 //!   aexec-testenv build          build the upstream binaries (cached by version)
-//!   aexec-testenv up [--operator local|s3] [-- CMD]
+//!   aexec-testenv up [--node kwok|real] [--operator local|s3] [-- CMD]
 //!                                start the control plane (and the operator), print how to use
 //!                                it, then run CMD or open a shell
-//!   aexec-testenv run -- CMD     run CMD inside a private network namespace (the test runner)
+//!   aexec-testenv run [--node kwok|real] -- CMD
+//!                                run CMD inside private namespaces (the test runner)
 
 use std::{
     path::PathBuf,
@@ -12,7 +13,13 @@ use std::{
 };
 
 use aexec_testenv::{
-    TestEnv, User, netns, operator::RecordingStore, process::tail, upstream::Upstream,
+    TestEnv, User,
+    env::{NODE_KIND_ENV, RUN_ID_ENV},
+    host, netns,
+    operator::RecordingStore,
+    process::tail,
+    sandbox,
+    upstream::Upstream,
 };
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -34,6 +41,10 @@ enum Cmd {
     /// Start the control plane and print how to use it; then run CMD, or an interactive shell,
     /// and stop everything when it exits.
     Up {
+        /// What plays the node: kwok (every exec a local process) or a real kubelet with
+        /// containerd, where the operator runs in the cluster from its image.
+        #[arg(long, value_enum, default_value_t = Node::Kwok)]
+        node: Node,
         /// Also run the operator (built beforehand: `cargo build -p aexec-operator`) as the
         /// chart's ServiceAccount, recording to a local directory or to MinIO.
         #[arg(long, value_enum)]
@@ -48,6 +59,9 @@ enum Cmd {
         /// Keep the run directory (logs, certificates) even when CMD succeeds.
         #[arg(long)]
         keep: bool,
+        /// What plays the node (see `up --help`).
+        #[arg(long, value_enum, default_value_t = Node::Kwok)]
+        node: Node,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -55,6 +69,9 @@ enum Cmd {
     Inside {
         #[arg(long)]
         keep: bool,
+        /// The run directory chosen by the runner (a real node's run).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         #[arg(long)]
         up: bool,
         #[arg(long, value_enum)]
@@ -62,6 +79,15 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+}
+
+/// What plays the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Node {
+    /// kwok: each exec is a process on this machine (fast; most end-to-end tests).
+    Kwok,
+    /// kubelet, containerd and runc: each exec runs in a real container (root only).
+    Real,
 }
 
 /// Where the operator of `up --operator` keeps recordings.
@@ -86,7 +112,11 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Cmd::Build => Upstream::build(&[]).map(|_| ExitCode::SUCCESS),
-        Cmd::Up { operator, command } => {
+        Cmd::Up {
+            node,
+            operator,
+            command,
+        } => {
             Upstream::build(&[])?;
             let mut inner = vec!["inside".to_owned(), "--up".to_owned()];
             match operator {
@@ -94,37 +124,114 @@ fn run(args: Args) -> Result<ExitCode> {
                 Some(Store::S3) => inner.push("--operator=s3".into()),
                 None => {}
             }
-            inner.push("--".into());
-            inner.extend(command);
-            reexec(inner)
+            enter(node, false, inner, command)
         }
-        Cmd::Run { keep, command } => {
+        Cmd::Run {
+            keep,
+            node,
+            command,
+        } => {
             Upstream::require()?;
             let mut inner = vec!["inside".to_owned()];
             if keep {
                 inner.push("--keep".into());
             }
+            enter(node, keep, inner, command)
+        }
+        Cmd::Inside {
+            keep,
+            dir,
+            up,
+            operator,
+            command,
+        } => inside(keep, dir, up, operator, command),
+    }
+}
+
+/// Runs `inner -- command` in the run's namespaces.
+fn enter(node: Node, keep: bool, mut inner: Vec<String>, command: Vec<String>) -> Result<ExitCode> {
+    match node {
+        Node::Kwok => {
             inner.push("--".into());
             inner.extend(command);
             reexec(inner)
         }
-        Cmd::Inside {
-            keep,
-            up,
-            operator,
-            command,
-        } => inside(keep, up, operator, command),
+        Node::Real => run_real_node(keep, inner, command),
     }
 }
 
-fn reexec(args: Vec<String>) -> Result<ExitCode> {
+/// A real node's run: the runner stays outside its namespaces, then removes what the run
+/// left (its cgroups, its directory) and fails if the host differs from before.
+fn run_real_node(keep: bool, mut inner: Vec<String>, command: Vec<String>) -> Result<ExitCode> {
+    let paths = Upstream::paths()?;
+    aexec_testenv::node::NodeBinaries::require(&paths)?;
+    let dir = run_dir()?;
+    let run_id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("run")
+        .trim_start_matches("run-")
+        .to_owned();
+    inner.push(format!("--dir={}", dir.display()));
+    inner.push("--".into());
+    inner.extend(command);
     let me = std::env::current_exe().context("locating this program")?;
-    match netns::reexec_inside(&me, &args)? {}
+    let before = host::Snapshot::take();
+    let status = netns::run_inside_for_real_node(
+        &me,
+        &inner,
+        &[(NODE_KIND_ENV, "real"), (RUN_ID_ENV, &run_id)],
+    )?;
+    let mut changes: Vec<String> = sandbox::remove_cgroups(&run_id)
+        .into_iter()
+        .map(|c| format!("cgroup left behind: {c}"))
+        .collect();
+    let after = host::Snapshot::take();
+    changes.extend(after.changes_since(&before));
+    let ok = status.success();
+    if ok && !keep {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("aexec-testenv: could not remove {}: {e}", dir.display());
+        }
+    }
+    if !changes.is_empty() {
+        eprintln!(
+            "aexec-testenv: the run changed the host ({} differences); it must leave it as it was:",
+            changes.len()
+        );
+        for c in &changes {
+            eprintln!("  {c}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!(
+        "aexec-testenv: the host is as it was before the run ({} compared)",
+        before.summary()
+    );
+    Ok(match status.code() {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }
 
-fn inside(keep: bool, up: bool, operator: Option<Store>, command: Vec<String>) -> Result<ExitCode> {
+fn inside(
+    keep: bool,
+    dir: Option<PathBuf>,
+    up: bool,
+    operator: Option<Store>,
+    command: Vec<String>,
+) -> Result<ExitCode> {
     netns::setup()?;
-    let dir = run_dir()?;
+    let real = dir.is_some();
+    let dir = match dir {
+        Some(d) => d,
+        None => run_dir()?,
+    };
+    if real {
+        netns::route_services()?;
+        let run_id = std::env::var(RUN_ID_ENV).context("the runner sets the run id")?;
+        sandbox::setup(&dir, &run_id).context("isolating the real node from the host")?;
+    }
     let code = if up {
         serve(&dir, operator, command)?
     } else {
@@ -137,10 +244,17 @@ fn inside(keep: bool, up: bool, operator: Option<Store>, command: Vec<String>) -
     };
     if code != 0 || keep {
         report_logs(&dir);
-    } else {
+    } else if !real {
+        // A real node's directory holds its containers' mounts until every process of the
+        // run is gone: the runner removes it, outside.
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn reexec(args: Vec<String>) -> Result<ExitCode> {
+    let me = std::env::current_exe().context("locating this program")?;
+    match netns::reexec_inside(&me, &args)? {}
 }
 
 /// A fresh run directory under target/ (or $AEXEC_TESTENV_ROOT).
@@ -176,12 +290,13 @@ fn report_logs(dir: &std::path::Path) {
 
 fn serve(dir: &std::path::Path, operator: Option<Store>, command: Vec<String>) -> Result<i32> {
     let rt = tokio::runtime::Runtime::new()?;
-    let env = rt.block_on(TestEnv::start_in(dir.to_path_buf()))?;
-    if let Some(store) = operator {
-        env.set_recording_store(match store {
-            Store::Local => RecordingStore::Local,
-            Store::S3 => RecordingStore::S3,
-        });
+    let store = match operator {
+        Some(Store::Local) => RecordingStore::Local,
+        _ => RecordingStore::S3,
+    };
+    let env = rt.block_on(TestEnv::start_with(dir.to_path_buf(), store))?;
+    let in_cluster = env.node == aexec_testenv::env::NodeKind::Real;
+    if operator.is_some() && !in_cluster {
         rt.block_on(env.ensure_operator())
             .context("starting the operator")?;
     }
@@ -207,14 +322,20 @@ fn serve(dir: &std::path::Path, operator: Option<Store>, command: Vec<String>) -
         env.upstream.kubectl.display(),
         host_pid()
     );
-    if let Some(store) = operator {
+    let where_recorded = match store {
+        RecordingStore::Local => env.recordings_dir().display().to_string(),
+        RecordingStore::S3 => format!("s3://{}", env.s3.bucket),
+    };
+    if in_cluster {
         println!(
-            "Operator: {} (the chart's ServiceAccount), recordings in {}",
+            "Node: {} (kubelet, containerd, runc); the operator runs in the cluster (helm release \
+             aexec-operator in aexec-system, 2 replicas), recordings in {where_recorded}",
+            aexec_testenv::node::NODE_NAME
+        );
+    } else if operator.is_some() {
+        println!(
+            "Operator: {} (the chart's ServiceAccount), recordings in {where_recorded}",
             TestEnv::shared_replica().api,
-            match store {
-                Store::Local => env.recordings_dir().display().to_string(),
-                Store::S3 => format!("s3://{}", env.s3.bucket),
-            }
         );
     }
     let (program, args) = match command.split_first() {
@@ -237,6 +358,17 @@ fn serve(dir: &std::path::Path, operator: Option<Store>, command: Vec<String>) -
         .env("AEXEC_KUBECTL", &env.upstream.kubectl)
         .env("AEXEC_KUBECTL_DIR", kubectl_dir)
         .env("AEXEC_RECORDINGS_DIR", env.recordings_dir())
+        .env(
+            "AEXEC_NODE",
+            match env.node {
+                aexec_testenv::NodeKind::Real => "real",
+                aexec_testenv::NodeKind::Kwok => "kwok",
+            },
+        )
+        .env(
+            "AEXEC_POD_IMAGE",
+            aexec_testenv::images::BUSYBOX.reference(),
+        )
         .status()
         .with_context(|| format!("running {program}"))?;
     env.stop();

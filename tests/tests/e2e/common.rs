@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
-use std::{process::Output, time::Duration};
+use std::{path::PathBuf, process::Output, time::Duration};
 
 use aexec_crds::{ExecPolicy, ExecSession, Phase};
 use aexec_testenv::{Target, TestEnv, User};
@@ -240,4 +240,33 @@ pub async fn recording_named(
     .body(Vec::new())
     .expect("request");
     client.request_text(req).await.map(String::into_bytes)
+}
+
+/// The plugin binary: `AEXEC_PLUGIN_BIN`, or next to the test binary's directory
+/// (`target/debug/deps/e2e-*` -> `target/debug/kubectl-aexec`).
+pub fn plugin_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AEXEC_PLUGIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("kubectl-aexec");
+    assert!(
+        bin.exists(),
+        "the plugin is not built ({}): run `cargo build -p kubectl-aexec` first (./dev test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// `kubectl-aexec --kubeconfig <user> ARGS` with `stdin`, to completion.
+pub async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = tokio::process::Command::new(plugin_bin());
+    cmd.arg("--kubeconfig")
+        .arg(env().kubeconfig(user))
+        .args(args);
+    output(cmd, stdin, "kubectl-aexec").await
 }

@@ -10,4 +10,5 @@ mod common;
 mod ground;
 mod operator;
 mod plugin;
+mod pty;
 mod storage;

@@ -2,7 +2,7 @@
 //! krew) against the local control plane and the operator.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Output, Stdio},
     time::Duration,
 };
@@ -14,37 +14,10 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use crate::common::{
-    env, kubectl, output, policy, tamper, target_with_operator, uploaded, wait_phase,
+    aexec, env, kubectl, output, plugin_bin, policy, tamper, target_with_operator, uploaded,
+    wait_phase,
 };
-
-/// The plugin binary: `AEXEC_PLUGIN_BIN`, or next to the test binary's directory
-/// (`target/debug/deps/e2e-*` -> `target/debug/kubectl-aexec`).
-fn plugin_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("AEXEC_PLUGIN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("kubectl-aexec");
-    assert!(
-        bin.exists(),
-        "the plugin is not built ({}): run `cargo build -p kubectl-aexec` first (./dev test does)",
-        bin.display()
-    );
-    bin
-}
-
-/// `kubectl-aexec --kubeconfig <user> ARGS` with `stdin`, to completion.
-async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut cmd = tokio::process::Command::new(plugin_bin());
-    cmd.arg("--kubeconfig")
-        .arg(env().kubeconfig(user))
-        .args(args);
-    output(cmd, stdin, "kubectl-aexec").await
-}
+use crate::pty::Pty;
 
 async fn run(cmd: tokio::process::Command, stdin: Option<&[u8]>) -> Output {
     output(cmd, stdin, "the command").await
@@ -464,84 +437,6 @@ async fn plugin_list_describe_replay_export_verify() {
         "{err}"
     );
 }
-
-/// A terminal for the plugin: a pty whose output is collected by a thread.
-struct Pty {
-    master: Box<dyn portable_pty::MasterPty + Send>,
-    writer: Box<dyn std::io::Write + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl Pty {
-    fn spawn(program: &str, args: &[&str], cols: u16, rows: u16) -> Pty {
-        use portable_pty::{CommandBuilder, PtySize, native_pty_system};
-        let pair = native_pty_system()
-            .openpty(PtySize {
-                rows,
-                cols,
-                pixel_width: 0,
-                pixel_height: 0,
-            })
-            .expect("openpty");
-        let mut cmd = CommandBuilder::new(program);
-        cmd.args(args);
-        cmd.env("TERM", "xterm");
-        let child = pair.slave.spawn_command(cmd).expect("spawn in pty");
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().expect("reader");
-        let writer = pair.master.take_writer().expect("writer");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.extend_from_slice(&buf[..n]);
-                }
-            }
-        });
-        Pty {
-            master: pair.master,
-            writer,
-            child,
-            seen,
-        }
-    }
-
-    fn screen(&self) -> String {
-        text(&self.seen.lock().expect("lock"))
-    }
-
-    fn type_text(&mut self, s: &str) {
-        self.writer.write_all(s.as_bytes()).expect("type");
-        self.writer.flush().expect("flush");
-    }
-
-    /// Waits until `want` shows (after `from` bytes), typing `retype` every 300 ms if given.
-    async fn expect(&mut self, want: &str, retype: Option<&str>, secs: u64) -> usize {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(pos) = self.screen().find(want) {
-                return pos;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "{want:?} never showed; the terminal shows:\n{}",
-                self.screen()
-            );
-            if let Some(r) = retype {
-                self.type_text(r);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
-
-use std::io::{Read as _, Write as _};
 
 #[tokio::test]
 async fn plugin_interactive_shell() {
