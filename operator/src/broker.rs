@@ -26,7 +26,7 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         Error as WsError, Message,
-        error::CapacityError,
+        error::{CapacityError, ProtocolError},
         protocol::{CloseFrame, Role, frame::coding::CloseCode},
     },
 };
@@ -713,6 +713,8 @@ fn client_leg_error(e: WsError) -> Option<(CloseCode, String)> {
             CloseCode::Invalid,
             format!("a text message was not valid UTF-8: {e}"),
         )),
+        // A connection dropped without the closing handshake is a client gone, not a fault.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(e) => Some((CloseCode::Protocol, format!("invalid WebSocket: {e}"))),
         WsError::Capacity(e) => Some((CloseCode::Size, e.to_string())),
         WsError::AttackAttempt => Some((CloseCode::Policy, "attack attempt detected".into())),
@@ -723,7 +725,11 @@ fn client_leg_error(e: WsError) -> Option<(CloseCode, String)> {
 /// Why the pod's leg ended with an error, for the session's message.
 fn pod_leg_error(e: &WsError) -> String {
     match e {
-        WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Tls(_) => {
+        WsError::Io(_)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Tls(_)
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             format!(
                 "the connection to the API server that carried it broke (an API server restart \
                  or a network failure): {e}"
@@ -1382,6 +1388,16 @@ mod tests {
             client_leg_error(WsError::Io(std::io::ErrorKind::ConnectionReset.into())),
             None
         );
+        assert_eq!(
+            client_leg_error(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            None
+        );
+        let (code, why) = client_leg_error(WsError::Protocol(ProtocolError::NonZeroReservedBits))
+            .expect("a fault");
+        assert_eq!(code, CloseCode::Protocol);
+        assert!(why.starts_with("invalid WebSocket"), "{why}");
         assert!(
             pod_leg_error(&WsError::Io(std::io::ErrorKind::ConnectionReset.into()))
                 .starts_with("the connection to the API server that carried it broke")
@@ -1447,6 +1463,28 @@ mod tests {
         command.push("a".repeat(1600));
         let e = exec(command).expect_err("too long for the client");
         assert!(e.to_string().contains("uri too long"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_exec_request_that_cannot_be_built_is_a_start_failure_that_says_why() {
+        // The issue's session: 18 arguments of 4000 bytes, approved before the schema's rule.
+        let mut s = session("Active", "2026-01-01T00:10:00Z");
+        s.spec.command = vec!["a".repeat(4000); 18];
+        let client = Client::try_from(kube::Config::new(
+            "https://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let failure = open_pod_leg(&client, "ns", &s)
+            .await
+            .expect_err("too long to build");
+        assert_eq!((failure.code, failure.reason), (500, "InternalError"));
+        assert!(
+            failure
+                .message
+                .starts_with("the command is too long to reach the pod: it takes 72162 bytes"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
