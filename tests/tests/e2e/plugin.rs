@@ -19,7 +19,7 @@ use crate::common::{
 
 /// The plugin binary: `AEXEC_PLUGIN_BIN`, or next to the test binary's directory
 /// (`target/debug/deps/e2e-*` -> `target/debug/kubectl-aexec`).
-fn plugin_bin() -> PathBuf {
+pub(crate) fn plugin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("AEXEC_PLUGIN_BIN") {
         return PathBuf::from(p);
     }
@@ -38,7 +38,7 @@ fn plugin_bin() -> PathBuf {
 }
 
 /// `kubectl-aexec --kubeconfig <user> ARGS` with `stdin`, to completion.
-async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub(crate) async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = tokio::process::Command::new(plugin_bin());
     cmd.arg("--kubeconfig")
         .arg(env().kubeconfig(user))
