@@ -739,6 +739,20 @@ fn pod_leg_error(e: &WsError) -> String {
     }
 }
 
+/// The marker for a frame from the API server on a channel it does not send on (stdin,
+/// resize): relayed to the client as it came, and noted since its bytes are not recorded.
+fn relayed_as_is(frame: &Frame<'_>) -> String {
+    let (channel, len) = match frame {
+        Frame::Stdin(d) => ("stdin (0)", d.len()),
+        Frame::Resize(d) => ("resize (4)", d.len()),
+        Frame::Stdout(d) => ("stdout (1)", d.len()),
+        Frame::Stderr(d) => ("stderr (2)", d.len()),
+        Frame::Status(d) => ("status (3)", d.len()),
+        Frame::Close(_) | Frame::Empty(_) => ("control", 0),
+    };
+    format!("a frame from the API server on the {channel} channel ({len} bytes) was relayed as is")
+}
+
 /// The marker for a text message from the client, which is not forwarded.
 pub fn text_message_marker(text: &[u8]) -> String {
     format!(
@@ -941,16 +955,25 @@ async fn relay(
                 Some(Ok(Message::Binary(data))) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     let frame = frames::parse(&data, usize::MAX);
+                    // A status that cannot be read ends the session as a stream without one,
+                    // not as a command that "could not run".
                     let status = match frame {
-                        Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).unwrap_or_else(|e| Outcome::Failed(e.to_string()))),
+                        Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).map_err(|e| e.to_string())),
                         _ => None,
                     };
                     match (frame, &status) {
                         (Ok(Frame::Stdout(d)), _) => rec!(Event::Output(d.to_vec())),
                         (Ok(Frame::Stderr(d)), _) => rec!(Event::Error(d.to_vec())),
-                        (_, Some(Outcome::Exited(code))) => rec!(Event::Exit(*code)),
-                        (_, Some(Outcome::Failed(m))) => rec!(Event::Marker(format!("failed: {m}"))),
-                        _ => {}
+                        (_, Some(Ok(Outcome::Exited(code)))) => rec!(Event::Exit(*code)),
+                        (_, Some(Ok(Outcome::Failed(m)))) => rec!(Event::Marker(format!("failed: {m}"))),
+                        (_, Some(Err(why))) => rec!(Event::Marker(format!("the command's status could not be read: {why}"))),
+                        // Control frames that show nothing.
+                        (Ok(Frame::Empty(_) | Frame::Close(_)), _) => {}
+                        // Anything else is relayed as it came; the recording says it passed.
+                        (Ok(other), None) => rec!(Event::Marker(relayed_as_is(&other))),
+                        (Err(e), _) => rec!(Event::Marker(format!(
+                            "a message from the API server that is not an exec frame was relayed as is: {e}"
+                        ))),
                     }
                     if send!(client_tx, Message::Binary(data)).is_err() {
                         let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
@@ -960,7 +983,10 @@ async fn relay(
                     if let Some(outcome) = status {
                         let _ = pod_tx.close().await;
                         close_gracefully(&mut client_tx, &mut client_rx, None).await;
-                        return End::Command(outcome);
+                        return match outcome {
+                            Ok(outcome) => End::Command(outcome),
+                            Err(why) => End::PodGone(format!("its status could not be read: {why}")),
+                        };
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => {
@@ -1418,6 +1444,15 @@ mod tests {
             close_frame(CloseCode::Normal, "short").reason.as_str(),
             "short"
         );
+    }
+
+    #[test]
+    fn frames_relayed_as_is_are_noted_with_their_channel_and_size() {
+        assert_eq!(
+            relayed_as_is(&Frame::Stdin(b"abc")),
+            "a frame from the API server on the stdin (0) channel (3 bytes) was relayed as is"
+        );
+        assert!(relayed_as_is(&Frame::Resize(b"{}")).contains("resize (4)"));
     }
 
     #[test]

@@ -152,14 +152,7 @@ where
                 Some(Ok(Message::Binary(b))) => match b.first() {
                     Some(1) => { stdout.write_all(&b[1..]).await?; stdout.flush().await?; }
                     Some(2) => { stderr.write_all(&b[1..]).await?; stderr.flush().await?; }
-                    Some(3) => {
-                        let status: Value = serde_json::from_slice(&b[1..]).unwrap_or(Value::Null);
-                        break match outcome(&status) {
-                            Outcome::Exited(0) => Ended { code: 0, message: None },
-                            Outcome::Exited(c) => Ended { code: c, message: Some(format!("command terminated with exit code {c}")) },
-                            Outcome::Failed(m) => Ended { code: 1, message: Some(format!("error: {m}")) },
-                        };
-                    }
+                    Some(3) => break ended_with_status(&b[1..]),
                     _ => {}
                 },
                 Some(Ok(Message::Close(frame))) => break closed(frame.as_ref()),
@@ -188,6 +181,36 @@ where
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     Ok(ended)
+}
+
+/// How an attach ends with the command's status frame. A status that is not JSON says so,
+/// rather than passing for a command that failed without a message.
+fn ended_with_status(doc: &[u8]) -> Ended {
+    let status: Value = match serde_json::from_slice(doc) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ended {
+                code: 1,
+                message: Some(format!(
+                    "error: the command's exit status could not be read (not JSON: {e})"
+                )),
+            };
+        }
+    };
+    match outcome(&status) {
+        Outcome::Exited(0) => Ended {
+            code: 0,
+            message: None,
+        },
+        Outcome::Exited(c) => Ended {
+            code: c,
+            message: Some(format!("command terminated with exit code {c}")),
+        },
+        Outcome::Failed(m) => Ended {
+            code: 1,
+            message: Some(format!("error: {m}")),
+        },
+    }
 }
 
 /// How an attach ends when the operator closes the connection before the command's status: with
@@ -325,6 +348,20 @@ mod tests {
             "{m}"
         );
         operator.await.expect("peer");
+    }
+
+    #[test]
+    fn an_unreadable_status_says_so() {
+        let e = ended_with_status(b"{not json");
+        assert_eq!(e.code, 1);
+        assert!(
+            e.message.as_deref().is_some_and(
+                |m| m.starts_with("error: the command's exit status could not be read")
+            ),
+            "{e:?}"
+        );
+        let ok = ended_with_status(br#"{"status":"Success"}"#);
+        assert_eq!((ok.code, ok.message), (0, None));
     }
 
     #[test]
