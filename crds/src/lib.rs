@@ -8,8 +8,8 @@ pub mod session;
 
 pub use policy::{ApprovalRule, ExecPolicy, ExecPolicySpec, PolicyDecision, PolicyLimits};
 pub use session::{
-    Decision, ExecSession, ExecSessionSpec, ExecSessionStatus, Phase, RecordingStatus,
-    SessionLimits, UserRef,
+    Decision, ExecSession, ExecSessionSpec, ExecSessionStatus, MAX_COMMAND_URL_BYTES, Phase,
+    RecordingStatus, SessionLimits, UserRef, command_too_long, command_url_bytes,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -155,6 +155,78 @@ mod tests {
                 .and_then(|s| s.status.as_ref())
                 .is_some()
         );
+    }
+
+    /// Arguments of 4000 letters and one shorter, taking exactly `bytes` in the URL.
+    fn command_of(bytes: usize) -> Vec<String> {
+        let mut left = bytes;
+        let mut command = Vec::new();
+        while left > 9 + 4000 + 9 {
+            command.push("a".repeat(4000));
+            left -= 9 + 4000;
+        }
+        command.push("a".repeat(left - 9));
+        command
+    }
+
+    #[test]
+    fn command_size_is_its_url_encoding_and_the_schema_counts_the_same() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // `&command=` per argument, and the form-urlencoded argument.
+        assert_eq!(command_url_bytes(&args(&["ls"])), 9 + 2);
+        assert_eq!(command_url_bytes(&args(&["a b", "x/y"])), 9 + 3 + 9 + 5);
+        assert_eq!(command_url_bytes(&args(&["é"])), 9 + 6);
+        // The CEL rule's arithmetic (3 per byte, less 2 per character sent as it is) gives
+        // the same count for any text, ASCII or not.
+        let cel = |a: &str| {
+            let kept = a
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "*._ -".contains(*c))
+                .count();
+            9 + 3 * a.len() - 2 * kept
+        };
+        for a in [
+            "",
+            "echo hi",
+            "sh -c 'x=$((1+2)); echo $x'",
+            "naïve ☃ 😀",
+            "~!@#%^&()+={}[]|\\:;\"<>,?/`\t\n",
+        ] {
+            assert_eq!(command_url_bytes(&[a]), cel(a), "{a:?}");
+        }
+        let schema = schema(&ExecSession::crd());
+        let command = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["command"];
+        let rule = &command["x-kubernetes-validations"][0];
+        assert_eq!(
+            rule["rule"].as_str(),
+            Some(format!("self.map(a, 9 + 3 * size(bytes(a)) - 2 * size(a.findAll('[A-Za-z0-9*._ -]'))).sum() <= {MAX_COMMAND_URL_BYTES}").as_str())
+        );
+        assert!(
+            rule["messageExpression"]
+                .as_str()
+                .is_some_and(|m| m.contains("too long to reach the pod"))
+        );
+        // Just at the bound fits; one byte more does not, and the message says what to do.
+        let at = command_of(MAX_COMMAND_URL_BYTES);
+        assert_eq!(command_url_bytes(&at), MAX_COMMAND_URL_BYTES);
+        assert_eq!(command_too_long(&at), None);
+        let over = command_of(MAX_COMMAND_URL_BYTES + 1);
+        let why = command_too_long(&over).expect("too long");
+        assert!(
+            why.contains(&format!("it takes {} bytes", MAX_COMMAND_URL_BYTES + 1)),
+            "{why}"
+        );
+        assert!(why.contains("pass a long script on stdin"), "{why}");
+        // The schema's other bounds, said the same way before a request is made.
+        let many = vec!["a".to_owned(); 257];
+        assert!(
+            command_too_long(&many).is_some_and(|m| m.starts_with("the command has 257 arguments"))
+        );
+        let long = vec!["ls".to_owned(), "é".repeat(4097)];
+        assert!(command_too_long(&long).is_some_and(|m| m.starts_with("argument 2 of the command is 4097 characters long")));
+        let items = &command["items"];
+        assert_eq!(items["maxLength"], json!(session::MAX_ARGUMENT_CHARS));
+        assert_eq!(command["maxItems"], json!(session::MAX_COMMAND_ARGS));
     }
 
     #[test]

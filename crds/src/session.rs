@@ -89,7 +89,11 @@ pub struct ExecSessionSpec {
     pub container: Option<String>,
 
     /// The command and its arguments (argv), executed without a shell unless the command is one.
+    /// It travels to the node in the URL of the exec request, so all of it must fit in 64000
+    /// bytes there: each argument takes 9 bytes plus its URL-encoded length (letters, digits,
+    /// spaces and `-._*` one byte each, any other byte three). Pass a long script on stdin.
     #[schemars(length(min = 1, max = 256), inner(length(max = 4096)))]
+    #[x_kube(validation = command_rule())]
     pub command: Vec<String>,
 
     /// Pass the requester's standard input to the command (`kubectl exec -i`).
@@ -109,6 +113,87 @@ pub struct ExecSessionSpec {
     /// Who asked. Must equal the authenticated user creating the object; the admission policy
     /// shipped next to this CRD rejects anything else.
     pub requester: UserRef,
+}
+
+/// The most bytes a session's command may take in the URL of the exec request the operator
+/// sends to the API server (see [`command_url_bytes`]). The operator's HTTP client refuses a
+/// request line longer than 65534 bytes (the `http` crate's `Uri` bound, the tightest on the
+/// way: the API server and the kubelet accept 1 MiB); the rest of that URL (path, namespace,
+/// pod and container names at their maximum lengths, the stream flags) takes at most 456, and
+/// the remainder is left for an API server URL with a path prefix (a proxy in front of it).
+pub const MAX_COMMAND_URL_BYTES: usize = 64_000;
+/// The most arguments a command may have (the schema's `maxItems`).
+pub const MAX_COMMAND_ARGS: usize = 256;
+/// The most characters one argument may have (the schema's `maxLength`).
+pub const MAX_ARGUMENT_CHARS: usize = 4096;
+
+/// The bytes `command` takes in the exec request's URL: per argument, `&command=` (9 bytes)
+/// and the argument form-urlencoded as the operator's client encodes it (`*-._`, ASCII letters
+/// and digits as they are, a space as `+`, any other byte as `%XX`).
+pub fn command_url_bytes<S: AsRef<str>>(command: &[S]) -> usize {
+    command
+        .iter()
+        .map(|a| {
+            9 + form_urlencoded::byte_serialize(a.as_ref().as_bytes())
+                .map(str::len)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Why `command` cannot reach the node, in a sentence that says what to do, or `None` when it
+/// fits. The plugin checks before it creates a session; the schema's rule and the operator's
+/// evaluation check the same bound.
+pub fn command_too_long(command: &[String]) -> Option<String> {
+    if command.len() > MAX_COMMAND_ARGS {
+        return Some(format!(
+            "the command has {} arguments, and at most {MAX_COMMAND_ARGS} are allowed; pass a \
+             long script on stdin instead, like kubectl aexec -i POD -- sh < script.sh",
+            command.len()
+        ));
+    }
+    if let Some((i, len)) = command
+        .iter()
+        .map(|a| a.chars().count())
+        .enumerate()
+        .find(|(_, len)| *len > MAX_ARGUMENT_CHARS)
+    {
+        return Some(format!(
+            "argument {} of the command is {len} characters long, and at most \
+             {MAX_ARGUMENT_CHARS} are allowed; pass a long script on stdin instead, like \
+             kubectl aexec -i POD -- sh < script.sh",
+            i + 1
+        ));
+    }
+    let bytes = command_url_bytes(command);
+    (bytes > MAX_COMMAND_URL_BYTES).then(|| {
+        format!(
+            "the command is too long to reach the pod: it takes {bytes} bytes in the exec \
+             request's URL, and at most {MAX_COMMAND_URL_BYTES} fit (9 bytes per argument plus \
+             the argument URL-encoded: letters, digits, spaces and -._* one byte each, any other \
+             byte three); pass a long script on stdin instead, like kubectl aexec -i POD -- sh < script.sh"
+        )
+    })
+}
+
+/// [`command_url_bytes`] in CEL, for the schema: 3 bytes per byte of an argument, less 2 for
+/// each character sent as it is (all of those are one byte), plus 9 per argument.
+const COMMAND_URL_BYTES_CEL: &str =
+    "self.map(a, 9 + 3 * size(bytes(a)) - 2 * size(a.findAll('[A-Za-z0-9*._ -]'))).sum()";
+
+/// The schema's rule for [`MAX_COMMAND_URL_BYTES`], with a message that gives the size.
+fn command_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "{COMMAND_URL_BYTES_CEL} <= {MAX_COMMAND_URL_BYTES}"
+    ))
+    // `format`, not `+ string(...)`: the API server cannot bound the cost of a concatenation
+    // with a converted number and refuses the CRD.
+    .message(kube::core::Message::Expression(format!(
+        "'the command is too long to reach the pod: it takes %d bytes in the exec request URL, \
+         and at most {MAX_COMMAND_URL_BYTES} fit (9 bytes per argument plus the argument \
+         URL-encoded: letters, digits, spaces and -._* one byte each, any other byte three); \
+         pass a long script on stdin instead'.format([{COMMAND_URL_BYTES_CEL}])"
+    )))
 }
 
 /// An authenticated Kubernetes user, as the API server saw them.

@@ -339,6 +339,7 @@ fn router(state: AppState) -> Router {
             get(recording),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with their own bound (read_body), which answers with a Status.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -387,6 +388,34 @@ async fn not_found(uri: axum::http::Uri) -> StatusError {
             uri.path()
         ),
     )
+}
+
+/// A known path with the wrong method: a `Status` naming the method to use (axum would answer
+/// with an empty body, which kubectl shows as a bare 405).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> StatusError {
+    status_error(
+        405,
+        "MethodNotAllowed",
+        wrong_method_message(&method, uri.path()),
+    )
+}
+
+/// What to say about `method` on `path` (pure, for tests).
+fn wrong_method_message(method: &axum::http::Method, path: &str) -> String {
+    let sub = path.rsplit('/').next().unwrap_or_default();
+    let how = match sub {
+        "approve" | "deny" => format!(
+            "use PUT, with an optional JSON body {{\"comment\": \"why\"}} (kubectl aexec {sub} does)"
+        ),
+        "terminate" => "use PUT (kubectl aexec terminate does)".to_owned(),
+        "attach" => format!(
+            "use GET with a WebSocket upgrade offering {} (kubectl aexec attach does; the SPDY POST of kubectl exec is not supported)",
+            crate::frames::V5
+        ),
+        "recording" => "use GET (kubectl aexec replay, export and verify do)".to_owned(),
+        _ => "use GET".to_owned(),
+    };
+    format!("{method} is not allowed on {path}: {how}")
 }
 
 fn group_version() -> serde_json::Value {
@@ -987,6 +1016,23 @@ mod tests {
         );
         assert!(parse_body(&Bytes::from_static(b"{not json")).is_err());
         assert!(parse_body(&Bytes::from_static(br#"{"comment":"x","approve":true}"#)).is_err());
+    }
+
+    #[test]
+    fn a_wrong_method_is_told_which_to_use() {
+        let base = "/apis/subresources.aexec.dev/v1alpha1/namespaces/ns/execsessions/s1";
+        let m = wrong_method_message(&axum::http::Method::POST, &format!("{base}/approve"));
+        assert!(
+            m.starts_with("POST is not allowed on ") && m.contains("/s1/approve: use PUT"),
+            "{m}"
+        );
+        let m = wrong_method_message(&axum::http::Method::POST, &format!("{base}/attach"));
+        assert!(
+            m.contains("use GET with a WebSocket upgrade offering v5.channel.k8s.io"),
+            "{m}"
+        );
+        let m = wrong_method_message(&axum::http::Method::DELETE, "/apis");
+        assert_eq!(m, "DELETE is not allowed on /apis: use GET");
     }
 
     #[test]

@@ -24,7 +24,11 @@ use kube::{
 };
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, protocol::Role},
+    tungstenite::{
+        Error as WsError, Message,
+        error::{CapacityError, ProtocolError},
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    },
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -54,6 +58,9 @@ pub enum End {
     RecordingFailed(String),
     /// The replica relaying it shut down (SIGTERM: a restart, a rollout, a drained node).
     Shutdown(String),
+    /// Something failed after the session was claimed and before the relay began (the exec
+    /// request could not be built or opened, the client's upgrade failed): nothing was relayed.
+    NotStarted(String),
 }
 
 /// The phase, message and exit code a session ends with.
@@ -96,6 +103,11 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
             format!(
                 "ended because the policy requires a recording and it could not be stored: {m}"
             ),
+            None,
+        ),
+        End::NotStarted(m) => (
+            Phase::Failed,
+            format!("the session could not start: {m}; request a new session"),
             None,
         ),
         End::Shutdown(instance) => (
@@ -149,7 +161,25 @@ pub enum Stop {
     Shutdown,
 }
 
-type StopSenders = std::collections::HashMap<(String, String), tokio::sync::oneshot::Sender<Stop>>;
+/// A session this replica holds, from just before its claim until its end is written. The
+/// sender is taken by the first `terminate` or shutdown.
+type StopSenders =
+    std::collections::HashMap<SessionKey, Option<tokio::sync::oneshot::Sender<Stop>>>;
+
+/// Namespace, name and UID: a session deleted and created again under its name while the old
+/// one still ends is another session.
+type SessionKey = (String, String, String);
+
+/// What `terminate` found on this replica.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Termination {
+    /// The relay was told to stop; it ends the session with the notice.
+    Stopping,
+    /// The relay is already ending (the command exited, or someone stopped it first).
+    AlreadyEnding,
+    /// This replica holds no relay of the session.
+    NotHere,
+}
 
 /// Sessions this replica is relaying, so that `terminate` and a shutdown can reach them, and
 /// the tasks that relay them, so that a shutdown can wait until each has written its end.
@@ -159,29 +189,41 @@ pub struct Sessions {
     tasks: tokio_util::task::TaskTracker,
 }
 
+fn key(ns: &str, name: &str, uid: &str) -> SessionKey {
+    (ns.to_owned(), name.to_owned(), uid.to_owned())
+}
+
 impl Sessions {
-    fn register(&self, ns: &str, name: &str) -> tokio::sync::oneshot::Receiver<Stop> {
+    fn register(&self, ns: &str, name: &str, uid: &str) -> tokio::sync::oneshot::Receiver<Stop> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut m) = self.inner.lock() {
-            m.insert((ns.to_owned(), name.to_owned()), tx);
+            m.insert(key(ns, name, uid), Some(tx));
         }
         rx
     }
 
-    fn remove(&self, ns: &str, name: &str) {
+    fn remove(&self, ns: &str, name: &str, uid: &str) {
         if let Ok(mut m) = self.inner.lock() {
-            m.remove(&(ns.to_owned(), name.to_owned()));
+            m.remove(&key(ns, name, uid));
         }
     }
 
-    /// Ends the relay of a session held here; false when this replica does not hold it.
-    pub fn terminate(&self, ns: &str, name: &str, by: &str) -> bool {
-        let tx = self
-            .inner
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&(ns.to_owned(), name.to_owned())));
-        tx.is_some_and(|tx| tx.send(Stop::TerminatedBy(by.to_owned())).is_ok())
+    /// Ends the relay of a session held here.
+    pub fn terminate(&self, ns: &str, name: &str, uid: &str, by: &str) -> Termination {
+        let Ok(mut m) = self.inner.lock() else {
+            return Termination::NotHere;
+        };
+        match m.get_mut(&key(ns, name, uid)) {
+            None => Termination::NotHere,
+            Some(slot) => match slot
+                .take()
+                .map(|tx| tx.send(Stop::TerminatedBy(by.to_owned())))
+            {
+                Some(Ok(())) => Termination::Stopping,
+                // Stopped already, or the relay returned and is writing the end.
+                _ => Termination::AlreadyEnding,
+            },
+        }
     }
 
     /// True once a shutdown began: no new session may start here.
@@ -214,7 +256,7 @@ impl Sessions {
         let senders: Vec<_> = self
             .inner
             .lock()
-            .map(|mut m| m.drain().map(|(_, tx)| tx).collect())
+            .map(|mut m| m.values_mut().filter_map(Option::take).collect())
             .unwrap_or_default();
         info!(sessions = senders.len(), "ending the sessions still active");
         for tx in senders {
@@ -302,6 +344,8 @@ async fn prepare(
             ),
         ));
     }
+    // Held until the relay task takes over: a shutdown waits for this attach too.
+    let in_flight = state.sessions.tasks.token();
     let sessions: Api<ExecSession> = Api::namespaced(state.client.clone(), namespace);
     let internal =
         |what: &str, e: kube::Error| status_error(500, "InternalError", format!("{what}: {e}"));
@@ -325,6 +369,11 @@ async fn prepare(
         ));
     }
 
+    // Registered before the claim is written, so that from the moment the session is Active
+    // with this replica as its broker, a `terminate` here finds it.
+    let uid = session.metadata.uid.clone().unwrap_or_default();
+    let stop = state.sessions.register(namespace, name, &uid);
+
     // Claim the session: the resourceVersion makes this write fail if anyone else (another
     // replica, a second attach) changed it since we read it. Only one attach ever wins.
     let mut claimed = session.clone();
@@ -339,51 +388,48 @@ async fn prepare(
         .await
     {
         Ok(s) => s,
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Err(status_error(
-                409,
-                "Conflict",
-                "the session was attached or changed at the same moment; it can be attached only once",
-            ));
+        Err(e) => {
+            state.sessions.remove(namespace, name, &uid);
+            return Err(match e {
+                kube::Error::Api(e) if e.code == 409 => status_error(
+                    409,
+                    "Conflict",
+                    "the session was attached or changed at the same moment; it can be attached only once",
+                ),
+                e => internal("claiming the session", e),
+            });
         }
-        Err(e) => return Err(internal("claiming the session", e)),
     };
 
+    // From here on the session is Active in its status: every failure before the relay runs
+    // ends it (Failed, with the reason, and a sealed recording saying what happened), never
+    // leaves it Active with nobody relaying it.
+    let recorder = Recorder::start(state.recordings.clone(), &claimed);
     // Open the pod leg before answering the client, so a failure is still a plain error.
-    let spec = &session.spec;
-    let ap = AttachParams {
-        container: st.container.clone(),
-        stdin: spec.stdin,
-        stdout: true,
-        stderr: !spec.tty,
-        tty: spec.tty,
-        ..Default::default()
-    };
-    let exec_req = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
-        .exec(&spec.pod, spec.command.clone(), &ap)
-        .map_err(|e| {
-            status_error(
-                500,
-                "InternalError",
-                format!("building the exec request: {e}"),
-            )
-        })?;
-    let pod_ws = match state.client.connect(exec_req).await {
-        Ok(c) => c.into_stream(),
-        Err(e) => {
-            let msg = format!("could not open the exec stream to the pod: {e}");
-            // The recording says what happened, even though nothing ran.
-            let recorder = Recorder::start(state.recordings.clone(), &claimed);
-            let _ = recorder.record(Event::Marker(msg.clone())).await;
+    let pod_ws = match open_pod_leg(&state.client, namespace, &claimed).await {
+        Ok(ws) => ws,
+        Err(failure) => {
+            warn!(error = %failure.message, "the session could not start");
+            let _ = recorder
+                .record(Event::Marker(failure.message.clone()))
+                .await;
             finish(
                 &state.client,
                 namespace,
                 name,
-                &End::PodGone(msg.clone()),
+                &End::NotStarted(failure.message.clone()),
                 recorder.finish().await,
             )
             .await;
-            return Err(status_error(502, "BadGateway", msg));
+            state.sessions.remove(namespace, name, &uid);
+            return Err(status_error(
+                failure.code,
+                failure.reason,
+                format!(
+                    "{}; the session has ended (Failed): request a new session",
+                    failure.message
+                ),
+            ));
         }
     };
 
@@ -397,44 +443,38 @@ async fn prepare(
     );
     let session_for_relay = claimed;
     let sessions = state.sessions.clone();
-    let recordings = state.recordings.clone();
-    let tasks = state.sessions.tasks.clone();
-    tasks.spawn(
+    state.sessions.tasks.spawn(
         async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
+            let _in_flight = in_flight;
+            let end = match on_upgrade.await {
                 Err(e) => {
+                    let why = format!(
+                        "the requester's connection failed before the relay began ({e}); the \
+                         command's stream was closed"
+                    );
                     warn!(error = %e, "the client's upgrade failed");
-                    finish(
-                        &client,
-                        &ns,
-                        &n,
-                        &End::ClientGone,
-                        crate::recorder::Finished::none(),
+                    let _ = recorder.record(Event::Marker(why.clone())).await;
+                    End::NotStarted(why)
+                }
+                Ok(upgraded) => {
+                    let client_ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(client_ws_config()),
                     )
                     .await;
-                    return;
+                    info!(%user, "attached");
+                    relay(
+                        client_ws,
+                        pod_ws,
+                        &session_for_relay,
+                        Limits::of(&session_for_relay),
+                        stop,
+                        &recorder,
+                    )
+                    .await
                 }
             };
-            let client_ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(client_ws_config()),
-            )
-            .await;
-            info!(%user, "attached");
-            let stop = sessions.register(&ns, &n);
-            let recorder = Recorder::start(recordings, &session_for_relay);
-            let end = relay(
-                client_ws,
-                pod_ws,
-                &session_for_relay,
-                Limits::of(&session_for_relay),
-                stop,
-                &recorder,
-            )
-            .await;
-            sessions.remove(&ns, &n);
             info!(?end, "session ended");
             if let End::Shutdown(instance) = &end {
                 recorder.interrupt(format!(
@@ -443,6 +483,8 @@ async fn prepare(
             }
             let recorded = recorder.finish().await;
             finish(&client, &ns, &n, &end, recorded).await;
+            // Only now: until its end is written, a `terminate` here hears it is ending.
+            sessions.remove(&ns, &n, &uid);
         }
         .instrument(info_span!("session", namespace = %namespace, session = %name)),
     );
@@ -460,6 +502,50 @@ async fn prepare(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(resp)
+}
+
+/// Why the pod leg could not be opened, as the client's `Status` will say it.
+#[derive(Debug)]
+struct StartFailure {
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+/// Opens the exec stream to the approved pod with the approved spec (command, container,
+/// stdin, tty), never anything from the client.
+async fn open_pod_leg(
+    client: &Client,
+    namespace: &str,
+    session: &ExecSession,
+) -> Result<Ws, StartFailure> {
+    let spec = &session.spec;
+    let ap = AttachParams {
+        container: session.status.as_ref().and_then(|s| s.container.clone()),
+        stdin: spec.stdin,
+        stdout: true,
+        stderr: !spec.tty,
+        tty: spec.tty,
+        ..Default::default()
+    };
+    let exec_req = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
+        .exec(&spec.pod, spec.command.clone(), &ap)
+        .map_err(|e| StartFailure {
+            code: 500,
+            reason: "InternalError",
+            message: match aexec_crds::command_too_long(&spec.command) {
+                Some(why) => why,
+                None => format!("the exec request could not be built: {e}"),
+            },
+        })?;
+    match client.connect(exec_req).await {
+        Ok(c) => Ok(c.into_stream()),
+        Err(e) => Err(StartFailure {
+            code: 502,
+            reason: "BadGateway",
+            message: format!("could not open the exec stream to the pod: {e}"),
+        }),
+    }
 }
 
 /// The requester's leg: small buffers (an idle session holds a few KiB, not tungstenite's
@@ -547,8 +633,12 @@ const CLOSING_GRACE: Duration = Duration::from_secs(2);
 async fn close_gracefully(
     tx: &mut futures::stream::SplitSink<Ws, Message>,
     rx: &mut futures::stream::SplitStream<Ws>,
+    frame: Option<CloseFrame>,
 ) {
     let _ = tokio::time::timeout(CLOSING_GRACE, async {
+        if let Some(frame) = frame {
+            let _ = tx.send(Message::Close(Some(frame))).await;
+        }
         let _ = tx.close().await;
         while let Some(Ok(m)) = rx.next().await {
             if m.is_close() {
@@ -557,6 +647,119 @@ async fn close_gracefully(
         }
     })
     .await;
+}
+
+/// The most a close frame's reason carries (125 bytes of payload, less the code's 2).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The longest a refused client is read from after its close frame (see [`close_refused`]).
+const LINGER: Duration = Duration::from_secs(10);
+
+/// A close frame with `reason` cut at a character boundary to what a close frame carries.
+fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }
+}
+
+/// Closes the connection of a client that broke the protocol, with `frame` saying why. What
+/// the client still sends (the rest of an oversized message) is read and dropped until it
+/// closes, for at most [`LINGER`] and [`CLOSING_GRACE`] of silence: a socket closed with unread
+/// data is reset, and a reset can overtake the close frame on its way, leaving the client with
+/// a broken connection and no reason.
+async fn close_refused(
+    mut tx: futures::stream::SplitSink<Ws, Message>,
+    rx: futures::stream::SplitStream<Ws>,
+    frame: CloseFrame,
+) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(CLOSING_GRACE, tx.send(Message::Close(Some(frame)))).await;
+    let Ok(mut ws) = rx.reunite(tx) else { return };
+    let io = ws.get_mut();
+    let until = tokio::time::Instant::now() + LINGER;
+    let mut scratch = vec![0u8; 16 << 10];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(
+        until.min(tokio::time::Instant::now() + CLOSING_GRACE),
+        io.read(&mut scratch),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// What a read error on the client's leg means: `None` when the client went away (the
+/// connection closed or broke), else the close code and reason for a client that broke the
+/// WebSocket protocol. A message over the bound is reported with the bound a client may send,
+/// as a frame over it is.
+fn client_leg_error(e: WsError) -> Option<(CloseCode, String)> {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => Some((
+            CloseCode::Size,
+            frames::FrameError::TooLarge {
+                len: size,
+                max: frames::MAX_CLIENT_FRAME,
+            }
+            .to_string(),
+        )),
+        WsError::Utf8(e) => Some((
+            CloseCode::Invalid,
+            format!("a text message was not valid UTF-8: {e}"),
+        )),
+        // A connection dropped without the closing handshake is a client gone, not a fault.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(e) => Some((CloseCode::Protocol, format!("invalid WebSocket: {e}"))),
+        WsError::Capacity(e) => Some((CloseCode::Size, e.to_string())),
+        WsError::AttackAttempt => Some((CloseCode::Policy, "attack attempt detected".into())),
+        _ => None,
+    }
+}
+
+/// Why the pod's leg ended with an error, for the session's message.
+fn pod_leg_error(e: &WsError) -> String {
+    match e {
+        WsError::Io(_)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Tls(_)
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            format!(
+                "the connection to the API server that carried it broke (an API server restart \
+                 or a network failure): {e}"
+            )
+        }
+        other => format!("the API server sent an invalid exec stream: {other}"),
+    }
+}
+
+/// The marker for a frame from the API server on a channel it does not send on (stdin,
+/// resize): relayed to the client as it came, and noted since its bytes are not recorded.
+fn relayed_as_is(frame: &Frame<'_>) -> String {
+    let (channel, len) = match frame {
+        Frame::Stdin(d) => ("stdin (0)", d.len()),
+        Frame::Resize(d) => ("resize (4)", d.len()),
+        Frame::Stdout(d) => ("stdout (1)", d.len()),
+        Frame::Stderr(d) => ("stderr (2)", d.len()),
+        Frame::Status(d) => ("status (3)", d.len()),
+        Frame::Close(_) | Frame::Empty(_) => ("control", 0),
+    };
+    format!("a frame from the API server on the {channel} channel ({len} bytes) was relayed as is")
+}
+
+/// The marker for a text message from the client, which is not forwarded.
+pub fn text_message_marker(text: &[u8]) -> String {
+    format!(
+        "a text message from the client was not forwarded: the exec protocol carries binary \
+         messages only (it sent {})",
+        excerpt(text)
+    )
 }
 
 /// The end and the user's notice when the maximum duration is reached.
@@ -574,16 +777,13 @@ fn idle_timed_out(limits: &Limits) -> (End, String) {
 }
 
 /// The end and the user's notice for `terminate` or a shutdown of this replica.
-fn stopped(
-    stop: Result<Stop, tokio::sync::oneshot::error::RecvError>,
-    session: &ExecSession,
-) -> (End, String) {
+fn stopped(stop: Stop, session: &ExecSession) -> (End, String) {
     match stop {
-        Ok(Stop::TerminatedBy(by)) => {
+        Stop::TerminatedBy(by) => {
             let notice = format!("session terminated by {by}");
             (End::TerminatedBy(by), notice)
         }
-        Ok(Stop::Shutdown) | Err(_) => {
+        Stop::Shutdown => {
             let instance = session
                 .status
                 .as_ref()
@@ -645,9 +845,18 @@ async fn relay(
     pod: Ws,
     session: &ExecSession,
     limits: Limits,
-    mut stop: tokio::sync::oneshot::Receiver<Stop>,
+    stop: tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
 ) -> End {
+    // A sender dropped without a word (the registry itself went away) is not a stop: only a
+    // `terminate` or a shutdown says why a session ends from outside.
+    let stop = async move {
+        match stop.await {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
     let (mut client_tx, mut client_rx) = client.split();
     let (mut pod_tx, mut pod_rx) = pod.split();
     let (stdin_allowed, tty) = (session.spec.stdin, session.spec.tty);
@@ -668,7 +877,8 @@ async fn relay(
     let notice_channel = if tty { 1 } else { 2 };
     macro_rules! end_with_notice {
         ($end:expr, $text:expr) => {{
-            let text = format!("\r\n[aexec] {}\r\n", $text);
+            let said: String = $text.to_string();
+            let text = format!("\r\n[aexec] {said}\r\n");
             let notice = frames::encode(notice_channel, text.as_bytes());
             let _ = tokio::time::timeout(
                 CLOSING_GRACE,
@@ -676,8 +886,20 @@ async fn relay(
             )
             .await;
             let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
-            close_gracefully(&mut client_tx, &mut client_rx).await;
+            // The reason goes into the close frame too: a client shows it as why it ended.
+            let reason = close_frame(CloseCode::Normal, &said);
+            close_gracefully(&mut client_tx, &mut client_rx, Some(reason)).await;
             return $end;
+        }};
+    }
+    // A client that broke the protocol: the pod's stream closes, the client hears why in the
+    // close frame (`$code`: 1009 for a message too large, ...), and the session ends.
+    macro_rules! refuse_client {
+        ($code:expr, $why:expr) => {{
+            let why: String = $why;
+            let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
+            close_refused(client_tx, client_rx, close_frame($code, &why)).await;
+            return End::ClientError(why);
         }};
     }
     // Sends to a leg, which waits while that side does not read (backpressure: nothing else is
@@ -733,16 +955,25 @@ async fn relay(
                 Some(Ok(Message::Binary(data))) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     let frame = frames::parse(&data, usize::MAX);
+                    // A status that cannot be read ends the session as a stream without one,
+                    // not as a command that "could not run".
                     let status = match frame {
-                        Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).unwrap_or_else(|e| Outcome::Failed(e.to_string()))),
+                        Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).map_err(|e| e.to_string())),
                         _ => None,
                     };
                     match (frame, &status) {
                         (Ok(Frame::Stdout(d)), _) => rec!(Event::Output(d.to_vec())),
                         (Ok(Frame::Stderr(d)), _) => rec!(Event::Error(d.to_vec())),
-                        (_, Some(Outcome::Exited(code))) => rec!(Event::Exit(*code)),
-                        (_, Some(Outcome::Failed(m))) => rec!(Event::Marker(format!("failed: {m}"))),
-                        _ => {}
+                        (_, Some(Ok(Outcome::Exited(code)))) => rec!(Event::Exit(*code)),
+                        (_, Some(Ok(Outcome::Failed(m)))) => rec!(Event::Marker(format!("failed: {m}"))),
+                        (_, Some(Err(why))) => rec!(Event::Marker(format!("the command's status could not be read: {why}"))),
+                        // Control frames that show nothing.
+                        (Ok(Frame::Empty(_) | Frame::Close(_)), _) => {}
+                        // Anything else is relayed as it came; the recording says it passed.
+                        (Ok(other), None) => rec!(Event::Marker(relayed_as_is(&other))),
+                        (Err(e), _) => rec!(Event::Marker(format!(
+                            "a message from the API server that is not an exec frame was relayed as is: {e}"
+                        ))),
                     }
                     if send!(client_tx, Message::Binary(data)).is_err() {
                         let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
@@ -751,21 +982,29 @@ async fn relay(
                     client_traffic = tokio::time::Instant::now();
                     if let Some(outcome) = status {
                         let _ = pod_tx.close().await;
-                        close_gracefully(&mut client_tx, &mut client_rx).await;
-                        return End::Command(outcome);
+                        close_gracefully(&mut client_tx, &mut client_rx, None).await;
+                        return match outcome {
+                            Ok(outcome) => End::Command(outcome),
+                            Err(why) => End::PodGone(format!("its status could not be read: {why}")),
+                        };
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => {
                     let _ = client_tx.close().await;
                     return End::PodGone("the pod's stream closed".into());
                 }
+                Some(Ok(Message::Text(t))) => {
+                    // The exec protocol is binary: nothing to relay, but the recording says so.
+                    rec!(Event::Marker(format!(
+                        "a text message from the API server was not relayed: the exec protocol \
+                         carries binary messages only (it sent {})",
+                        excerpt(t.as_bytes())
+                    )));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     let _ = client_tx.close().await;
-                    return End::PodGone(format!(
-                        "the connection to the API server that carried it broke (an API server \
-                         restart or a network failure): {e}"
-                    ));
+                    return End::PodGone(pod_leg_error(&e));
                 }
             }},
             m = client_rx.next() => { client_traffic = tokio::time::Instant::now(); match m {
@@ -800,12 +1039,13 @@ async fn relay(
                             false
                         }
                         Ok(other) => {
-                            let _ = pod_tx.close().await;
-                            return End::ClientError(format!("a client may not send {other:?}"));
+                            refuse_client!(CloseCode::Policy, format!("a client may not send {other:?}"));
+                        }
+                        Err(e @ frames::FrameError::TooLarge { .. }) => {
+                            refuse_client!(CloseCode::Size, e.to_string());
                         }
                         Err(e) => {
-                            let _ = pod_tx.close().await;
-                            return End::ClientError(e.to_string());
+                            refuse_client!(CloseCode::Protocol, e.to_string());
                         }
                     };
                     if forward {
@@ -818,10 +1058,25 @@ async fn relay(
                         pod_traffic = tokio::time::Instant::now();
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                Some(Ok(Message::Text(t))) => {
+                    // Not forwarded (the exec protocol is binary), and the session goes on; the
+                    // recording says so, as for every other client frame that is not forwarded.
+                    let note = text_message_marker(t.as_bytes());
+                    tracing::debug!(%note, "a client frame was not forwarded");
+                    rec!(Event::Marker(note));
+                }
+                Some(Ok(Message::Close(_))) | None => {
                     let _ = pod_tx.close().await;
                     return End::ClientGone;
                 }
+                Some(Err(e)) => match client_leg_error(e) {
+                    None => {
+                        let _ = pod_tx.close().await;
+                        return End::ClientGone;
+                    }
+                    Some((code, why)) => refuse_client!(code, why),
+                },
+                // Pings and pongs (answered by the library) carry nothing to record.
                 Some(Ok(_)) => {}
             }},
             _ = ping.tick() => {
@@ -858,21 +1113,98 @@ pub async fn terminate(
             ),
         ));
     }
-    if !state
-        .sessions
-        .terminate(namespace, name, &caller.user.username)
-    {
-        return Err(status_error(
+    let by = &caller.user.username;
+    let uid = session.metadata.uid.clone().unwrap_or_default();
+    match state.sessions.terminate(namespace, name, &uid, by) {
+        Termination::Stopping => {
+            info!(user = %by, %namespace, session = %name, "terminate requested");
+            Ok(session)
+        }
+        Termination::AlreadyEnding => Err(status_error(
             409,
             "Conflict",
-            format!(
-                "the session is relayed by replica {}, not this one; try again",
-                st.broker.as_deref().unwrap_or("unknown")
-            ),
-        ));
+            "the session is already ending (its command exited, or it was stopped a moment \
+             ago); its final phase is being written",
+        )),
+        Termination::NotHere => match st.broker.as_deref() {
+            Some(holder) if holder != state.instance => Err(status_error(
+                409,
+                "Conflict",
+                format!(
+                    "the session is relayed by operator replica {holder}, and this request \
+                     reached replica {}, which cannot end it; try again (the API server picks a \
+                     replica for each request)",
+                    state.instance
+                ),
+            )),
+            // The status names this replica (or nobody) yet no relay runs here: the claim
+            // outlived its relay. Nothing else would end it before its maximum duration, so
+            // this request does.
+            _ => end_unrelayed(state, session, by).await,
+        },
     }
-    info!(user = %caller.user.username, %namespace, session = %name, "terminate requested");
-    Ok(session)
+}
+
+/// Ends a session that is Active with no relay behind it on this replica: its recording is
+/// sealed from what reached the store (marked interrupted) and it is Terminated by `by`. The
+/// write carries the resourceVersion read, so a relay that ended it meanwhile wins, and the
+/// caller hears the phase it wrote.
+async fn end_unrelayed(
+    state: &AppState,
+    session: ExecSession,
+    by: &str,
+) -> Result<ExecSession, StatusError> {
+    let (namespace, name) = (
+        session.metadata.namespace.clone().unwrap_or_default(),
+        session.metadata.name.clone().unwrap_or_default(),
+    );
+    let holder = session
+        .status
+        .as_ref()
+        .and_then(|s| s.broker.clone())
+        .unwrap_or_else(|| state.instance.clone());
+    let lost = format!("no relay of it was running on operator replica {holder}");
+    warn!(%namespace, session = %name, "terminate of a session with no relay: {lost}");
+    let recording =
+        match crate::recorder::seal_interrupted(&state.recordings, &session, &lost).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "sealing the recording of an unrelayed session");
+                None
+            }
+        };
+    let mut ended = session.clone();
+    let mut st = ended.status.clone().unwrap_or_default();
+    st.phase = Some(Phase::Terminated);
+    st.message = Some(format!("terminated by {by} ({lost})"));
+    st.end_time = Some(now_time());
+    if recording.is_some() {
+        st.recording = recording;
+    }
+    ended.status = Some(st);
+    let api: Api<ExecSession> = Api::namespaced(state.client.clone(), &namespace);
+    match api
+        .replace_status(&name, &PostParams::default(), &ended)
+        .await
+    {
+        Ok(s) => {
+            info!(user = %by, %namespace, session = %name, "terminated a session with no relay");
+            Ok(s)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let now = get_session(&state.client, &namespace, &name).await?;
+            Err(status_error(
+                409,
+                "Conflict",
+                format!("the session ended meanwhile: it is {}", now.phase()),
+            ))
+        }
+        Err(e) => Err(status_error(
+            500,
+            "InternalError",
+            format!("writing the end of the session: {e}"),
+        )),
+    }
 }
 
 /// Writes the session's final phase, retrying on conflicts.
@@ -969,8 +1301,8 @@ mod tests {
     async fn shutdown_lets_sessions_end_within_the_grace_then_stops_the_rest() {
         let sessions = Sessions::default();
         // One session ends by itself within the grace; one would run on.
-        let quick = sessions.register("ns", "quick");
-        let slow = sessions.register("ns", "slow");
+        let quick = sessions.register("ns", "quick", "u1");
+        let slow = sessions.register("ns", "slow", "u2");
         let quick_task = sessions.tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             drop(quick);
@@ -998,6 +1330,196 @@ mod tests {
         idle.shut_down(Duration::from_secs(30), Duration::from_secs(30))
             .await;
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn terminate_finds_a_session_from_its_claim_until_its_end_is_written() {
+        let sessions = Sessions::default();
+        assert_eq!(
+            sessions.terminate("ns", "s", "u1", "bob"),
+            Termination::NotHere
+        );
+        let mut stop = sessions.register("ns", "s", "u1");
+        // Another session under the same name (deleted and created again) is another one.
+        assert_eq!(
+            sessions.terminate("ns", "s", "u0", "bob"),
+            Termination::NotHere
+        );
+        assert_eq!(
+            sessions.terminate("ns", "s", "u1", "bob"),
+            Termination::Stopping
+        );
+        match stop.try_recv() {
+            Ok(Stop::TerminatedBy(by)) => assert_eq!(by, "bob"),
+            other => panic!("expected terminated by bob, got {other:?}"),
+        }
+        // Once stopped (or once the relay returned), until its end is written.
+        assert_eq!(
+            sessions.terminate("ns", "s", "u1", "dave"),
+            Termination::AlreadyEnding
+        );
+        let returned = sessions.register("ns", "t", "u2");
+        drop(returned);
+        assert_eq!(
+            sessions.terminate("ns", "t", "u2", "dave"),
+            Termination::AlreadyEnding
+        );
+        sessions.remove("ns", "s", "u1");
+        assert_eq!(
+            sessions.terminate("ns", "s", "u1", "dave"),
+            Termination::NotHere
+        );
+    }
+
+    #[test]
+    fn a_failure_before_the_relay_fails_the_session_with_the_reason() {
+        let (phase, message, code) = final_state(&End::NotStarted(
+            "could not open the exec stream to the pod: 500".into(),
+        ));
+        assert_eq!(phase, Phase::Failed);
+        assert_eq!(
+            message,
+            "the session could not start: could not open the exec stream to the pod: 500; \
+             request a new session"
+        );
+        assert_eq!(code, None);
+    }
+
+    #[test]
+    fn client_leg_errors_say_whose_fault_and_why() {
+        // A message over the bound names it, as a frame over it does, and closes with 1009.
+        let (code, why) = client_leg_error(WsError::Capacity(CapacityError::MessageTooLong {
+            size: 16 << 20,
+            max_size: 2 << 20,
+        }))
+        .expect("a client fault");
+        assert_eq!(code, CloseCode::Size);
+        assert_eq!(
+            why,
+            frames::FrameError::TooLarge {
+                len: 16 << 20,
+                max: frames::MAX_CLIENT_FRAME
+            }
+            .to_string()
+        );
+        assert_eq!(
+            why,
+            "frame of 16777216 bytes exceeds the limit of 1048576 bytes"
+        );
+        let (code, _) = client_leg_error(WsError::Utf8("bad".into())).expect("fault");
+        assert_eq!(code, CloseCode::Invalid);
+        // A connection that closed or broke is the client going away, not a fault.
+        assert_eq!(client_leg_error(WsError::ConnectionClosed), None);
+        assert_eq!(
+            client_leg_error(WsError::Io(std::io::ErrorKind::ConnectionReset.into())),
+            None
+        );
+        assert_eq!(
+            client_leg_error(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            None
+        );
+        let (code, why) = client_leg_error(WsError::Protocol(ProtocolError::NonZeroReservedBits))
+            .expect("a fault");
+        assert_eq!(code, CloseCode::Protocol);
+        assert!(why.starts_with("invalid WebSocket"), "{why}");
+        assert!(
+            pod_leg_error(&WsError::Io(std::io::ErrorKind::ConnectionReset.into()))
+                .starts_with("the connection to the API server that carried it broke")
+        );
+        assert!(
+            pod_leg_error(&WsError::Utf8("bad".into()))
+                .starts_with("the API server sent an invalid exec stream")
+        );
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let f = close_frame(CloseCode::Size, &long);
+        assert!(f.reason.len() <= MAX_CLOSE_REASON);
+        assert_eq!(f.reason.as_str(), "é".repeat(61));
+        assert_eq!(
+            close_frame(CloseCode::Normal, "short").reason.as_str(),
+            "short"
+        );
+    }
+
+    #[test]
+    fn frames_relayed_as_is_are_noted_with_their_channel_and_size() {
+        assert_eq!(
+            relayed_as_is(&Frame::Stdin(b"abc")),
+            "a frame from the API server on the stdin (0) channel (3 bytes) was relayed as is"
+        );
+        assert!(relayed_as_is(&Frame::Resize(b"{}")).contains("resize (4)"));
+    }
+
+    #[test]
+    fn a_text_message_is_noted_for_the_recording() {
+        let note = text_message_marker(b"{\"Width\":80}");
+        assert_eq!(
+            note,
+            "a text message from the client was not forwarded: the exec protocol carries binary \
+             messages only (it sent \"{\\\"Width\\\":80}\")"
+        );
+    }
+
+    #[test]
+    fn the_longest_command_allowed_fits_the_exec_request_with_room_to_spare() {
+        let exec = |command: Vec<String>| {
+            let ap = AttachParams {
+                container: Some("c".repeat(63)),
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+                ..Default::default()
+            };
+            let ns = "n".repeat(63);
+            kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods"))
+                .exec(&"p".repeat(253), command, &ap)
+                .map(|r| r.uri().to_string().len())
+        };
+        // Arguments that each take 4009 bytes ('/' is sent as %2F), then one for the rest.
+        let mut command = vec!["/".repeat(1333) + "a"; 15];
+        let rest = aexec_crds::MAX_COMMAND_URL_BYTES - 15 * 4009 - 9;
+        command.push("a".repeat(rest));
+        assert_eq!(
+            aexec_crds::command_url_bytes(&command),
+            aexec_crds::MAX_COMMAND_URL_BYTES
+        );
+        let len = exec(command.clone()).expect("the exec request builds");
+        // The longest names and flags take 456 bytes (kube puts a `&` after the `?` too); the
+        // rest is room for a path prefix of the API server's URL.
+        assert_eq!(len, aexec_crds::MAX_COMMAND_URL_BYTES + 456);
+        assert!(len + 1000 < 65_534);
+        // The bound is real: the client refuses a request line past 65534 bytes.
+        command.push("a".repeat(1600));
+        let e = exec(command).expect_err("too long for the client");
+        assert!(e.to_string().contains("uri too long"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_exec_request_that_cannot_be_built_is_a_start_failure_that_says_why() {
+        // The issue's session: 18 arguments of 4000 bytes, approved before the schema's rule.
+        let mut s = session("Active", "2026-01-01T00:10:00Z");
+        s.spec.command = vec!["a".repeat(4000); 18];
+        let client = Client::try_from(kube::Config::new(
+            "https://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client");
+        let failure = open_pod_leg(&client, "ns", &s)
+            .await
+            .expect_err("too long to build");
+        assert_eq!((failure.code, failure.reason), (500, "InternalError"));
+        assert!(
+            failure
+                .message
+                .starts_with("the command is too long to reach the pod: it takes 72162 bytes"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

@@ -564,6 +564,9 @@ pub fn reconcile(obs: &Observed<'_>) -> Outcome {
 
 // ---- approve and deny
 
+/// The refusal of an approval that would come after the last one needed.
+const ALREADY_APPROVED: &str = "session is already approved; it takes no more approvals";
+
 /// The checks shared by approve and deny: the session is Pending under `policy`, which is the
 /// policy its status names. Returns the policy.
 fn takes_decisions<'p>(
@@ -578,6 +581,9 @@ fn takes_decisions<'p>(
             ));
         }
         Some(Phase::Pending) => {}
+        Some(Phase::Approved) if verb == "approve" => {
+            return Err(Refusal::conflict(ALREADY_APPROVED));
+        }
         Some(phase) => {
             return Err(Refusal::conflict(if verb == "approve" {
                 format!("session is {phase}; it no longer takes approvals")
@@ -638,6 +644,20 @@ pub fn approve(
             "{} already approved this session",
             approver.username
         )));
+    }
+    // The approvals needed may all be in while the phase still says Pending (the controller
+    // turns them into Approved a moment later): one more would be recorded as a surplus
+    // approval (`2/1`) of a session already approved. Two approvers racing both read the
+    // session before either wrote; the loser's write fails on the resourceVersion, and its
+    // retry, reading the winner's approval, ends here.
+    if let Some(rule) = approval_rule(policy) {
+        let required = required_approvals(rule);
+        let given = policy::valid_approvals(policy, requester, &status.approvals);
+        if given >= required {
+            return Err(Refusal::conflict(format!(
+                "{ALREADY_APPROVED} ({given}/{required} approvals)"
+            )));
+        }
     }
     let comment = checked_comment(comment)?;
     status.approvals.push(Decision {
@@ -1935,8 +1955,10 @@ mod tests {
                 Refusal::conflict("session has not been evaluated yet; try again in a moment")
             );
         }
+        let s = session(Some(json!({"phase": "Approved", "policy": "sre"})));
+        let err = approve(&s, Some(&p), &bob, None, t(0)).expect_err("approved");
+        assert_eq!(err, Refusal::conflict(ALREADY_APPROVED));
         for phase in [
-            "Approved",
             "Denied",
             "Expired",
             "Active",
@@ -2023,6 +2045,27 @@ mod tests {
         let err = approve(&s, Some(&sre_policy()), &user("bob", &["sre"]), None, t(0))
             .expect_err("twice");
         assert_eq!(err, Refusal::conflict("bob already approved this session"));
+    }
+
+    #[test]
+    fn an_approval_after_the_last_one_needed_is_refused_while_still_pending() {
+        // One approval needed, bob's is in, the controller has not yet written Approved: dave
+        // (who lost a race with bob) is refused as for an approved session.
+        let p = policy(
+            "sre",
+            json!({"decision": "RequireApproval", "approval": {"groups": ["sre"], "required": 1}}),
+        );
+        let s = pending_session(json!([approval("bob", &["sre"])]));
+        let err = approve(&s, Some(&p), &user("dave", &["sre"]), None, t(0)).expect_err("surplus");
+        assert_eq!(
+            err,
+            Refusal::conflict(format!("{ALREADY_APPROVED} (1/1 approvals)"))
+        );
+        // An approval that no longer counts (its approver left the policy) does not fill the
+        // quota: another approver is still needed, and accepted.
+        let s = pending_session(json!([approval("erin", &["ops"])]));
+        let status = approve(&s, Some(&p), &user("dave", &["sre"]), None, t(0)).expect("needed");
+        assert_eq!(status.approval_summary.as_deref(), Some("1/1"));
     }
 
     #[test]

@@ -218,6 +218,11 @@ pub fn evaluate(
     default: DefaultPolicy,
     spec: &ExecSessionSpec,
 ) -> Verdict {
+    // The schema refuses such a command since it has this rule; a session created before (or
+    // under an older CRD) would be approved and then fail to start on every attach.
+    if let Some(why) = aexec_crds::command_too_long(&spec.command) {
+        return refuse(why);
+    }
     let Some(policy) = policy else {
         return match default {
             DefaultPolicy::Deny => {
@@ -800,6 +805,28 @@ mod tests {
         // Arguments are not commands.
         assert_eq!(denied(eval(json!(["bash", "ls"]))), msg);
         assert_eq!(denied(eval(json!([]))), msg);
+    }
+
+    #[test]
+    fn a_command_too_long_to_reach_the_pod_is_denied_whatever_the_policy() {
+        let p = policy("auto", json!({"decision": "AutoApprove"}));
+        let eval = |cmd: Value| {
+            evaluate(
+                Some(&p),
+                DefaultPolicy::AutoApprove,
+                &spec(json!({"command": cmd})),
+            )
+        };
+        let mut fits = vec!["a".repeat(4000); 15];
+        fits.push("a".repeat(aexec_crds::MAX_COMMAND_URL_BYTES - 15 * 4009 - 9));
+        assert_eq!(eval(json!(fits)), Verdict::Approve);
+        let mut over = fits.clone();
+        over[0].push('a');
+        let m = denied(eval(json!(over)));
+        assert!(
+            m.starts_with("the command is too long to reach the pod"),
+            "{m}"
+        );
     }
 
     #[test]

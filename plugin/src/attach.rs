@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use kube::Client;
 use serde_json::Value;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, protocol::CloseFrame};
 
 use crate::{
     error::{Doing, Error, Result, explain},
@@ -152,20 +152,11 @@ where
                 Some(Ok(Message::Binary(b))) => match b.first() {
                     Some(1) => { stdout.write_all(&b[1..]).await?; stdout.flush().await?; }
                     Some(2) => { stderr.write_all(&b[1..]).await?; stderr.flush().await?; }
-                    Some(3) => {
-                        let status: Value = serde_json::from_slice(&b[1..]).unwrap_or(Value::Null);
-                        break match outcome(&status) {
-                            Outcome::Exited(0) => Ended { code: 0, message: None },
-                            Outcome::Exited(c) => Ended { code: c, message: Some(format!("command terminated with exit code {c}")) },
-                            Outcome::Failed(m) => Ended { code: 1, message: Some(format!("error: {m}")) },
-                        };
-                    }
+                    Some(3) => break ended_with_status(&b[1..]),
                     _ => {}
                 },
-                Some(Ok(Message::Close(_))) | None => break Ended {
-                    code: 1,
-                    message: Some("error: the connection to the aexec operator closed before the command ended".into()),
-                },
+                Some(Ok(Message::Close(frame))) => break closed(frame.as_ref()),
+                None => break closed(None),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break Ended {
                     code: 1,
@@ -190,6 +181,57 @@ where
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     Ok(ended)
+}
+
+/// How an attach ends with the command's status frame. A status that is not JSON says so,
+/// rather than passing for a command that failed without a message.
+fn ended_with_status(doc: &[u8]) -> Ended {
+    let status: Value = match serde_json::from_slice(doc) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ended {
+                code: 1,
+                message: Some(format!(
+                    "error: the command's exit status could not be read (not JSON: {e})"
+                )),
+            };
+        }
+    };
+    match outcome(&status) {
+        Outcome::Exited(0) => Ended {
+            code: 0,
+            message: None,
+        },
+        Outcome::Exited(c) => Ended {
+            code: c,
+            message: Some(format!("command terminated with exit code {c}")),
+        },
+        Outcome::Failed(m) => Ended {
+            code: 1,
+            message: Some(format!("error: {m}")),
+        },
+    }
+}
+
+/// How an attach ends when the operator closes the connection before the command's status: with
+/// the reason its close frame gives (why the session ended, or what the client did wrong, like a
+/// message too large), else a plain statement.
+fn closed(frame: Option<&CloseFrame>) -> Ended {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let message = match frame {
+        Some(f) if !f.reason.trim().is_empty() => match f.code {
+            CloseCode::Normal => format!("error: {}", f.reason),
+            code => format!(
+                "error: the aexec operator closed the connection: {} (WebSocket close code {code})",
+                f.reason
+            ),
+        },
+        _ => "error: the connection to the aexec operator closed before the command ended".into(),
+    };
+    Ended {
+        code: 1,
+        message: Some(message),
+    }
 }
 
 /// Reads stdin on a thread of its own (reads block) and sends it as channel 0 frames; at end of
@@ -240,6 +282,86 @@ mod tests {
             Outcome::Failed("exec: \"nope\": not found".into())
         );
         assert!(matches!(outcome(&Value::Null), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn a_close_frame_says_why_the_session_ended() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let frame = |code, reason: &str| CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let too_large = closed(Some(&frame(
+            CloseCode::Size,
+            "frame of 16777217 bytes exceeds the limit of 1048576 bytes",
+        )));
+        assert_eq!(too_large.code, 1);
+        assert_eq!(
+            too_large.message.as_deref(),
+            Some(
+                "error: the aexec operator closed the connection: frame of 16777217 bytes exceeds \
+                 the limit of 1048576 bytes (WebSocket close code 1009)"
+            )
+        );
+        let ended = closed(Some(&frame(CloseCode::Normal, "session terminated by bob")));
+        assert_eq!(
+            ended.message.as_deref(),
+            Some("error: session terminated by bob")
+        );
+        for plain in [None, Some(frame(CloseCode::Normal, ""))] {
+            assert_eq!(
+                closed(plain.as_ref()).message.as_deref(),
+                Some("error: the connection to the aexec operator closed before the command ended")
+            );
+        }
+    }
+
+    /// The relay against a real WebSocket peer (in memory) that closes with 1009 and a reason:
+    /// the reason reaches the user.
+    #[tokio::test]
+    async fn the_relay_shows_the_operators_close_reason() {
+        use tokio_tungstenite::{
+            WebSocketStream,
+            tungstenite::protocol::{Role, frame::coding::CloseCode},
+        };
+        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        let operator = tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+            ws.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Size,
+                reason: "frame of 16777217 bytes exceeds the limit of 1048576 bytes".into(),
+            })))
+            .await
+            .expect("close sent");
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        let ws = WebSocketStream::from_raw_socket(ours, Role::Client, None).await;
+        let spec: ExecSessionSpec = serde_json::from_value(json!({
+            "pod": "web", "command": ["cat"], "requester": {"username": "alice"}
+        }))
+        .expect("spec");
+        let ended = relay(ws, &spec, true, false).await.expect("relay");
+        assert_eq!(ended.code, 1);
+        let m = ended.message.unwrap_or_default();
+        assert!(
+            m.contains("exceeds the limit of 1048576 bytes (WebSocket close code 1009)"),
+            "{m}"
+        );
+        operator.await.expect("peer");
+    }
+
+    #[test]
+    fn an_unreadable_status_says_so() {
+        let e = ended_with_status(b"{not json");
+        assert_eq!(e.code, 1);
+        assert!(
+            e.message.as_deref().is_some_and(
+                |m| m.starts_with("error: the command's exit status could not be read")
+            ),
+            "{e:?}"
+        );
+        let ok = ended_with_status(br#"{"status":"Success"}"#);
+        assert_eq!((ok.code, ok.message), (0, None));
     }
 
     #[test]

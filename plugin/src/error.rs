@@ -99,17 +99,18 @@ pub fn explain_status(code: u16, reason: &str, message: &str, what: &str, doing:
             "{what}: not authenticated ({message}); check the kubeconfig's credentials (kubectl \
              auth whoami)"
         )),
-        (403, _) => {
-            let role = doing.role();
-            // The operator's own refusals already name the role.
-            if message.contains("ask for the") {
-                Error::Api(format!("{what}: {message}"))
-            } else {
-                Error::Api(format!(
-                    "{what}: {message}: ask your cluster admin for the {role} role"
-                ))
-            }
+        // Only a refusal by authorization (RBAC) is about a missing role. The operator's own
+        // rules (self-approval, someone else's session, an approver the policy does not name)
+        // and admission policies refuse people who hold the role: a hint to ask for it would
+        // send them to the wrong person. The operator's authorization refusal already names the
+        // role.
+        (403, _) if is_authorization_refusal(message) && !message.contains("ask for the") => {
+            Error::Api(format!(
+                "{what}: {message}: ask your cluster admin for the {} role",
+                doing.role()
+            ))
         }
+        (403, _) => Error::Api(format!("{what}: {message}")),
         // A path nobody serves: the CRD or the aggregated API is not installed.
         (404, _)
             if message.is_empty()
@@ -128,6 +129,21 @@ pub fn explain_status(code: u16, reason: &str, message: &str, what: &str, doing:
         )),
         _ => Error::Api(format!("{what}: {message}")),
     }
+}
+
+/// Whether a 403's message is the API server's authorizer refusing a verb, as its
+/// `forbiddenMessage` words it: `User "NAME" cannot VERB resource "R" ...` (or `path "P"`).
+fn is_authorization_refusal(message: &str) -> bool {
+    let Some(rest) = message.find("User \"").map(|i| &message[i + 6..]) else {
+        return false;
+    };
+    let Some(after_name) = rest.find("\" cannot ").map(|i| &rest[i + 9..]) else {
+        return false;
+    };
+    // VERB, then the kind of thing refused.
+    after_name
+        .split_once(' ')
+        .is_some_and(|(_, what)| what.starts_with("resource \"") || what.starts_with("path \""))
 }
 
 #[cfg(test)]
@@ -152,9 +168,10 @@ mod tests {
             m.ends_with("ask your cluster admin for the aexec-requester role"),
             "{m}"
         );
-        let e = explain_status(403, "Forbidden", "x", "approving s1", Doing::Decide);
+        let rbac = "forbidden: User \"mallory\" cannot get resource \"execsessions\" in API group \"aexec.dev\" in the namespace \"ns\"";
+        let e = explain_status(403, "Forbidden", rbac, "approving s1", Doing::Decide);
         assert!(e.to_string().contains("aexec-approver"));
-        let e = explain_status(403, "Forbidden", "x", "reading s1", Doing::Audit);
+        let e = explain_status(403, "Forbidden", rbac, "reading s1", Doing::Audit);
         assert!(e.to_string().contains("aexec-auditor"));
         // The operator's message already says which role: not repeated.
         let e = explain_status(
@@ -165,6 +182,35 @@ mod tests {
             Doing::Decide,
         );
         assert_eq!(e.to_string().matches("aexec-approver").count(), 1);
+    }
+
+    #[test]
+    fn the_role_hint_is_only_for_authorization_refusals() {
+        let hint = "ask your cluster admin";
+        // The API server's RBAC refusals, for resources and for paths.
+        for m in [
+            "execsessions.aexec.dev \"s1\" is forbidden: User \"mallory\" cannot update resource \"execsessions/approve\" in API group \"subresources.aexec.dev\" in the namespace \"ns\"",
+            "forbidden: User \"mallory\" cannot get path \"/apis\"",
+        ] {
+            let e = explain_status(403, "Forbidden", m, "approving s1", Doing::Decide);
+            assert!(
+                e.to_string()
+                    .ends_with("ask your cluster admin for the aexec-approver role"),
+                "{e}"
+            );
+        }
+        // The operator's own rules and admission policies refuse people who hold the role.
+        for m in [
+            "you requested this session; someone else must approve it",
+            "dave may not approve sessions under policy p: it accepts users [bob] and groups []",
+            "only the requester (alice) may attach to this session; bob may not",
+            "execsessions.aexec.dev \"x\" is forbidden: ValidatingAdmissionPolicy 'aexec-requester' with binding 'aexec-requester' denied request: spec.requester must be the user creating the session",
+            "User \"bob\" cannot be the approver of his own session",
+        ] {
+            let e = explain_status(403, "Forbidden", m, "approving s1", Doing::Decide);
+            assert!(!e.to_string().contains(hint), "{e}");
+            assert_eq!(e.to_string(), format!("approving s1: {m}"));
+        }
     }
 
     #[test]

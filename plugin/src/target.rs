@@ -97,7 +97,12 @@ pub fn split_exec_args(target: &[String], command: &[String]) -> Result<(Target,
             "no command given: add it after `--`, like kubectl aexec {} -- sh",
             target[0]
         ))),
-        ([pod], cmd) => Ok((parse_target(pod)?, cmd.to_vec())),
+        // A command the operator could not send to the node is refused before anything is
+        // created (the schema would refuse it too).
+        ([pod], cmd) => match aexec_crds::command_too_long(cmd) {
+            Some(why) => Err(Error::Usage(why)),
+            None => Ok((parse_target(pod)?, cmd.to_vec())),
+        },
         _ => unreachable_args(),
     }
 }
@@ -366,6 +371,20 @@ mod tests {
         assert!(e.to_string().contains("no command given"), "{e}");
         let e = split_exec_args(&[], &s(&["id"])).expect_err("no pod");
         assert!(e.to_string().contains("name the pod"), "{e}");
+        // A command that cannot reach the node is refused before anything is asked.
+        let max = aexec_crds::MAX_COMMAND_URL_BYTES;
+        let mut fits = vec!["a".repeat(4000); 15];
+        fits.push("a".repeat(max - 15 * 4009 - 9));
+        assert_eq!(aexec_crds::command_url_bytes(&fits), max);
+        assert!(split_exec_args(&s(&["web"]), &fits).is_ok());
+        let mut over = fits.clone();
+        over[0].push('a');
+        let e = split_exec_args(&s(&["web"]), &over).expect_err("too long");
+        assert!(
+            e.to_string()
+                .starts_with("the command is too long to reach the pod"),
+            "{e}"
+        );
     }
 
     #[test]
