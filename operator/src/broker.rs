@@ -54,6 +54,8 @@ pub enum End {
     RecordingFailed(String),
     /// The replica relaying it shut down (SIGTERM: a restart, a rollout, a drained node).
     Shutdown(String),
+    /// The ExecSession was deleted while it was active (by someone allowed to delete it).
+    Deleted,
 }
 
 /// The phase, message and exit code a session ends with.
@@ -98,6 +100,11 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
             ),
             None,
         ),
+        End::Deleted => (
+            Phase::Terminated,
+            format!("ended: {DELETED}; the recording is sealed, marked as ended by deletion"),
+            None,
+        ),
         End::Shutdown(instance) => (
             Phase::Failed,
             format!(
@@ -108,6 +115,10 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
         ),
     }
 }
+
+/// Why a session ended by deletion.
+pub const DELETED: &str =
+    "the ExecSession was deleted while the session was active (by someone allowed to delete it)";
 
 /// The limits a relay enforces, resolved from the status (copied from the policy at approval).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,30 +158,61 @@ pub enum Stop {
     TerminatedBy(String),
     /// This replica is shutting down.
     Shutdown,
+    /// The ExecSession was deleted.
+    Deleted,
 }
 
 type StopSenders = std::collections::HashMap<(String, String), tokio::sync::oneshot::Sender<Stop>>;
+/// Sessions deleted before their relay registered (the deletion watch saw them between the
+/// attach claim and the start of the relay): they stop as soon as they register.
+type PendingDeletions = std::collections::HashSet<(String, String)>;
 
 /// Sessions this replica is relaying, so that `terminate` and a shutdown can reach them, and
 /// the tasks that relay them, so that a shutdown can wait until each has written its end.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
     inner: std::sync::Arc<std::sync::Mutex<StopSenders>>,
+    deleted: std::sync::Arc<std::sync::Mutex<PendingDeletions>>,
     tasks: tokio_util::task::TaskTracker,
 }
 
 impl Sessions {
     fn register(&self, ns: &str, name: &str) -> tokio::sync::oneshot::Receiver<Stop> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if let Ok(mut m) = self.inner.lock() {
-            m.insert((ns.to_owned(), name.to_owned()), tx);
+        let key = (ns.to_owned(), name.to_owned());
+        let deleted = self.deleted.lock().is_ok_and(|mut d| d.remove(&key));
+        if deleted {
+            let _ = tx.send(Stop::Deleted);
+        } else if let Ok(mut m) = self.inner.lock() {
+            m.insert(key, tx);
         }
         rx
     }
 
+    /// Ends the relay of a session held here because its ExecSession was deleted; one whose
+    /// relay has not started yet stops as soon as it starts.
+    pub fn deleted(&self, ns: &str, name: &str) {
+        let key = (ns.to_owned(), name.to_owned());
+        let tx = self.inner.lock().ok().and_then(|mut m| m.remove(&key));
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(Stop::Deleted);
+            }
+            None => {
+                if let Ok(mut d) = self.deleted.lock() {
+                    d.insert(key);
+                }
+            }
+        }
+    }
+
     fn remove(&self, ns: &str, name: &str) {
+        let key = (ns.to_owned(), name.to_owned());
         if let Ok(mut m) = self.inner.lock() {
-            m.remove(&(ns.to_owned(), name.to_owned()));
+            m.remove(&key);
+        }
+        if let Ok(mut d) = self.deleted.lock() {
+            d.remove(&key);
         }
     }
 
@@ -441,6 +483,13 @@ async fn prepare(
                     "operator replica {instance} shut down before the session ended"
                 ));
             }
+            if end == End::Deleted {
+                // In the recording itself too, at its place: why it stops here.
+                let _ = recorder
+                    .record(Event::Marker(format!("session ended: {DELETED}")))
+                    .await;
+                recorder.interrupt(format!("ended by deletion: {DELETED}"));
+            }
             let recorded = recorder.finish().await;
             finish(&client, &ns, &n, &end, recorded).await;
         }
@@ -491,6 +540,13 @@ pub fn check_attach(
                 "only the requester ({requester}) may attach to this session; {} may not",
                 caller.user.username
             ),
+        ));
+    }
+    if session.metadata.deletion_timestamp.is_some() {
+        return Err(status_error(
+            409,
+            "Conflict",
+            "the session is being deleted; it can no longer be attached",
         ));
     }
     let st = session.status.clone().unwrap_or_default();
@@ -583,6 +639,7 @@ fn stopped(
             let notice = format!("session terminated by {by}");
             (End::TerminatedBy(by), notice)
         }
+        Ok(Stop::Deleted) => (End::Deleted, format!("session ended: {DELETED}")),
         Ok(Stop::Shutdown) | Err(_) => {
             let instance = session
                 .status
@@ -853,7 +910,7 @@ pub async fn terminate(
             409,
             "Conflict",
             format!(
-                "the session is {}; only an Active session can be terminated (delete a pending one instead)",
+                "the session is {}; only an Active session can be terminated (the requester withdraws a pending one: kubectl aexec withdraw NAME)",
                 st.phase.unwrap_or_default()
             ),
         ));
@@ -873,6 +930,50 @@ pub async fn terminate(
     }
     info!(user = %caller.user.username, %namespace, session = %name, "terminate requested");
     Ok(session)
+}
+
+/// Watches the Active sessions (`status.phase=Active`) until `stop`: one this replica relays
+/// that gets a deletion timestamp (an administrator deleted it; the controller's finalizer
+/// holds the object) is ended at once, its recording sealed and marked as ended by deletion.
+pub async fn watch_deletions(
+    client: Client,
+    sessions: Sessions,
+    instance: String,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let api: Api<ExecSession> = Api::all(client);
+    let stream = watcher(
+        api,
+        watcher::Config::default().fields("status.phase=Active"),
+    )
+    .default_backoff()
+    .applied_objects();
+    futures::pin_mut!(stream);
+    tokio::pin!(stop);
+    loop {
+        let s = tokio::select! {
+            () = &mut stop => return,
+            s = stream.next() => s,
+        };
+        match s {
+            Some(Ok(s)) => {
+                let ours = s.status.as_ref().and_then(|st| st.broker.as_deref())
+                    == Some(instance.as_str());
+                if ours && s.metadata.deletion_timestamp.is_some() {
+                    let (ns, name) = (
+                        s.metadata.namespace.clone().unwrap_or_default(),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    );
+                    info!(namespace = %ns, session = %name, "the session was deleted while active: ending it");
+                    sessions.deleted(&ns, &name);
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "watching active sessions for deletions"),
+            None => return,
+        }
+    }
 }
 
 /// Writes the session's final phase, retrying on conflicts.
@@ -1081,6 +1182,24 @@ mod tests {
         );
         assert!(note(Frame::Close(0), false, false).is_some());
         assert!(note(Frame::Close(1), false, true).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_session_stops_whether_its_relay_started_or_not() {
+        let sessions = Sessions::default();
+        let running = sessions.register("ns", "running");
+        sessions.deleted("ns", "running");
+        assert!(matches!(running.await, Ok(Stop::Deleted)));
+        // Deleted between the attach claim and the start of the relay: stops on registering.
+        sessions.deleted("ns", "starting");
+        let starting = sessions.register("ns", "starting");
+        assert!(matches!(starting.await, Ok(Stop::Deleted)));
+        // Only once: a later session of the same name is not affected.
+        let mut again = sessions.register("ns", "starting");
+        assert!(again.try_recv().is_err());
+        let (phase, message, _) = final_state(&End::Deleted);
+        assert_eq!(phase, Phase::Terminated);
+        assert!(message.contains("marked as ended by deletion"), "{message}");
     }
 
     #[test]
