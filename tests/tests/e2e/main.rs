@@ -7,6 +7,7 @@
 mod broker;
 mod chart;
 mod common;
+mod evidence;
 mod ground;
 mod operator;
 mod plugin;

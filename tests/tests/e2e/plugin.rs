@@ -19,7 +19,7 @@ use crate::common::{
 
 /// The plugin binary: `AEXEC_PLUGIN_BIN`, or next to the test binary's directory
 /// (`target/debug/deps/e2e-*` -> `target/debug/kubectl-aexec`).
-fn plugin_bin() -> PathBuf {
+pub(crate) fn plugin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("AEXEC_PLUGIN_BIN") {
         return PathBuf::from(p);
     }
@@ -38,7 +38,7 @@ fn plugin_bin() -> PathBuf {
 }
 
 /// `kubectl-aexec --kubeconfig <user> ARGS` with `stdin`, to completion.
-async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub(crate) async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = tokio::process::Command::new(plugin_bin());
     cmd.arg("--kubeconfig")
         .arg(env().kubeconfig(user))
@@ -50,7 +50,7 @@ async fn run(cmd: tokio::process::Command, stdin: Option<&[u8]>) -> Output {
     output(cmd, stdin, "the command").await
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -302,12 +302,14 @@ async fn plugin_ctrl_c_withdraws_request() {
         stderr.contains(&format!("interrupted: request {name} withdrawn")),
         "{stderr}"
     );
-    let admin = env().client(User::Admin).await.expect("admin");
-    let gone = Api::<ExecSession>::namespaced(admin, &t.namespace)
-        .get_opt(&name)
-        .await
-        .expect("get");
-    assert!(gone.is_none(), "the request must be deleted");
+    // Withdrawn, not deleted: the request stays with its final phase (and gets its record).
+    let s = wait_phase(&t, &name, Phase::Withdrawn, 15).await;
+    assert_eq!(
+        s.status
+            .and_then(|st| st.withdrawal)
+            .map(|w| w.user.username),
+        Some("alice".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -429,6 +431,7 @@ async fn plugin_list_describe_replay_export_verify() {
 
     let ok = aexec(User::Carol, &["verify", &name, "-n", ns], None).await;
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    // Against the session's status, and the signed record once it is written.
     assert!(
         text(&ok.stdout).contains("matches the session's status"),
         "{}",

@@ -61,11 +61,18 @@ async fn recordings_are_uploaded_to_s3_under_object_lock() {
     let (t, _op) = setup(&["sh", "-c", "echo stored-in-minio"], false).await;
     let mut ws = attach(User::Alice, &t).await.expect("attach");
     let _ = collect(&mut ws).await;
-    let s = final_session(&t, Phase::Succeeded).await;
+    final_session(&t, Phase::Succeeded).await;
+    // The session's signed record is written next to the recording, once it is uploaded.
+    let s = crate::common::wait_record(&t, "s1").await;
     let prefix = uploaded(&t, &uid(&s)).await;
     assert_eq!(
         objects(&prefix).await,
-        ["manifest.json", "seg-000000.cast", "seg-000000.json"]
+        [
+            "manifest.json",
+            "record.json",
+            "seg-000000.cast",
+            "seg-000000.json"
+        ]
     );
     let rec = s.status.expect("status").recording.expect("recording");
     assert_eq!(
@@ -73,8 +80,25 @@ async fn recordings_are_uploaded_to_s3_under_object_lock() {
         Some(format!("s3://{}/{prefix}/manifest.json", env().s3.bucket).as_str())
     );
 
-    // Every object is under a GOVERNANCE retention: its version cannot be deleted.
+    // Every object, the session record too, is under a GOVERNANCE retention: its version
+    // cannot be deleted.
     let s3 = env().s3_client().await;
+    for key in ["manifest.json", "record.json"] {
+        let r = s3
+            .get_object_retention()
+            .bucket(&env().s3.bucket)
+            .key(format!("{prefix}/{key}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("retention of {key}: {e:?}"))
+            .retention
+            .expect("a retention");
+        assert_eq!(
+            r.mode,
+            Some(aws_sdk_s3::types::ObjectLockRetentionMode::Governance),
+            "{key}"
+        );
+    }
     let key = format!("{prefix}/seg-000000.cast");
     let retention = s3
         .get_object_retention()
