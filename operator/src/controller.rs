@@ -266,25 +266,38 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     // as the API server has them: the cache comes from another watch and may not have seen a
     // policy created just before the session (right after a start, the session list can be
     // newer than the policy list), which would deny the session for want of a policy.
-    let policies: Vec<ExecPolicy> = if session.status.is_none() && live {
+    let labels = TargetLabels {
+        namespace: &ns_labels,
+        pod: &pod_labels,
+    };
+    let from_api = || async {
         Api::<ExecPolicy>::all(ctx.client.clone())
             .list(&Default::default())
             .await
+            .map(|l| l.items)
             .map_err(|source| Error::Read {
                 what: "the ExecPolicies".into(),
                 source,
-            })?
-            .items
+            })
+    };
+    let first = session.status.is_none() && live;
+    let mut policies: Vec<ExecPolicy> = if first {
+        from_api().await?
     } else {
         ctx.policies.state().iter().map(|p| (**p).clone()).collect()
     };
-    let selected = policy::select(
-        &policies,
-        &TargetLabels {
-            namespace: &ns_labels,
-            pod: &pod_labels,
-        },
-    );
+    // The same holds later while the session is Pending: a cache that does not (yet) select the
+    // policy the session was decided under would move it to another policy's decision (or
+    // deny it "for want of a policy", seen when a reconcile follows the first decision by a few
+    // milliseconds). A change of policy is rare: confirm it from the API server.
+    let recorded = session.status.as_ref().and_then(|s| s.policy.clone());
+    if live
+        && !first
+        && policy::select(&policies, &labels).map(|p| policy::policy_name(p).to_owned()) != recorded
+    {
+        policies = from_api().await?;
+    }
+    let selected = policy::select(&policies, &labels);
 
     // Decide.
     let mut outcome = lifecycle::reconcile(&Observed {
