@@ -290,10 +290,11 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     // policy the session was decided under would move it to another policy's decision (or
     // deny it "for want of a policy", seen when a reconcile follows the first decision by a few
     // milliseconds). A change of policy is rare: confirm it from the API server.
-    let recorded = session.status.as_ref().and_then(|s| s.policy.clone());
+    let decided_under = session.status.as_ref().and_then(|s| s.policy.clone());
     if live
         && !first
-        && policy::select(&policies, &labels).map(|p| policy::policy_name(p).to_owned()) != recorded
+        && policy::select(&policies, &labels).map(|p| policy::policy_name(p).to_owned())
+            != decided_under
     {
         policies = from_api().await?;
     }

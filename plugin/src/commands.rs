@@ -672,7 +672,11 @@ impl records::Objects for ClusterObjects {
         let what = format!("reading {object} of {}", self.name);
         let body = match self.client.request_stream(req).await {
             Ok(b) => b,
-            Err(kube::Error::Api(s)) if s.code == 404 && !s.message.contains("recordings.") => {
+            // The object is not there (the operator's 404 for a stored object, not for the
+            // recording as a whole).
+            Err(kube::Error::Api(s))
+                if s.code == 404 && s.message.starts_with("recording object") =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(explain(&e, &what, Doing::Audit)),

@@ -930,6 +930,9 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let name = text(&out.stdout).trim().to_owned();
     assert!(name.starts_with("exec-"), "{name}");
+    // Once the operator has decided that it waits for approval (an approval before that is
+    // refused: "not evaluated yet; try again in a moment").
+    wait_phase(&t, &name, Phase::Pending, 15).await;
     let bob = aexec(User::Bob, &["approve", &name, "-n", ns], None).await;
     assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
     let mut c = tokio::process::Command::new(plugin_bin());
