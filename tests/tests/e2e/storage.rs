@@ -317,6 +317,43 @@ async fn recording_survives_operator_kill() {
         &text[text.len().saturating_sub(300)..]
     );
     assert!(text.contains("tick-0\n"));
+
+    // A crash recovery is an ending like any other: the session's signed record is written,
+    // saying how it ended.
+    let s = crate::common::wait_record(&t, "s1").await;
+    let key = format!(
+        "{}/s1-{}/record.json",
+        t.namespace,
+        s.metadata.uid.clone().expect("uid")
+    );
+    let bytes = env()
+        .s3_client()
+        .await
+        .get_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("record.json in MinIO")
+        .body
+        .collect()
+        .await
+        .expect("body")
+        .to_vec();
+    let r = aexec_recording::record::Envelope::parse(&bytes)
+        .and_then(|e| e.unverified())
+        .expect("a session record")
+        .record;
+    assert_eq!(r.end.phase, "Failed");
+    assert!(
+        r.end.message.contains("stopped (crash or kill)"),
+        "{}",
+        r.end.message
+    );
+    assert!(
+        r.recording
+            .is_some_and(|rec| rec.interrupted && rec.problem.is_none())
+    );
 }
 
 #[tokio::test]
