@@ -9,7 +9,8 @@
 #   AEXEC_NODE            real (kubelet, containerd, runc; the operator in the cluster) or kwok
 #   AEXEC_POD_IMAGE       the image of the demo's pod on the real node (busybox, built locally)
 # The story: alice asks for a shell in a "production" pod, bob approves, alice's command runs,
-# carol replays, exports and verifies it. Non-interactive when stdin is not a terminal or CI is
+# carol replays, exports and verifies it; the session is deleted and carol verifies it from its
+# signed record, offline. Non-interactive when stdin is not a terminal or CI is
 # set; otherwise it ends in a shell to try it by hand.
 set -euo pipefail
 
@@ -131,8 +132,24 @@ run carol kubectl aexec export "$NAME" -n "$NS" --format v2 -o "$CAST"
 head -c 300 "$CAST" | head -n 2
 run carol kubectl aexec verify "$NAME" -n "$NS"
 
-say "The recording: hash-chained asciicast segments and a manifest, in the operator's store"
+say "The evidence outlives the object: alice cannot delete her session; when an admin does, its signed record stays"
+run alice kubectl -n "$NS" delete execsession "$NAME" || true
+SESSION_UID=$(kubectl -n "$NS" get execsession "$NAME" -o 'jsonpath={.metadata.uid}')
+run admin kubectl -n "$NS" delete execsession "$NAME"
+run carol kubectl aexec list --archived -n "$NS"
+KEYS="$AEXEC_TESTENV_DIR/aexec-keys.pem"
+show carol kubectl aexec keys '>' aexec-keys.pem
+as carol kubectl aexec keys > "$KEYS"
+sed 's/^/    /' "$KEYS"
+
+say "The recording and its signed record, in the operator's store"
 (cd "$AEXEC_RECORDINGS_DIR" && find . -type f | sort | sed 's/^\.\//    /')
+
+say "carol verifies a copy of it with the pinned public keys, with no cluster at all"
+COPY="$AEXEC_TESTENV_DIR/copy-of-$NAME"
+cp -r "$AEXEC_RECORDINGS_DIR/$NS/$NAME-$SESSION_UID" "$COPY"
+show carol kubectl aexec verify --dir "copy-of-$NAME" --public-key aexec-keys.pem
+env -u KUBECONFIG kubectl aexec verify --dir "$COPY" --public-key "$KEYS"
 
 say "alice's own exec rights did not change: she still cannot exec without approval"
 run alice kubectl -n "$NS" exec api -- id || true

@@ -9,7 +9,8 @@ pub mod session;
 pub use policy::{ApprovalRule, ExecPolicy, ExecPolicySpec, PolicyDecision, PolicyLimits};
 pub use session::{
     Decision, ExecSession, ExecSessionSpec, ExecSessionStatus, MAX_COMMAND_URL_BYTES, Phase,
-    RecordingStatus, SessionLimits, UserRef, command_too_long, command_url_bytes,
+    RecordingStatus, SessionLimits, SessionRecordStatus, UserRef, command_too_long,
+    command_url_bytes,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -258,24 +259,13 @@ mod tests {
 
     #[test]
     fn terminal_phases() {
-        let terminal: Vec<Phase> = [
-            Phase::Pending,
-            Phase::Approved,
-            Phase::Denied,
-            Phase::Expired,
-            Phase::Active,
-            Phase::Succeeded,
-            Phase::Failed,
-            Phase::Terminated,
-        ]
-        .into_iter()
-        .filter(|p| p.is_terminal())
-        .collect();
+        let terminal: Vec<Phase> = Phase::ALL.into_iter().filter(|p| p.is_terminal()).collect();
         assert_eq!(
             terminal,
             vec![
                 Phase::Denied,
                 Phase::Expired,
+                Phase::Withdrawn,
                 Phase::Succeeded,
                 Phase::Failed,
                 Phase::Terminated

@@ -210,8 +210,8 @@ pub struct UserRef {
     pub groups: Vec<String>,
 }
 
-/// Where a session is in its life. Terminal phases are `Denied`, `Expired`, `Succeeded`, `Failed`
-/// and `Terminated`.
+/// Where a session is in its life. Terminal phases are `Denied`, `Expired`, `Withdrawn`,
+/// `Succeeded`, `Failed` and `Terminated`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Phase {
     /// Waiting for the policy decision or for approvals.
@@ -223,14 +223,32 @@ pub enum Phase {
     Denied,
     /// Approved but not attached before the deadline, or still pending when it ran out.
     Expired,
+    /// The requester withdrew the request before attaching (`withdraw`).
+    Withdrawn,
     /// Attached: the command is running and being recorded.
     Active,
     /// The command ran and exited with code 0.
     Succeeded,
     /// The command could not run, exited non-zero, or the session broke (pod gone, storage lost).
     Failed,
-    /// Ended from outside (terminate), or by a limit (maximum duration, idle timeout).
+    /// Ended from outside (terminate, deletion), or by a limit (maximum duration, idle
+    /// timeout).
     Terminated,
+}
+
+impl Phase {
+    /// Every phase, in the order of a session's life.
+    pub const ALL: [Phase; 9] = [
+        Phase::Pending,
+        Phase::Approved,
+        Phase::Denied,
+        Phase::Expired,
+        Phase::Withdrawn,
+        Phase::Active,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Terminated,
+    ];
 }
 
 impl Phase {
@@ -238,7 +256,12 @@ impl Phase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Phase::Denied | Phase::Expired | Phase::Succeeded | Phase::Failed | Phase::Terminated
+            Phase::Denied
+                | Phase::Expired
+                | Phase::Withdrawn
+                | Phase::Succeeded
+                | Phase::Failed
+                | Phase::Terminated
         )
     }
 
@@ -249,6 +272,7 @@ impl Phase {
             Phase::Approved => "Approved",
             Phase::Denied => "Denied",
             Phase::Expired => "Expired",
+            Phase::Withdrawn => "Withdrawn",
             Phase::Active => "Active",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
@@ -319,6 +343,21 @@ pub struct RecordingStatus {
     pub interrupted: bool,
 }
 
+/// The signed session record the operator wrote to the store when the session ended.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecordStatus {
+    /// Location of the record (`record.json` next to the recording's manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Id of the key that signed it (see `kubectl aexec keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// SHA-256 (hex) of the stored record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
 /// What the operator knows and decided about a session. Written only by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -344,6 +383,9 @@ pub struct ExecSessionStatus {
     /// The denial, when an approver denied the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denial: Option<Decision>,
+    /// The requester's withdrawal, when the request was withdrawn before it was attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawal: Option<Decision>,
     /// UID of the pod at validation: only this pod may be attached.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "podUID")]
     pub pod_uid: Option<String>,
@@ -371,6 +413,10 @@ pub struct ExecSessionStatus {
     /// The recording of the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingStatus>,
+    /// The signed session record in the store, once written (after the session ended). The
+    /// operator deletes the session only after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<SessionRecordStatus>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

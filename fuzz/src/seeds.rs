@@ -168,3 +168,124 @@ pub fn cast_reader() -> Seeds {
         ),
     ]
 }
+
+/// The key the `record` target signs and verifies with (fixed: seeds signed with it verify).
+pub fn record_key() -> aexec_recording::record::SigningKey {
+    aexec_recording::record::SigningKey::from(
+        aexec_recording::record::ed25519_dalek::SigningKey::from_bytes(&[42; 32]),
+    )
+}
+
+/// A session record as the operator writes one for a session that ran.
+pub fn sample_record() -> aexec_recording::record::SessionRecord {
+    use aexec_recording::record::*;
+    SessionRecord {
+        format: RECORD_FORMAT.into(),
+        session: RecordSession {
+            namespace: "prod".into(),
+            name: "exec-7xk2p".into(),
+            uid: "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".into(),
+            created: "2026-01-02T03:00:00Z".into(),
+        },
+        spec: RecordSpec {
+            pod: "api-7f9c".into(),
+            pod_uid: Some("p-1".into()),
+            container: Some("app".into()),
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            tty: true,
+            stdin: true,
+            reason: Some("INC-1234".into()),
+        },
+        requester: Person {
+            username: "alice".into(),
+            groups: vec!["dev".into()],
+        },
+        policy: RecordPolicy {
+            name: Some("prod-shell".into()),
+            decision: "Approved".into(),
+            message: Some("approved by bob".into()),
+            required_approvals: Some(1),
+        },
+        approvals: vec![RecordDecision {
+            user: Person {
+                username: "bob".into(),
+                groups: vec!["sre".into()],
+            },
+            time: "2026-01-02T03:01:00Z".into(),
+            comment: Some("ok for INC-1234".into()),
+        }],
+        denial: None,
+        withdrawal: None,
+        limits: Some(RecordLimits {
+            max_duration: Some("1h".into()),
+            idle_timeout: Some("15m".into()),
+            recording_required: true,
+        }),
+        timeline: vec![TimelineEntry {
+            time: "2026-01-02T03:00:00Z".into(),
+            event: "Requested".into(),
+            detail: "by alice".into(),
+        }],
+        end: RecordEnd {
+            phase: "Terminated".into(),
+            message: "ended: the ExecSession was deleted".into(),
+            exit_code: None,
+            start_time: Some("2026-01-02T03:02:00Z".into()),
+            end_time: Some("2026-01-02T03:04:00Z".into()),
+            deleted: true,
+        },
+        recording: Some(RecordRecording {
+            uri: "s3://recordings/prod/exec-7xk2p/manifest.json".into(),
+            format: "asciicast-v3".into(),
+            head: "ab".repeat(32),
+            manifest_sha256: Some("cd".repeat(32)),
+            total_bytes: 120,
+            segments: vec![RecordSegment {
+                index: 0,
+                bytes: 120,
+                sha256: "ef".repeat(32),
+            }],
+            interrupted: true,
+            reason: Some("ended by deletion".into()),
+            problem: None,
+        }),
+        broker: Some("aexec-operator-0".into()),
+        written: RecordWritten {
+            by: "aexec-operator-1".into(),
+            at: "2026-01-02T03:05:00Z".into(),
+        },
+    }
+}
+
+pub fn record() -> Seeds {
+    let key = record_key();
+    let full = sample_record();
+    let mut never_ran = full.clone();
+    never_ran.recording = None;
+    never_ran.end.phase = "Withdrawn".into();
+    let other = aexec_recording::record::SigningKey::from(
+        aexec_recording::record::ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+    );
+    let signed = key.sign(&full).unwrap_or_default();
+    let two = String::from_utf8_lossy(&signed).replacen(
+        "\"signatures\": [",
+        "\"signatures\": [{\"keyid\": \"00\", \"sig\": \"AA==\"},",
+        1,
+    );
+    vec![
+        ("seed-signed", signed.clone()),
+        ("seed-never-ran", key.sign(&never_ran).unwrap_or_default()),
+        ("seed-other-key", other.sign(&full).unwrap_or_default()),
+        ("seed-two-signatures", two.into_bytes()),
+        (
+            "seed-payload",
+            serde_json::to_vec(&full).unwrap_or_default(),
+        ),
+        (
+            "seed-public-keys",
+            aexec_recording::record::KeyRing::new(vec![key.public(), other.public()])
+                .to_pem_bundle()
+                .into_bytes(),
+        ),
+    ]
+}

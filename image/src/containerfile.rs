@@ -84,10 +84,10 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                         "the final stage must be FROM scratch to be built without a container engine (it is FROM {image})"
                     )));
                 }
-            } else if let (Some(kw_as), Some(name)) = (words.get(1), words.get(2)) {
-                if kw_as.eq_ignore_ascii_case("AS") {
-                    recipe.stages.push(name.to_string());
-                }
+            } else if let (Some(kw_as), Some(name)) = (words.get(1), words.get(2))
+                && kw_as.eq_ignore_ascii_case("AS")
+            {
+                recipe.stages.push(name.to_string());
             }
             continue;
         }
@@ -142,10 +142,10 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                     return Err(err("COPY needs a source and a destination".into()));
                 }
                 let dest = paths.pop().unwrap_or_default();
-                if let Some(f) = &from {
-                    if !recipe.stages.contains(f) {
-                        return Err(err(format!("COPY --from={f} names no earlier stage")));
-                    }
+                if let Some(f) = &from
+                    && !recipe.stages.contains(f)
+                {
+                    return Err(err(format!("COPY --from={f} names no earlier stage")));
                 }
                 recipe.copies.push(Copy {
                     from,

@@ -37,6 +37,7 @@ use crate::{
     lifecycle,
     metrics::{ApprovalLabel, Metrics},
     policy::Refusal,
+    storage::Storage as _,
 };
 
 /// Largest request body accepted (an approval comment is at most 1 KiB).
@@ -188,6 +189,8 @@ pub struct AppState {
     pub sessions: crate::broker::Sessions,
     /// Where recordings are written.
     pub recordings: std::sync::Arc<crate::spool::Spool>,
+    /// The keys that sign session records (their public halves are served as `signingkeys`).
+    pub signer: crate::signing::Signer,
 }
 
 impl std::fmt::Debug for AppState {
@@ -338,6 +341,24 @@ fn router(state: AppState) -> Router {
             &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/recording"),
             get(recording),
         )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/withdraw"),
+            put(withdraw),
+        )
+        .route(&format!("{base}/recordings"), get(list_all_recordings))
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/recordings"),
+            get(list_recordings),
+        )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/recordings/{{name}}"),
+            get(get_recording),
+        )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/recordings/{{name}}/content"),
+            get(recording_content),
+        )
+        .route(&format!("{base}/signingkeys"), get(signing_keys))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with their own bound (read_body), which answers with a Status.
@@ -446,7 +467,14 @@ async fn api_resources() -> Json<serde_json::Value> {
         "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
         "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"]),
             sub("terminate", &["update"]),
-            sub("recording", &["get"])]
+            sub("recording", &["get"]),
+            sub("withdraw", &["update"]),
+            {"name": "recordings", "singularName": "recording", "namespaced": true, "kind": "Recording",
+             "verbs": ["get", "list"]},
+            {"name": "recordings/content", "singularName": "", "namespaced": true, "kind": "Recording",
+             "verbs": ["get"]},
+            {"name": "signingkeys", "singularName": "signingkey", "namespaced": false, "kind": "SigningKey",
+             "verbs": ["list"]}]
     }))
 }
 
@@ -482,7 +510,8 @@ fn parse_body(body: &Bytes) -> Result<DecisionBody, StatusError> {
     })
 }
 
-/// Authenticates (front proxy + headers) and authorizes (SubjectAccessReview) a request.
+/// Authenticates (front proxy + headers) and authorizes (SubjectAccessReview) a request on a
+/// session subresource.
 async fn authorize(
     state: &AppState,
     peer: &Peer,
@@ -491,6 +520,58 @@ async fn authorize(
     name: &str,
     verb: &str,
     subresource: &str,
+) -> Result<Caller, StatusError> {
+    authorize_on(
+        state,
+        peer,
+        headers,
+        &Target {
+            resource: "execsessions",
+            subresource: Some(subresource),
+            namespace: Some(namespace),
+            name: Some(name),
+        },
+        verb,
+    )
+    .await
+}
+
+/// What a request acts on, for its SubjectAccessReview.
+#[derive(Clone, Copy, Debug)]
+struct Target<'a> {
+    resource: &'a str,
+    subresource: Option<&'a str>,
+    /// `None` for cluster-scoped resources and lists across namespaces.
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// `execsessions/approve`, `recordings`, ...
+    fn path(&self) -> String {
+        match self.subresource {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.resource.to_owned(),
+        }
+    }
+
+    /// The user role that grants it, for a refusal's hint.
+    fn role(&self) -> &'static str {
+        match (self.resource, self.subresource) {
+            (_, Some("approve" | "deny")) => "aexec-approver",
+            (_, Some("recording")) | ("recordings" | "signingkeys", _) => "aexec-auditor",
+            _ => "aexec-requester",
+        }
+    }
+}
+
+/// [`authorize`] for any resource of this API.
+async fn authorize_on(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    target: &Target<'_>,
+    verb: &str,
 ) -> Result<Caller, StatusError> {
     if let Peer::Untrusted(why) = peer {
         return Err(status_error(
@@ -518,10 +599,10 @@ async fn authorize(
             resource_attributes: Some(ResourceAttributes {
                 group: Some(SUBRESOURCE_GROUP.into()),
                 version: Some(VERSION.into()),
-                resource: Some("execsessions".into()),
-                subresource: Some(subresource.into()),
-                namespace: Some(namespace.into()),
-                name: Some(name.into()),
+                resource: Some(target.resource.into()),
+                subresource: target.subresource.map(Into::into),
+                namespace: target.namespace.map(Into::into),
+                name: target.name.map(Into::into),
                 verb: Some(verb.into()),
                 ..Default::default()
             }),
@@ -542,18 +623,19 @@ async fn authorize(
         })?;
     let allowed = review.status.map(|s| s.allowed).unwrap_or(false);
     if !allowed {
-        let role = match subresource {
-            "approve" | "deny" => "aexec-approver",
-            "recording" => "aexec-auditor",
-            _ => "aexec-requester",
+        let role = target.role();
+        let scope = match target.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
         };
         return Err(status_error(
             403,
             "Forbidden",
             format!(
-                "User \"{}\" cannot {verb} resource \"execsessions/{subresource}\" in API group \
-                 \"{SUBRESOURCE_GROUP}\" in the namespace \"{namespace}\": ask for the {role} role",
-                caller.user.username
+                "User \"{}\" cannot {verb} resource \"{}\" in API group \
+                 \"{SUBRESOURCE_GROUP}\" {scope}: ask for the {role} role",
+                caller.user.username,
+                target.path()
             ),
         ));
     }
@@ -659,73 +741,91 @@ async fn recording(
         .await?;
         let session = get_session(&state.client, &namespace, &name).await?;
         if let Some(object) = q.object.as_deref() {
-            return raw_object(&state, &session, object).await;
+            return raw_object(&state, &crate::recorder::prefix(&session), object).await;
         }
-        use crate::recording::cast::Export;
-        use futures::TryStreamExt as _;
-        let (export, ctype) = match q.format.as_deref().unwrap_or("v3") {
-            "v3" => (None, "application/x-asciicast"),
-            "v2" => (Some(Export::V2), "application/x-asciicast"),
-            "text" => (Some(Export::Text), "text/plain; charset=utf-8"),
-            other => {
-                return Err(status_error(
-                    400,
-                    "BadRequest",
-                    format!("unknown format {other:?}: use v3, v2 or text"),
-                ));
-            }
-        };
+        let (export, ctype) = export_format(q.format.as_deref())?;
         // Two passes, so that memory does not grow with the recording: verify everything
         // first (a failure is still a Status), then stream it, checking each segment again.
         let verified = crate::recorder::verify(state.recordings.clone(), &session, export)
             .await
-            .map_err(|e| match e {
-                crate::recorder::ReadError::Verification(e) => status_error(
-                    409,
-                    "Conflict",
-                    format!("the recording failed verification or cannot be read: {e}"),
-                ),
-                crate::recorder::ReadError::Cast(e) => status_error(
-                    500,
-                    "InternalError",
-                    format!("the recording is not valid asciicast: {e}"),
-                ),
-            })?;
-        let length = verified.cast_bytes();
-        let body = axum::body::Body::from_stream(
-            verified
-                .stream(export)
-                .map_ok(Bytes::from)
-                .map_err(std::io::Error::other),
-        );
-        let mut resp = ([(axum::http::header::CONTENT_TYPE, ctype)], body).into_response();
-        if export.is_none() {
-            // The cast's size is known: a client can tell a cut transfer from a short file.
-            resp.headers_mut()
-                .insert(axum::http::header::CONTENT_LENGTH, length.into());
-        }
-        Ok::<_, StatusError>(resp)
+            .map_err(read_error)?;
+        Ok::<_, StatusError>(stream_verified(verified, export, ctype))
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// One stored object of a session's recording, byte for byte.
-async fn raw_object(
-    state: &AppState,
-    session: &ExecSession,
-    object: &str,
-) -> Result<Response, StatusError> {
-    if crate::recording::chain::parse_file_name(object).is_none() {
+/// `?format=` of a recording: the conversion and the content type.
+fn export_format(
+    format: Option<&str>,
+) -> Result<(Option<crate::recording::cast::Export>, &'static str), StatusError> {
+    use crate::recording::cast::Export;
+    Ok(match format.unwrap_or("v3") {
+        "v3" => (None, "application/x-asciicast"),
+        "v2" => (Some(Export::V2), "application/x-asciicast"),
+        "text" => (Some(Export::Text), "text/plain; charset=utf-8"),
+        other => {
+            return Err(status_error(
+                400,
+                "BadRequest",
+                format!("unknown format {other:?}: use v3, v2 or text"),
+            ));
+        }
+    })
+}
+
+fn read_error(e: crate::recorder::ReadError) -> StatusError {
+    match e {
+        crate::recorder::ReadError::Verification(e) => status_error(
+            409,
+            "Conflict",
+            format!("the recording failed verification or cannot be read: {e}"),
+        ),
+        crate::recorder::ReadError::Cast(e) => status_error(
+            500,
+            "InternalError",
+            format!("the recording is not valid asciicast: {e}"),
+        ),
+    }
+}
+
+/// The second pass of serving a verified recording: its body, streamed.
+fn stream_verified(
+    verified: crate::recorder::Verified,
+    export: Option<crate::recording::cast::Export>,
+    ctype: &'static str,
+) -> Response {
+    use futures::TryStreamExt as _;
+    let length = verified.cast_bytes();
+    let body = axum::body::Body::from_stream(
+        verified
+            .stream(export)
+            .map_ok(Bytes::from)
+            .map_err(std::io::Error::other),
+    );
+    let mut resp = ([(axum::http::header::CONTENT_TYPE, ctype)], body).into_response();
+    if export.is_none() {
+        // The cast's size is known: a client can tell a cut transfer from a short file.
+        resp.headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    }
+    resp
+}
+
+/// One stored object of a session's recording (under `prefix`), byte for byte.
+async fn raw_object(state: &AppState, prefix: &str, object: &str) -> Result<Response, StatusError> {
+    if crate::recording::chain::parse_file_name(object).is_none()
+        && object != crate::recording::record::RECORD_NAME
+    {
         return Err(status_error(
             400,
             "BadRequest",
             format!(
-                "unknown recording object {object:?}: use manifest.json, seg-NNNNNN.cast or seg-NNNNNN.json"
+                "unknown recording object {object:?}: use record.json, manifest.json, seg-NNNNNN.cast or seg-NNNNNN.json"
             ),
         ));
     }
-    let key = format!("{}/{object}", crate::recorder::prefix(session));
+    let key = format!("{prefix}/{object}");
     match state
         .recordings
         .get(&key, crate::recorder::MAX_OBJECT)
@@ -754,10 +854,30 @@ async fn deny(
     decide(state, peer, namespace, name, headers, body, Action::Deny).await
 }
 
+async fn withdraw(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    decide(
+        state,
+        peer,
+        namespace,
+        name,
+        headers,
+        body,
+        Action::Withdraw,
+    )
+    .await
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     Approve,
     Deny,
+    Withdraw,
 }
 
 impl Action {
@@ -765,6 +885,7 @@ impl Action {
         match self {
             Action::Approve => "approve",
             Action::Deny => "deny",
+            Action::Withdraw => "withdraw",
         }
     }
 }
@@ -831,11 +952,11 @@ async fn decide_inner(
     for _ in 0..5 {
         let session = get_session(&state.client, namespace, name).await?;
         let policy = match session.status.as_ref().and_then(|s| s.policy.clone()) {
-            Some(p) => policies
+            Some(p) if action != Action::Withdraw => policies
                 .get_opt(&p)
                 .await
                 .map_err(|e| internal("reading the policy", e))?,
-            None => None,
+            _ => None,
         };
         let now = Utc::now();
         let decided = match action {
@@ -853,6 +974,9 @@ async fn decide_inner(
                 body.comment.clone(),
                 now,
             ),
+            Action::Withdraw => {
+                lifecycle::withdraw(&session, &caller.user, body.comment.clone(), now)
+            }
         };
         let status = decided.inspect_err(|r| {
             info!(user = %caller.user.username, reason = r.reason, "refused: {}", r.message);
@@ -893,6 +1017,9 @@ async fn publish_decision(state: &AppState, session: &ExecSession, user: &str, a
         Action::Deny => st
             .and_then(|s| s.denial.as_ref())
             .and_then(|d| d.comment.clone()),
+        Action::Withdraw => st
+            .and_then(|s| s.withdrawal.as_ref())
+            .and_then(|d| d.comment.clone()),
     };
     let (type_, reason, mut note) = match action {
         Action::Approve => (
@@ -905,6 +1032,11 @@ async fn publish_decision(state: &AppState, session: &ExecSession, user: &str, a
             ),
         ),
         Action::Deny => (EventType::Warning, "Denied", format!("denied by {user}")),
+        Action::Withdraw => (
+            EventType::Normal,
+            "Withdrawn",
+            format!("withdrawn by {user}"),
+        ),
     };
     if let Some(c) = comment {
         note = format!("{note}: {c}");
@@ -923,6 +1055,361 @@ async fn publish_decision(state: &AppState, session: &ExecSession, user: &str, a
     {
         warn!(error = %e, "publishing an event");
     }
+}
+
+// ---- review from the store: recordings and the keys that sign them
+
+/// The query of a `recordings` list.
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    /// `requester=alice,pod=web-0,session=exec-1,phase=Succeeded`.
+    #[serde(default, rename = "fieldSelector")]
+    field_selector: Option<String>,
+    /// Sessions still going on (or ended) at or after this time (RFC 3339).
+    #[serde(default)]
+    since: Option<String>,
+    /// Sessions requested at or before this time (RFC 3339).
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Where the previous page stopped (its `metadata.continue`).
+    #[serde(default, rename = "continue")]
+    continue_after: Option<String>,
+}
+
+/// Records in one list response when the caller sets no `limit` (each costs a read from the
+/// store): the response's `metadata.continue` fetches the next page.
+pub const DEFAULT_LIST_LIMIT: usize = 500;
+/// Records read from the store at once while listing.
+const LIST_READS: usize = 16;
+
+async fn list_all_recordings(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    recordings_page(&state, &peer, &headers, None, q)
+        .await
+        .map_or_else(IntoResponse::into_response, |v| Json(v).into_response())
+}
+
+async fn list_recordings(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath(namespace): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    recordings_page(&state, &peer, &headers, Some(&namespace), q)
+        .await
+        .map_or_else(IntoResponse::into_response, |v| Json(v).into_response())
+}
+
+/// The public keys that verify records, or the `Status` saying why they cannot be read.
+async fn public_keys(state: &AppState) -> Result<crate::recording::record::KeyRing, StatusError> {
+    state.signer.public_keys().await.map_err(|e| {
+        warn!(error = %e, "reading the signing keys");
+        status_error(
+            500,
+            "InternalError",
+            format!("the operator cannot read its signing keys: {e}"),
+        )
+    })
+}
+
+/// One page of session records from the store, newest directories last (by name).
+async fn recordings_page(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    namespace: Option<&str>,
+    q: ListQuery,
+) -> Result<serde_json::Value, StatusError> {
+    use crate::archive::{self, Checked};
+    use futures::StreamExt as _;
+    authorize_on(
+        state,
+        peer,
+        headers,
+        &Target {
+            resource: "recordings",
+            subresource: None,
+            namespace,
+            name: None,
+        },
+        "list",
+    )
+    .await?;
+    let filter = archive::Filter::parse(
+        q.field_selector.as_deref(),
+        q.since.as_deref(),
+        q.until.as_deref(),
+    )
+    .map_err(|e| status_error(400, "BadRequest", e))?;
+    let limit = q.limit.filter(|l| *l > 0).unwrap_or(DEFAULT_LIST_LIMIT);
+    let keys = public_keys(state).await?;
+    let store = state.recordings.store();
+    let starts_with = filter
+        .session
+        .as_ref()
+        .map(|s| format!("{s}-"))
+        .unwrap_or_default();
+    let dirs = archive::list(store, namespace, &starts_with)
+        .await
+        .map_err(|e| {
+            status_error(
+                503,
+                "ServiceUnavailable",
+                format!("the recording store cannot be listed: {e:#}"),
+            )
+        })?;
+    let after = q.continue_after.unwrap_or_default();
+    let mut pending = dirs.into_iter().filter(|d| d.key() > after).peekable();
+    let mut items = Vec::new();
+    let mut last = None;
+    let mut cut = false;
+    while !cut && items.len() < limit && pending.peek().is_some() {
+        let batch: Vec<archive::Dir> = pending.by_ref().take(LIST_READS).collect();
+        let read: Vec<(archive::Dir, anyhow::Result<Option<Vec<u8>>>)> =
+            futures::stream::iter(batch)
+                .map(|d| async move {
+                    let r = archive::read_record(store, &d).await;
+                    (d, r)
+                })
+                .buffered(LIST_READS)
+                .collect()
+                .await;
+        for (dir, bytes) in read {
+            if items.len() >= limit {
+                // Not taken: the next page starts with it.
+                cut = true;
+                break;
+            }
+            last = Some(dir.key());
+            let bytes = match bytes {
+                Ok(Some(b)) => b,
+                // No record: a session still going on, or one that ended before records.
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(dir = %dir.key(), error = %format!("{e:#}"), "reading a session record");
+                    Vec::new()
+                }
+            };
+            let checked = archive::check(&bytes, &keys);
+            let keep = match &checked {
+                Checked::Valid { record, .. } | Checked::Invalid { record, .. } => {
+                    filter.matches(record)
+                }
+                // Unreadable: shown unless the caller filters (it matches nothing specific).
+                Checked::Unreadable(_) => !filter.selects_any(),
+            };
+            if keep {
+                let uri = store.uri(&format!(
+                    "{}/{}",
+                    dir.key(),
+                    crate::recording::record::RECORD_NAME
+                ));
+                items.push(archive::recording_object(&dir, &uri, &checked, true));
+            }
+        }
+    }
+    let more = cut || pending.peek().is_some();
+    let mut metadata = json!({"resourceVersion": ""});
+    if more && let Some(last) = last {
+        metadata["continue"] = json!(last);
+    }
+    Ok(json!({
+        "apiVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
+        "kind": "RecordingList",
+        "metadata": metadata,
+        "items": items,
+    }))
+}
+
+/// Reads and checks the record of `namespace/name` (a `<session>-<uid>` directory).
+async fn find_record(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+) -> Result<(crate::archive::Dir, Vec<u8>), StatusError> {
+    let dir = crate::archive::Dir {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let missing = || {
+        status_error(
+            404,
+            "NotFound",
+            format!(
+                "recordings.{SUBRESOURCE_GROUP} \"{name}\" not found in namespace \"{namespace}\" \
+                 (no session record in the store; list them with kubectl aexec list --archived)"
+            ),
+        )
+    };
+    if crate::storage::check_key(namespace).is_err() || crate::storage::check_key(name).is_err() {
+        return Err(missing());
+    }
+    match crate::archive::read_record(state.recordings.store(), &dir).await {
+        Ok(Some(bytes)) => Ok((dir, bytes)),
+        Ok(None) => Err(missing()),
+        Err(e) => Err(status_error(
+            503,
+            "ServiceUnavailable",
+            format!("the session record cannot be read from the store: {e:#}"),
+        )),
+    }
+}
+
+async fn get_recording(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        authorize_on(
+            &state,
+            &peer,
+            &headers,
+            &Target {
+                resource: "recordings",
+                subresource: None,
+                namespace: Some(&namespace),
+                name: Some(&name),
+            },
+            "get",
+        )
+        .await?;
+        let keys = public_keys(&state).await?;
+        let (dir, bytes) = find_record(&state, &namespace, &name).await?;
+        let uri = state.recordings.store().uri(&format!(
+            "{}/{}",
+            dir.key(),
+            crate::recording::record::RECORD_NAME
+        ));
+        let checked = crate::archive::check(&bytes, &keys);
+        Ok::<_, StatusError>(Json(crate::archive::recording_object(
+            &dir, &uri, &checked, false,
+        )))
+    }
+    .await;
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// `GET .../recordings/{name}/content?format=v3|v2|text` (verified against the signed record)
+/// or `?object=NAME` (one stored object as it is, for clients that verify themselves).
+async fn recording_content(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<RecordingQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        authorize_on(
+            &state,
+            &peer,
+            &headers,
+            &Target {
+                resource: "recordings",
+                subresource: Some("content"),
+                namespace: Some(&namespace),
+                name: Some(&name),
+            },
+            "get",
+        )
+        .await?;
+        let (dir, bytes) = find_record(&state, &namespace, &name).await?;
+        if let Some(object) = q.object.as_deref() {
+            return raw_object(&state, &dir.key(), object).await;
+        }
+        let (export, ctype) = export_format(q.format.as_deref())?;
+        let keys = public_keys(&state).await?;
+        let verified = crate::recording::record::open(&bytes, &keys).map_err(|e| {
+            status_error(
+                409,
+                "Conflict",
+                format!("the session record failed verification: {e}"),
+            )
+        })?;
+        let record = verified.record;
+        let Some(rec) = record.recording.as_ref() else {
+            return Err(status_error(
+                404,
+                "NotFound",
+                format!(
+                    "session {namespace}/{} never ran ({}: {}): it has no recording",
+                    record.session.name, record.end.phase, record.end.message
+                ),
+            ));
+        };
+        let verified = crate::recorder::verify_at(
+            state.recordings.clone(),
+            dir.key(),
+            &rec.head,
+            Some(&record),
+            export,
+        )
+        .await
+        .map_err(read_error)?;
+        Ok::<_, StatusError>(stream_verified(verified, export, ctype))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET .../signingkeys`: the public keys that verify session records (the newest signs).
+async fn signing_keys(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        authorize_on(
+            &state,
+            &peer,
+            &headers,
+            &Target {
+                resource: "signingkeys",
+                subresource: None,
+                namespace: None,
+                name: None,
+            },
+            "list",
+        )
+        .await?;
+        let signing = state
+            .signer
+            .keys()
+            .await
+            .map(|k| k.signing.id().to_owned())
+            .ok();
+        let ring = public_keys(&state).await?;
+        let items: Vec<serde_json::Value> = ring
+            .keys()
+            .iter()
+            .map(|k| {
+                json!({
+                    "apiVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
+                    "kind": "SigningKey",
+                    "metadata": {"name": k.id()},
+                    "algorithm": crate::recording::record::ALGORITHM,
+                    "publicKey": k.to_pem(),
+                    "signing": signing.as_deref() == Some(k.id()),
+                })
+            })
+            .collect();
+        Ok::<_, StatusError>(Json(json!({
+            "apiVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
+            "kind": "SigningKeyList",
+            "metadata": {"resourceVersion": ""},
+            "items": items,
+        })))
+    }
+    .await;
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub enum End {
     /// Something failed after the session was claimed and before the relay began (the exec
     /// request could not be built or opened, the client's upgrade failed): nothing was relayed.
     NotStarted(String),
+    /// The ExecSession was deleted while it was active (by someone allowed to delete it).
+    Deleted,
 }
 
 /// The phase, message and exit code a session ends with.
@@ -110,6 +112,11 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
             format!("the session could not start: {m}; request a new session"),
             None,
         ),
+        End::Deleted => (
+            Phase::Terminated,
+            format!("ended: {DELETED}; the recording is sealed, marked as ended by deletion"),
+            None,
+        ),
         End::Shutdown(instance) => (
             Phase::Failed,
             format!(
@@ -120,6 +127,10 @@ pub fn final_state(end: &End) -> (Phase, String, Option<i32>) {
         ),
     }
 }
+
+/// Why a session ended by deletion.
+pub const DELETED: &str =
+    "the ExecSession was deleted while the session was active (by someone allowed to delete it)";
 
 /// The limits a relay enforces, resolved from the status (copied from the policy at approval).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +170,8 @@ pub enum Stop {
     TerminatedBy(String),
     /// This replica is shutting down.
     Shutdown,
+    /// The ExecSession was deleted.
+    Deleted,
 }
 
 /// A session this replica holds, from just before its claim until its end is written. The
@@ -180,12 +193,16 @@ pub enum Termination {
     /// This replica holds no relay of the session.
     NotHere,
 }
+/// Sessions deleted before their relay registered (the deletion watch saw them between the
+/// attach claim and the start of the relay): they stop as soon as they register.
+type PendingDeletions = std::collections::HashSet<SessionKey>;
 
 /// Sessions this replica is relaying, so that `terminate` and a shutdown can reach them, and
 /// the tasks that relay them, so that a shutdown can wait until each has written its end.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
     inner: std::sync::Arc<std::sync::Mutex<StopSenders>>,
+    deleted: std::sync::Arc<std::sync::Mutex<PendingDeletions>>,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -196,15 +213,45 @@ fn key(ns: &str, name: &str, uid: &str) -> SessionKey {
 impl Sessions {
     fn register(&self, ns: &str, name: &str, uid: &str) -> tokio::sync::oneshot::Receiver<Stop> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let k = key(ns, name, uid);
+        let deleted = self.deleted.lock().is_ok_and(|mut d| d.remove(&k));
+        let slot = if deleted {
+            let _ = tx.send(Stop::Deleted);
+            None
+        } else {
+            Some(tx)
+        };
         if let Ok(mut m) = self.inner.lock() {
-            m.insert(key(ns, name, uid), Some(tx));
+            m.insert(k, slot);
         }
         rx
     }
 
+    /// Ends the relay of a session held here because its ExecSession was deleted; one whose
+    /// relay has not started yet stops as soon as it starts.
+    pub fn deleted(&self, ns: &str, name: &str, uid: &str) {
+        let k = key(ns, name, uid);
+        let held = self.inner.lock().ok().map(|mut m| {
+            m.get_mut(&k).map(|slot| {
+                if let Some(tx) = slot.take() {
+                    let _ = tx.send(Stop::Deleted);
+                }
+            })
+        });
+        if !matches!(held, Some(Some(())))
+            && let Ok(mut d) = self.deleted.lock()
+        {
+            d.insert(k);
+        }
+    }
+
     fn remove(&self, ns: &str, name: &str, uid: &str) {
+        let k = key(ns, name, uid);
         if let Ok(mut m) = self.inner.lock() {
-            m.remove(&key(ns, name, uid));
+            m.remove(&k);
+        }
+        if let Ok(mut d) = self.deleted.lock() {
+            d.remove(&k);
         }
     }
 
@@ -481,6 +528,13 @@ async fn prepare(
                     "operator replica {instance} shut down before the session ended"
                 ));
             }
+            if end == End::Deleted {
+                // In the recording itself too, at its place: why it stops here.
+                let _ = recorder
+                    .record(Event::Marker(format!("session ended: {DELETED}")))
+                    .await;
+                recorder.interrupt(format!("ended by deletion: {DELETED}"));
+            }
             let recorded = recorder.finish().await;
             finish(&client, &ns, &n, &end, recorded).await;
             // Only now: until its end is written, a `terminate` here hears it is ending.
@@ -577,6 +631,13 @@ pub fn check_attach(
                 "only the requester ({requester}) may attach to this session; {} may not",
                 caller.user.username
             ),
+        ));
+    }
+    if session.metadata.deletion_timestamp.is_some() {
+        return Err(status_error(
+            409,
+            "Conflict",
+            "the session is being deleted; it can no longer be attached",
         ));
     }
     let st = session.status.clone().unwrap_or_default();
@@ -783,6 +844,7 @@ fn stopped(stop: Stop, session: &ExecSession) -> (End, String) {
             let notice = format!("session terminated by {by}");
             (End::TerminatedBy(by), notice)
         }
+        Stop::Deleted => (End::Deleted, format!("session ended: {DELETED}")),
         Stop::Shutdown => {
             let instance = session
                 .status
@@ -1108,7 +1170,7 @@ pub async fn terminate(
             409,
             "Conflict",
             format!(
-                "the session is {}; only an Active session can be terminated (delete a pending one instead)",
+                "the session is {}; only an Active session can be terminated (the requester withdraws a pending one: kubectl aexec withdraw NAME)",
                 st.phase.unwrap_or_default()
             ),
         ));
@@ -1204,6 +1266,51 @@ async fn end_unrelayed(
             "InternalError",
             format!("writing the end of the session: {e}"),
         )),
+    }
+}
+
+/// Watches the Active sessions (`status.phase=Active`) until `stop`: one this replica relays
+/// that gets a deletion timestamp (an administrator deleted it; the controller's finalizer
+/// holds the object) is ended at once, its recording sealed and marked as ended by deletion.
+pub async fn watch_deletions(
+    client: Client,
+    sessions: Sessions,
+    instance: String,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let api: Api<ExecSession> = Api::all(client);
+    let stream = watcher(
+        api,
+        watcher::Config::default().fields("status.phase=Active"),
+    )
+    .default_backoff()
+    .applied_objects();
+    futures::pin_mut!(stream);
+    tokio::pin!(stop);
+    loop {
+        let s = tokio::select! {
+            () = &mut stop => return,
+            s = stream.next() => s,
+        };
+        match s {
+            Some(Ok(s)) => {
+                let ours = s.status.as_ref().and_then(|st| st.broker.as_deref())
+                    == Some(instance.as_str());
+                if ours && s.metadata.deletion_timestamp.is_some() {
+                    let (ns, name, uid) = (
+                        s.metadata.namespace.clone().unwrap_or_default(),
+                        s.metadata.name.clone().unwrap_or_default(),
+                        s.metadata.uid.clone().unwrap_or_default(),
+                    );
+                    info!(namespace = %ns, session = %name, "the session was deleted while active: ending it");
+                    sessions.deleted(&ns, &name, &uid);
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "watching active sessions for deletions"),
+            None => return,
+        }
     }
 }
 
@@ -1603,6 +1710,28 @@ mod tests {
         );
         assert!(note(Frame::Close(0), false, false).is_some());
         assert!(note(Frame::Close(1), false, true).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_session_stops_whether_its_relay_started_or_not() {
+        let sessions = Sessions::default();
+        let running = sessions.register("ns", "running", "u1");
+        sessions.deleted("ns", "running", "u1");
+        assert!(matches!(running.await, Ok(Stop::Deleted)));
+        // Deleted between the attach claim and the start of the relay: stops on registering.
+        sessions.deleted("ns", "starting", "u2");
+        let starting = sessions.register("ns", "starting", "u2");
+        assert!(matches!(starting.await, Ok(Stop::Deleted)));
+        // Only once: a later session of the same name is not affected.
+        let mut again = sessions.register("ns", "starting", "u2");
+        assert!(again.try_recv().is_err());
+        // Nor is another session created again under the name.
+        sessions.deleted("ns", "other", "old");
+        let mut other = sessions.register("ns", "other", "new");
+        assert!(other.try_recv().is_err());
+        let (phase, message, _) = final_state(&End::Deleted);
+        assert_eq!(phase, Phase::Terminated);
+        assert!(message.contains("marked as ended by deletion"), "{message}");
     }
 
     #[test]

@@ -34,6 +34,12 @@ use crate::{
 /// The field manager of every status write.
 pub const MANAGER: &str = "aexec-operator";
 
+/// Every session carries this finalizer until its signed record is in the store: deleting a
+/// session (an administrator; the requester may not) first ends it (an Active one through its
+/// broker, which seals the recording marked as ended by deletion), then its record is written,
+/// and only then does the object go.
+pub const FINALIZER: &str = "aexec.dev/session-record";
+
 /// What every reconcile needs.
 #[derive(Clone)]
 pub struct Context {
@@ -47,6 +53,10 @@ pub struct Context {
     pub recordings: std::sync::Arc<crate::spool::Spool>,
     /// The namespace of the replicas' pods, when replicas are pods (`--replicas-are-pods`).
     pub replica_pods: Option<String>,
+    /// Signs session records.
+    pub signer: crate::signing::Signer,
+    /// This replica's name, written into the records it signs.
+    pub instance: String,
 }
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -83,6 +93,10 @@ pub struct Settings {
     /// The namespace of the replicas' pods (named by their `--instance`), when replicas are
     /// pods: a session whose broker's pod is gone ends at once.
     pub replica_pods: Option<String>,
+    /// Signs session records.
+    pub signer: crate::signing::Signer,
+    /// This replica's name.
+    pub instance: String,
 }
 
 /// Runs the controller until `shutdown` resolves. Returns the session cache (for readiness and
@@ -95,6 +109,8 @@ pub async fn run(
         retention,
         recordings,
         replica_pods,
+        signer,
+        instance,
     }: Settings,
     reporter: Reporter,
     on_store: impl FnOnce(Store<ExecSession>),
@@ -161,6 +177,8 @@ pub async fn run(
         retention,
         recordings,
         replica_pods: replica_pods.clone(),
+        signer,
+        instance,
     });
     controller
         .watches(pods, watcher::Config::default(), move |pod: Pod| {
@@ -203,6 +221,32 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     let ns = session.namespace().unwrap_or_default();
     let name = session.name_any();
     let before = phase_of(session.status.as_ref());
+    let api: Api<ExecSession> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // The evidence before anything else: a finished session gets its signed record, and a
+    // deleted one goes only once it has it.
+    let deleting = session.metadata.deletion_timestamp.is_some();
+    let finalized = session.finalizers().iter().any(|f| f == FINALIZER);
+    let recorded = session.status.as_ref().is_some_and(|s| s.record.is_some());
+    if before.is_terminal() && !recorded {
+        return write_record(&session, &api, &ctx).await;
+    }
+    if deleting {
+        if !finalized {
+            return Ok(Action::await_change());
+        }
+        if before.is_terminal() {
+            return remove_finalizer(&session, &api).await;
+        }
+    }
+    let session = if !deleting && !finalized && !recorded {
+        match add_finalizer(&session, &api).await? {
+            Some(s) => Arc::new(s),
+            None => return Ok(Action::requeue(Duration::from_millis(50))),
+        }
+    } else {
+        session
+    };
 
     // Dereference: only sessions that can still change need the pod and the namespace.
     let live = !before.is_terminal() && before != Phase::Active;
@@ -236,25 +280,39 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     // as the API server has them: the cache comes from another watch and may not have seen a
     // policy created just before the session (right after a start, the session list can be
     // newer than the policy list), which would deny the session for want of a policy.
-    let policies: Vec<ExecPolicy> = if session.status.is_none() && live {
+    let labels = TargetLabels {
+        namespace: &ns_labels,
+        pod: &pod_labels,
+    };
+    let from_api = || async {
         Api::<ExecPolicy>::all(ctx.client.clone())
             .list(&Default::default())
             .await
+            .map(|l| l.items)
             .map_err(|source| Error::Read {
                 what: "the ExecPolicies".into(),
                 source,
-            })?
-            .items
+            })
+    };
+    let first = session.status.is_none() && live;
+    let mut policies: Vec<ExecPolicy> = if first {
+        from_api().await?
     } else {
         ctx.policies.state().iter().map(|p| (**p).clone()).collect()
     };
-    let selected = policy::select(
-        &policies,
-        &TargetLabels {
-            namespace: &ns_labels,
-            pod: &pod_labels,
-        },
-    );
+    // The same holds later while the session is Pending: a cache that does not (yet) select the
+    // policy the session was decided under would move it to another policy's decision (or
+    // deny it "for want of a policy", seen when a reconcile follows the first decision by a few
+    // milliseconds). A change of policy is rare: confirm it from the API server.
+    let decided_under = session.status.as_ref().and_then(|s| s.policy.clone());
+    if live
+        && !first
+        && policy::select(&policies, &labels).map(|p| policy::policy_name(p).to_owned())
+            != decided_under
+    {
+        policies = from_api().await?;
+    }
+    let selected = policy::select(&policies, &labels);
 
     // Decide.
     let mut outcome = lifecycle::reconcile(&Observed {
@@ -266,20 +324,20 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         retention: ctx.retention,
     });
     // An Active session whose broker's pod is gone: nothing will end it, so end it now.
-    if before == Phase::Active {
-        if let Some(gone) = broker_gone(&ctx, &session).await? {
-            outcome = lifecycle::broker_gone(
-                &Observed {
-                    session: &session,
-                    pod: PodState::Missing,
-                    policy: None,
-                    default_policy: ctx.default_policy,
-                    now: Utc::now(),
-                    retention: ctx.retention,
-                },
-                &gone,
-            );
-        }
+    if before == Phase::Active
+        && let Some(gone) = broker_gone(&ctx, &session).await?
+    {
+        outcome = lifecycle::broker_gone(
+            &Observed {
+                session: &session,
+                pod: PodState::Missing,
+                policy: None,
+                default_policy: ctx.default_policy,
+                now: Utc::now(),
+                retention: ctx.retention,
+            },
+            &gone,
+        );
     }
     // A session whose broker was lost: its recording is sealed from what reached the store
     // (the lost replica's spool went with it), marked interrupted, before its end is written.
@@ -296,9 +354,10 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         }
     }
 
-    let api: Api<ExecSession> = Api::namespaced(ctx.client.clone(), &ns);
     if outcome.delete {
-        info!("retention passed, deleting the finished session (its recording stays)");
+        info!(
+            "retention passed, deleting the finished session (its recording and signed record stay)"
+        );
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -395,6 +454,152 @@ async fn broker_gone(ctx: &Context, session: &ExecSession) -> Result<Option<Stri
             _ => None,
         },
     })
+}
+
+/// Adds [`FINALIZER`], guarded by the resourceVersion read; returns the updated session, or
+/// `None` when it changed meanwhile (reconciled again).
+async fn add_finalizer(
+    session: &ExecSession,
+    api: &Api<ExecSession>,
+) -> Result<Option<ExecSession>, Error> {
+    let mut finalizers = session.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers, "resourceVersion": session.resource_version()}});
+    match api
+        .patch(
+            &session.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(s) => Ok(Some(s)),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(None),
+        Err(source) => Err(Error::Write {
+            name: session.name_any(),
+            source,
+        }),
+    }
+}
+
+/// Lets a deleted session go: its record is written.
+async fn remove_finalizer(session: &ExecSession, api: &Api<ExecSession>) -> Result<Action, Error> {
+    let finalizers: Vec<&String> = session
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers, "resourceVersion": session.resource_version()}});
+    info!("the session was deleted and its record is in the store: letting it go");
+    match api
+        .patch(
+            &session.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::from_millis(50))),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
+        Err(source) => Err(Error::Write {
+            name: session.name_any(),
+            source,
+        }),
+    }
+}
+
+/// Writes the signed record of a finished session to the store, then names it in the status.
+async fn write_record(
+    session: &ExecSession,
+    api: &Api<ExecSession>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = session.name_any();
+    let result = |r: &str| {
+        ctx.metrics
+            .records
+            .get_or_create(&crate::metrics::ResultLabel { result: r.into() })
+            .inc();
+    };
+    let record = match crate::archive::write_record(
+        &ctx.recordings,
+        &ctx.signer,
+        session,
+        &ctx.instance,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(crate::archive::NotWritten::Waiting(why)) => {
+            tracing::debug!(%why, "the session record waits");
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        Err(crate::archive::NotWritten::Failed(why)) => {
+            warn!(%why, "the session record could not be written; retrying");
+            result("failed");
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "RecordNotWritten".into(),
+                note: Some(
+                    format!("the signed session record could not be written (retrying): {why}")
+                        .chars()
+                        .take(1000)
+                        .collect(),
+                ),
+                action: "Record".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+                warn!(error = %e, "publishing an event");
+            }
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    };
+    let mut status = session.status.clone().unwrap_or_default();
+    status.record = Some(record.clone());
+    let patch = serde_json::json!({
+        "apiVersion": ExecSession::api_version(&()),
+        "kind": ExecSession::kind(&()),
+        "metadata": {"resourceVersion": session.resource_version()},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Written again next time: the stored record is found and kept.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(50)));
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
+        Err(source) => return Err(Error::Write { name, source }),
+    }
+    result("written");
+    let uri = record.uri.clone().unwrap_or_default();
+    let key = record.key_id.clone().unwrap_or_default();
+    info!(%uri, key_id = %key, "the signed session record is in the store");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Recorded".into(),
+        note: Some(format!(
+            "signed session record written to {uri} (key {key})"
+        )),
+        action: "Record".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+        warn!(error = %e, "publishing an event");
+    }
+    Ok(Action::await_change())
 }
 
 fn pod_state(pod: Option<&Pod>) -> PodState {

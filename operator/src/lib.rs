@@ -6,6 +6,7 @@
 //! the network sits at the edges ([`controller`], [`apiserver`], [`run`]).
 
 pub mod apiserver;
+pub mod archive;
 pub mod broker;
 pub mod controller;
 pub mod frames;
@@ -17,5 +18,6 @@ pub mod recorder;
 /// The recording format lives in its own crate, shared with the plugin.
 pub use aexec_recording as recording;
 pub mod run;
+pub mod signing;
 pub mod spool;
 pub mod storage;

@@ -291,6 +291,13 @@ impl Step {
     }
 }
 
+/// How soon a finished session past its retention is looked at again while its record is not
+/// written yet.
+pub const RECORD_RETRY: StdDuration = StdDuration::from_secs(5);
+
+/// The Event and condition reason of a session deleted before it was attached.
+pub const DELETED_REASON: &str = "Deleted";
+
 /// Where a terminal session stands against its retention.
 fn retain(
     session: &ExecSession,
@@ -303,11 +310,19 @@ fn retain(
         .as_ref()
         .map_or_else(|| creation_time(session, now), from_time);
     let expires = plus(ended, retention);
-    let delete = expires <= now;
+    // Only once its signed record is in the store: the evidence outlives the object, never the
+    // other way round. (The controller writes the record first; a status without one waits.)
+    let expired = expires <= now;
+    let delete = expired && status.record.is_some();
+    let requeue_after = match (delete, expired) {
+        (true, _) => None,
+        (false, true) => Some(RECORD_RETRY),
+        (false, false) => Some(until(expires, now)),
+    };
     Outcome {
         status,
         transition: None,
-        requeue_after: (!delete).then(|| until(expires, now)),
+        requeue_after,
         delete,
     }
 }
@@ -437,6 +452,16 @@ pub fn reconcile(obs: &Observed<'_>) -> Outcome {
         retention: obs.retention,
     };
     step.status.observed_generation = session.metadata.generation;
+
+    // Deleted (by someone allowed to: the requester is not) before it was attached: it will
+    // never run, and ends so that its record says so before the finalizer lets the object go.
+    if session.metadata.deletion_timestamp.is_some() {
+        return step.end(
+            Phase::Terminated,
+            DELETED_REASON,
+            "the ExecSession was deleted before it was attached; it will not run".to_owned(),
+        );
+    }
 
     // The pod: it must exist, be the one pinned at first evaluation, and have the container.
     match &obs.pod {
@@ -685,7 +710,7 @@ pub fn deny(
     let policy = takes_decisions(session, policy, "deny")?;
     if approver.username == session.spec.requester.username {
         return Err(Refusal::forbidden(
-            "you requested this session; delete it instead of denying it (kubectl aexec cancels with Ctrl-C)",
+            "you requested this session; withdraw it instead of denying it (kubectl aexec withdraw NAME)",
         ));
     }
     policy::check_approver(policy, approver, "deny")?;
@@ -710,6 +735,70 @@ pub fn deny(
             type_,
             "False",
             "Denied",
+            &message,
+            now,
+            generation,
+        );
+    }
+    Ok(status)
+}
+
+/// The requester's withdrawal of a request not yet attached: it becomes `Withdrawn` at once,
+/// kept (not deleted) so that its record shows who asked, who approved, and that it was
+/// withdrawn.
+pub fn withdraw(
+    session: &ExecSession,
+    caller: &UserRef,
+    comment: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<ExecSessionStatus, Refusal> {
+    let requester = &session.spec.requester.username;
+    if caller.username != *requester {
+        return Err(Refusal::forbidden(format!(
+            "only the requester ({requester}) may withdraw this session; an approver denies it \
+             instead (kubectl aexec deny NAME)"
+        )));
+    }
+    let mut status = session.status.clone().unwrap_or_default();
+    match status.phase {
+        None | Some(Phase::Pending) | Some(Phase::Approved) => {}
+        Some(Phase::Active) => {
+            return Err(Refusal::conflict(
+                "the session is Active: it can no longer be withdrawn; end it with kubectl aexec terminate NAME",
+            ));
+        }
+        Some(phase) => {
+            return Err(Refusal::conflict(format!(
+                "the session is already over ({phase}); there is nothing to withdraw"
+            )));
+        }
+    }
+    let comment = checked_comment(comment)?;
+    let message = match &comment {
+        Some(c) => format!("withdrawn by {}: {c}", caller.username),
+        None => format!("withdrawn by {}", caller.username),
+    };
+    let was_approved = status.phase == Some(Phase::Approved);
+    status.withdrawal = Some(Decision {
+        user: caller.clone(),
+        time: to_time(now),
+        comment,
+    });
+    status.phase = Some(Phase::Withdrawn);
+    status.message = Some(message.clone());
+    status.end_time = Some(to_time(now));
+    let generation = session.metadata.generation;
+    let types: &[&str] = if was_approved {
+        &[CONDITION_READY]
+    } else {
+        &[CONDITION_APPROVED, CONDITION_READY]
+    };
+    for type_ in types {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            "False",
+            "Withdrawn",
             &message,
             now,
             generation,
@@ -1650,9 +1739,17 @@ mod tests {
 
     #[test]
     fn terminal_sessions_are_kept_for_the_retention() {
-        for phase in ["Denied", "Expired", "Succeeded", "Failed", "Terminated"] {
+        for phase in [
+            "Denied",
+            "Expired",
+            "Withdrawn",
+            "Succeeded",
+            "Failed",
+            "Terminated",
+        ] {
             let s = session(Some(
-                json!({"phase": phase, "endTime": "2026-03-01T10:30:00Z"}),
+                json!({"phase": phase, "endTime": "2026-03-01T10:30:00Z",
+                                        "record": {"uri": "s3://b/shop/s1-u/record.json"}}),
             ));
             let o = run(
                 &s,
@@ -1681,8 +1778,18 @@ mod tests {
     }
 
     #[test]
+    fn no_session_is_deleted_before_its_record_is_written() {
+        let s = session(Some(
+            json!({"phase": "Succeeded", "endTime": "2026-03-01T10:30:00Z"}),
+        ));
+        let o = run(&s, pod(), None, DefaultPolicy::AutoApprove, t(1800 + 7200));
+        assert!(!o.delete);
+        assert_eq!(o.requeue_after, Some(RECORD_RETRY));
+    }
+
+    #[test]
     fn retention_without_an_end_time_counts_from_creation() {
-        let s = session(Some(json!({"phase": "Failed"})));
+        let s = session(Some(json!({"phase": "Failed", "record": {"uri": "x"}})));
         assert!(run_simple(&s, None, t(3600)).delete);
         let o = run_simple(&s, None, t(3000));
         assert!(!o.delete);
@@ -1691,7 +1798,9 @@ mod tests {
 
     #[test]
     fn zero_retention_deletes_on_the_next_reconcile() {
-        let s = session(Some(json!({"phase": "Succeeded", "endTime": CREATED})));
+        let s = session(Some(
+            json!({"phase": "Succeeded", "endTime": CREATED, "record": {"uri": "x"}}),
+        ));
         let o = reconcile(&Observed {
             session: &s,
             pod: pod(),
@@ -2155,7 +2264,7 @@ mod tests {
         assert_eq!(
             err,
             Refusal::forbidden(
-                "you requested this session; delete it instead of denying it (kubectl aexec cancels with Ctrl-C)"
+                "you requested this session; withdraw it instead of denying it (kubectl aexec withdraw NAME)"
             )
         );
     }
@@ -2232,5 +2341,119 @@ mod tests {
         assert_eq!(condition(&st, "Ready").last_transition_time, time(10));
         assert_eq!(condition(&st, "Approved").last_transition_time, time(50));
         assert_eq!(condition(&st, "Ready").reason, "Denied");
+    }
+
+    // ---- withdrawal and deletion
+
+    #[test]
+    fn the_requester_withdraws_a_request_not_yet_attached() {
+        let alice = UserRef {
+            username: "alice".into(),
+            groups: vec!["dev".into()],
+        };
+        for phase in [None, Some("Pending"), Some("Approved")] {
+            let s = session(phase.map(|p| json!({"phase": p})));
+            let st = withdraw(&s, &alice, Some("not needed".into()), t(30)).expect("withdrawn");
+            assert_eq!(st.phase, Some(Phase::Withdrawn));
+            assert!(st.phase.expect("phase").is_terminal());
+            assert_eq!(
+                st.message.as_deref(),
+                Some("withdrawn by alice: not needed")
+            );
+            assert_eq!(st.end_time, Some(time(30)));
+            assert_eq!(
+                st.withdrawal.as_ref().map(|w| w.user.username.as_str()),
+                Some("alice")
+            );
+            let ready = st.conditions.iter().find(|c| c.type_ == CONDITION_READY);
+            assert_eq!(ready.map(|c| c.reason.as_str()), Some("Withdrawn"));
+            // Terminal from then on: kept for the retention, approvals refused.
+            let done = with_status(&s, st);
+            assert!(!run_simple(&done, Some(&sre_policy()), t(40)).delete);
+            let bob = UserRef {
+                username: "bob".into(),
+                groups: vec!["sre".into()],
+            };
+            let e = approve(&done, Some(&sre_policy()), &bob, None, t(41)).expect_err("over");
+            assert_eq!(e.code, 409);
+        }
+        // Not someone else's, and not once attached or over.
+        let bob = UserRef {
+            username: "bob".into(),
+            groups: vec!["sre".into()],
+        };
+        let e = withdraw(
+            &session(Some(json!({"phase": "Pending"}))),
+            &bob,
+            None,
+            t(1),
+        )
+        .expect_err("not bob");
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message.contains("only the requester (alice)"),
+            "{}",
+            e.message
+        );
+        let e = withdraw(
+            &session(Some(json!({"phase": "Active"}))),
+            &alice,
+            None,
+            t(1),
+        )
+        .expect_err("active");
+        assert_eq!(e.code, 409);
+        assert!(
+            e.message.contains("kubectl aexec terminate"),
+            "{}",
+            e.message
+        );
+        let e = withdraw(
+            &session(Some(json!({"phase": "Denied"}))),
+            &alice,
+            None,
+            t(1),
+        )
+        .expect_err("over");
+        assert!(e.message.contains("already over (Denied)"), "{}", e.message);
+        let long = "x".repeat(MAX_COMMENT_CHARS + 1);
+        assert_eq!(
+            withdraw(&session(None), &alice, Some(long), t(1))
+                .expect_err("long")
+                .code,
+            422
+        );
+    }
+
+    #[test]
+    fn a_deleted_request_ends_before_it_runs() {
+        for status in [
+            None,
+            Some(json!({"phase": "Pending"})),
+            Some(json!({"phase": "Approved", "deadline": "2026-03-01T11:00:00Z"})),
+        ] {
+            let mut s = session(status);
+            s.metadata.deletion_timestamp = Some(time(5));
+            let o = run_simple(&s, Some(&sre_policy()), t(10));
+            assert_eq!(o.status.phase, Some(Phase::Terminated));
+            assert_eq!(
+                o.transition.as_ref().map(|t| t.reason),
+                Some(DELETED_REASON)
+            );
+            assert!(
+                o.status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("deleted before it was attached"))
+            );
+        }
+        // An Active one belongs to its broker, which ends it.
+        let mut s = session(Some(
+            json!({"phase": "Active", "startTime": "2026-03-01T10:00:00Z"}),
+        ));
+        s.metadata.deletion_timestamp = Some(time(5));
+        let o = run_simple(&s, None, t(10));
+        assert_eq!(o.status.phase, Some(Phase::Active));
+        assert_eq!(o.transition, None);
     }
 }

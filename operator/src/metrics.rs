@@ -43,6 +43,14 @@ pub struct Metrics {
     pub storage_errors: Counter,
     /// 1 while this replica runs the controller (holds the lease), else 0.
     pub leader: Gauge,
+    /// Session records written to the store, by `result` (`written`, `failed`).
+    pub records: Family<ResultLabel, Counter>,
+}
+
+/// Label set with one `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -93,7 +101,14 @@ impl Default for Metrics {
             "1 while this replica runs the controller (holds the lease)",
             leader.clone(),
         );
+        let records = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "session_records",
+            "Signed session records written to the store (written) or not (failed, retried)",
+            records.clone(),
+        );
         Metrics {
+            records,
             registry: Arc::new(Mutex::new(registry)),
             spool_bytes,
             storage_errors,

@@ -406,19 +406,36 @@ pub async fn verify(
     session: &ExecSession,
     export: Option<Export>,
 ) -> Result<Verified, ReadError> {
-    let prefix = prefix(session);
     let head = session
         .status
         .as_ref()
         .and_then(|s| s.recording.as_ref())
         .and_then(|r| r.sha256.clone())
         .ok_or_else(|| ReadError::Verification("the session has no recording yet".into()))?;
+    verify_at(store, prefix(session), &head, None, export).await
+}
+
+/// [`verify`] of the recording under `prefix` against `head`; with the session's signed
+/// `record` (whose signature the caller checked), the manifest must also be the one it names.
+pub async fn verify_at(
+    store: Arc<Spool>,
+    prefix: String,
+    head: &str,
+    record: Option<&crate::recording::record::SessionRecord>,
+    export: Option<Export>,
+) -> Result<Verified, ReadError> {
     let manifest_bytes = store
         .get(&format!("{prefix}/{}", chain::MANIFEST_NAME), MAX_OBJECT)
         .await
         .map_err(|e| ReadError::Verification(format!("reading the manifest: {e:#}")))?;
-    let manifest: chain::Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| ReadError::Verification(format!("the manifest is unreadable: {e}")))?;
+    let manifest: chain::Manifest = match record {
+        Some(r) => r
+            .check_manifest(&manifest_bytes)
+            .map_err(|e| ReadError::Verification(e.to_string()))?,
+        None => serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| ReadError::Verification(format!("the manifest is unreadable: {e}")))?,
+    };
+    let head = head.to_owned();
     {
         let mut verifier = chain::Verifier::new(&manifest, Some(&head))
             .map_err(|e| ReadError::Verification(e.to_string()))?;

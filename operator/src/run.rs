@@ -149,6 +149,24 @@ pub struct Args {
     #[arg(long, default_value = "15s", value_parser = crate::leader::parse_lease_duration, env = "AEXEC_LEADER_ELECTION_LEASE_DURATION")]
     pub leader_election_lease_duration: Duration,
 
+    /// The Secret (in the operator's namespace) holding the Ed25519 keys that sign session
+    /// records, as `signing-key-<N>.pem` entries; the highest N signs. The chart creates it.
+    #[arg(
+        long,
+        default_value = "aexec-operator-signing",
+        env = "AEXEC_SIGNING_KEY_SECRET"
+    )]
+    pub signing_key_secret: String,
+
+    /// The ConfigMap (in the operator's namespace) where the public keys are published for
+    /// auditors (`<key id>.pem`, only ever added to); empty for none. The chart creates it.
+    #[arg(
+        long,
+        default_value = "aexec-operator-signing-keys",
+        env = "AEXEC_SIGNING_KEYS_CONFIGMAP"
+    )]
+    pub signing_keys_configmap: String,
+
     /// On SIGTERM, how long sessions this replica relays may go on to end by themselves; then
     /// each is ended (the user is told, the recording sealed and marked interrupted) and the
     /// spool is uploaded. Keep it, plus about 30s, under the pod's
@@ -274,6 +292,26 @@ pub async fn run(args: Args) -> Result<()> {
         .await?,
     );
     let front_proxy = Arc::new(FrontProxy::load(&client).await?);
+    // The operator's own namespace: its Lease, its signing keys.
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let signer = crate::signing::Signer::new(
+        client.clone(),
+        &namespace,
+        &args.signing_key_secret,
+        Some(args.signing_keys_configmap.as_str()).filter(|c| !c.is_empty()),
+    );
+    // Without a key no session record can be signed: a misconfiguration is said at once.
+    let keys = signer
+        .keys()
+        .await
+        .context("the session records cannot be signed")?;
+    info!(key_id = %keys.signing.id(), keys = keys.ring.keys().len(), "session records are signed");
+    if let Err(e) = signer.publish(&keys.ring).await {
+        warn!(error = %e, "the public keys could not be published in the ConfigMap; the aggregated API still serves them");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -327,6 +365,7 @@ pub async fn run(args: Args) -> Result<()> {
             instance: args.instance.clone(),
             sessions: sessions.clone(),
             recordings: spool.clone(),
+            signer: signer.clone(),
         };
         let stop = stopped();
         let (bind, cert, key) = (
@@ -338,13 +377,21 @@ pub async fn run(args: Args) -> Result<()> {
             .instrument(info_span!("apiserver"))
     });
 
+    // Sessions this replica relays end at once when their ExecSession is deleted.
+    tokio::spawn(
+        crate::broker::watch_deletions(
+            client.clone(),
+            sessions.clone(),
+            args.instance.clone(),
+            stopped(),
+        )
+        .instrument(info_span!("deletions")),
+    );
+
     // The controller runs while this replica leads (always, without leader election).
     let election = match args.leader_elect {
         true => Some(leader::Election {
-            namespace: args
-                .leader_election_namespace
-                .clone()
-                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            namespace: namespace.clone(),
             identity: args.instance.clone(),
             timing: leader::Timing::for_duration(args.leader_election_lease_duration)
                 .map_err(anyhow::Error::msg)?,
@@ -370,14 +417,17 @@ pub async fn run(args: Args) -> Result<()> {
                 .unwrap_or_else(|| client.default_namespace().to_owned())
         });
         let spool = spool.clone();
+        let (signer, instance) = (signer.clone(), args.instance.clone());
         let lead = move |stop_leading: leader::StopLeading| {
-            let (client, metrics, reporter, sessions, recordings, replica_pods) = (
+            let (client, metrics, reporter, sessions, recordings, replica_pods, signer, instance) = (
                 client.clone(),
                 metrics.clone(),
                 reporter.clone(),
                 sessions.clone(),
                 spool.clone(),
                 replica_pods.clone(),
+                signer.clone(),
+                instance.clone(),
             );
             async move {
                 let cache = sessions.clone();
@@ -389,6 +439,8 @@ pub async fn run(args: Args) -> Result<()> {
                         retention,
                         recordings,
                         replica_pods,
+                        signer,
+                        instance,
                     },
                     reporter,
                     move |store| {

@@ -180,6 +180,12 @@ impl Spool {
         (names, err)
     }
 
+    /// The store behind the spool, for what must be in it before anything else happens (the
+    /// session record is written straight to it, once the manifest is there).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The URI of a key in the store.
     pub fn uri(&self, key: &str) -> String {
         self.store.uri(key)

@@ -25,6 +25,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     -> impl std::future::Future<Output = Result<Vec<u8>>> + Send;
     /// The keys under `prefix` (a `<namespace>/<session>-<uid>` directory), file names only.
     fn list(&self, prefix: &str) -> impl std::future::Future<Output = Result<Vec<String>>> + Send;
+    /// The "directories" directly under `parent` ("" for the root) whose names start with
+    /// `starts_with`, names only, sorted: the namespaces (under the root) and the sessions'
+    /// `<session>-<uid>` directories (under a namespace), to find session records.
+    fn list_dirs(
+        &self,
+        parent: &str,
+        starts_with: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<String>>> + Send;
     /// The URI of a key, for the session's status.
     fn uri(&self, key: &str) -> String;
 }
@@ -66,6 +74,13 @@ impl Storage for Store {
         match self {
             Store::Local(s) => s.list(prefix).await,
             Store::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    async fn list_dirs(&self, parent: &str, starts_with: &str) -> Result<Vec<String>> {
+        match self {
+            Store::Local(s) => s.list_dirs(parent, starts_with).await,
+            Store::S3(s) => s.list_dirs(parent, starts_with).await,
         }
     }
 
@@ -159,6 +174,32 @@ pub async fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The subdirectories of `dir` whose names start with `starts_with` (none if `dir` does not
+/// exist), sorted.
+pub async fn list_subdirs(dir: &Path, starts_with: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut rd = match tokio::fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    while let Some(entry) = rd
+        .next_entry()
+        .await
+        .with_context(|| format!("listing {}", dir.display()))?
+    {
+        let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+        if let Some(name) = entry.file_name().to_str()
+            && is_dir
+            && name.starts_with(starts_with)
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 impl Storage for LocalDir {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         write_atomic(&self.path(key)?, &bytes).await
@@ -170,6 +211,15 @@ impl Storage for LocalDir {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         list_dir(&self.path(prefix)?).await
+    }
+
+    async fn list_dirs(&self, parent: &str, starts_with: &str) -> Result<Vec<String>> {
+        let dir = if parent.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(parent)?
+        };
+        list_subdirs(&dir, starts_with).await
     }
 
     fn uri(&self, key: &str) -> String {
@@ -338,6 +388,42 @@ impl Storage for S3Store {
         Ok(names)
     }
 
+    async fn list_dirs(&self, parent: &str, starts_with: &str) -> Result<Vec<String>> {
+        let dir = if parent.is_empty() {
+            self.settings.prefix.clone()
+        } else {
+            format!("{}/", self.key(parent)?)
+        };
+        let mut names = Vec::new();
+        // The delimiter makes S3 return one common prefix per directory, not every object.
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.settings.bucket)
+            .prefix(format!("{dir}{starts_with}"))
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                anyhow::anyhow!("listing {}: {}", self.uri(parent), DisplayErrorContext(e))
+            })?;
+            for p in page.common_prefixes() {
+                if let Some(name) = p
+                    .prefix()
+                    .and_then(|k| k.strip_prefix(&dir))
+                    .and_then(|k| k.strip_suffix('/'))
+                    && !name.is_empty()
+                    && !name.contains('/')
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     fn uri(&self, key: &str) -> String {
         format!(
             "s3://{}/{}{key}",
@@ -373,6 +459,18 @@ mod tests {
             ["seg-000000.cast", "seg-000000.json"]
         );
         assert!(s.list("ns/none").await.expect("list").is_empty());
+        s.put("ns/s-2/record.json", b"{}".to_vec())
+            .await
+            .expect("put");
+        s.put("other/t-1/record.json", b"{}".to_vec())
+            .await
+            .expect("put");
+        assert_eq!(s.list_dirs("", "").await.expect("dirs"), ["ns", "other"]);
+        assert_eq!(s.list_dirs("ns", "").await.expect("dirs"), ["s-1", "s-2"]);
+        assert_eq!(s.list_dirs("ns", "s-2").await.expect("dirs"), ["s-2"]);
+        assert!(s.list_dirs("none", "").await.expect("dirs").is_empty());
+        // Files are not directories.
+        assert!(s.list_dirs("ns/s-1", "").await.expect("dirs").is_empty());
         assert!(s.put("../escape", vec![]).await.is_err());
         assert!(s.put("ns//x", vec![]).await.is_err());
         assert!(s.uri("ns/s-1/manifest.json").starts_with("file://"));

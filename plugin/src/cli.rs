@@ -24,6 +24,14 @@ Examples:
   kubectl aexec approve exec-7xk2p -m 'ok for INC-1234'
   kubectl aexec replay exec-7xk2p --speed 2 --idle-limit 1
 
+  # Sessions whose ExecSession is gone, from the signed records in the store
+  kubectl aexec list --archived -A --requester alice --since 720h
+  kubectl aexec verify exec-7xk2p
+
+  # Verify a copy of a recording with no cluster at all
+  kubectl aexec keys > aexec-keys.pem
+  kubectl aexec verify --dir ./prod/exec-7xk2p-<uid> --public-key aexec-keys.pem
+
 A pod named like a subcommand (list, approve, ...) is reached as pod/NAME.";
 
 /// `kubectl aexec`: approved, recorded `kubectl exec`.
@@ -124,15 +132,19 @@ pub struct ExecArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List exec sessions (like kubectl get execsessions).
+    /// List exec sessions (like kubectl get execsessions); with --archived, the signed session
+    /// records in the store (sessions whose object may be gone).
     #[command(visible_alias = "ls", visible_alias = "get")]
     List(ListArgs),
-    /// Show a session: what was asked, policy, approvals, timeline and recording.
+    /// Show a session: what was asked, policy, approvals, timeline and recording (from its
+    /// signed record in the store when the ExecSession is gone).
     Describe(NameArg),
     /// Approve a session (approvers named by its policy; never your own).
     Approve(DecideArgs),
     /// Deny a session, saying why.
     Deny(DecideArgs),
+    /// Withdraw your own request before it is attached: it stays, in phase Withdrawn.
+    Withdraw(DecideArgs),
     /// Attach to a session created with --no-wait, waiting for its approval first.
     Attach(AttachArgs),
     /// End a running session.
@@ -141,8 +153,11 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Write a session's recording to a file (asciicast v3, v2 for older players, or text).
     Export(ExportArgs),
-    /// Check a recording's hash chain against the digest in the session's status.
-    Verify(NameArg),
+    /// Check a session's signed record and its recording's hash chain (in the cluster, or in a
+    /// directory copied out of the store with --dir).
+    Verify(VerifyArgs),
+    /// Print the public keys that verify session records (PEM; keep them to verify offline).
+    Keys(KeysArgs),
     /// Print a shell completion script (bash, zsh, fish).
     Completion(CompletionArgs),
     /// Completion candidates for the words given (kubectl's plugin completion protocol).
@@ -190,10 +205,29 @@ pub struct ListArgs {
     /// List sessions in every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
-    /// Only sessions in this phase (Pending, Approved, Denied, Expired, Active, Succeeded,
-    /// Failed, Terminated).
+    /// Only sessions in this phase (Pending, Approved, Denied, Expired, Withdrawn, Active,
+    /// Succeeded, Failed, Terminated).
     #[arg(long, value_name = "PHASE", value_parser = parse_phase)]
     pub phase: Option<aexec_crds::Phase>,
+    /// List the signed session records in the store instead of the ExecSessions: every
+    /// finished session, also those whose object was deleted (after the retention or by an
+    /// administrator). The OBJECT column says whether the ExecSession still exists.
+    #[arg(long)]
+    pub archived: bool,
+    /// With --archived: only sessions requested by this user.
+    #[arg(long, value_name = "USER", requires = "archived")]
+    pub requester: Option<String>,
+    /// With --archived: only sessions in this pod.
+    #[arg(long, value_name = "POD", requires = "archived")]
+    pub pod: Option<String>,
+    /// With --archived: only sessions going on at or after this time (RFC 3339), or within
+    /// this long before now (like 24h).
+    #[arg(long, value_name = "TIME|DURATION", requires = "archived", value_parser = parse_when)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --archived: only sessions requested at or before this time (RFC 3339), or this long
+    /// before now.
+    #[arg(long, value_name = "TIME|DURATION", requires = "archived", value_parser = parse_when)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// Output format: wide, json, yaml or name (default: a table).
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
@@ -246,6 +280,48 @@ pub struct ExportArgs {
     pub format: Format,
 }
 
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Online, the record's signature is checked with the keys the operator publishes \
+(kubectl aexec keys), or with the ones pinned by --public-key; then the manifest against the \
+signed record, and every segment against the manifest. A recording rewritten in the store, even \
+consistently, fails on the signature or the signed chain head, whether the ExecSession still \
+exists or not.\n\nOffline (--dir), the directory is a session's files copied out of the store \
+(record.json, manifest.json, seg-*.cast, seg-*.json), e.g. `aws s3 cp --recursive \
+s3://BUCKET/NAMESPACE/SESSION-UID/ DIR`; no cluster is contacted."
+)]
+pub struct VerifyArgs {
+    /// The session's name (or its recording's name, SESSION-UID).
+    #[arg(required_unless_present = "dir")]
+    pub name: Option<String>,
+    /// Verify the session's files in this directory instead, without any cluster (needs
+    /// --public-key).
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "name",
+        requires = "public_key"
+    )]
+    pub dir: Option<PathBuf>,
+    /// Trust only the public keys in this PEM file (from kubectl aexec keys) instead of the
+    /// ones the operator publishes now.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Output format: json or yaml (default: PEM).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<KeysOutput>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeysOutput {
+    Json,
+    Yaml,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Shell {
     Bash,
@@ -271,17 +347,36 @@ pub struct CompleteArgs {
 }
 
 fn parse_phase(s: &str) -> Result<aexec_crds::Phase, String> {
-    use aexec_crds::Phase::*;
-    [
-        Pending, Approved, Denied, Expired, Active, Succeeded, Failed, Terminated,
-    ]
-    .into_iter()
-    .find(|p| p.as_str().eq_ignore_ascii_case(s))
-    .ok_or_else(|| {
-        format!(
-            "unknown phase {s:?}: use Pending, Approved, Denied, Expired, Active, Succeeded, Failed or Terminated"
-        )
-    })
+    aexec_crds::Phase::ALL
+        .into_iter()
+        .find(|p| p.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            let all: Vec<&str> = aexec_crds::Phase::ALL.iter().map(|p| p.as_str()).collect();
+            format!("unknown phase {s:?}: use one of {}", all.join(", "))
+        })
+}
+
+/// A time (RFC 3339), or a duration before now (`24h`).
+fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_when_at(s, chrono::Utc::now())
+}
+
+fn parse_when_at(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    match s.parse::<kube::core::Duration>() {
+        Ok(d) if !d.is_negative() => {
+            let d = chrono::TimeDelta::from_std(d.into()).map_err(|e| e.to_string())?;
+            Ok(now - d)
+        }
+        _ => Err(format!(
+            "{s:?} is neither a time like 2026-01-31T12:00:00Z nor a duration like 24h"
+        )),
+    }
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -388,6 +483,54 @@ mod tests {
             c.command
         );
         assert!(c.exec.target.is_empty());
+    }
+
+    #[test]
+    fn archive_and_offline_verify_flags() {
+        let c = parse(&[
+            "list",
+            "--archived",
+            "-A",
+            "--requester",
+            "alice",
+            "--since",
+            "24h",
+        ])
+        .expect("parses");
+        match c.command {
+            Some(Command::List(l)) => {
+                assert!(l.archived && l.all_namespaces);
+                assert_eq!(l.requester.as_deref(), Some("alice"));
+                assert!(l.since.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Archive filters need --archived.
+        assert!(parse(&["list", "--requester", "alice"]).is_err());
+        let c = parse(&["verify", "--dir", "d", "--public-key", "k.pem"]).expect("parses");
+        assert!(matches!(c.command, Some(Command::Verify(ref v)) if v.name.is_none()));
+        assert!(
+            parse(&["verify", "--dir", "d"]).is_err(),
+            "offline needs a key"
+        );
+        assert!(parse(&["verify"]).is_err(), "a name or --dir");
+        assert!(parse(&["verify", "s1", "--dir", "d", "--public-key", "k"]).is_err());
+        assert!(parse(&["verify", "s1", "--public-key", "k.pem"]).is_ok());
+        assert!(parse(&["list", "--phase", "withdrawn"]).is_ok());
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z")
+            .expect("t")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_when_at("24h", now).expect("duration").to_rfc3339(),
+            "2026-01-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_when_at("2025-12-31T10:00:00Z", now)
+                .expect("time")
+                .to_rfc3339(),
+            "2025-12-31T10:00:00+00:00"
+        );
+        assert!(parse_when_at("yesterday", now).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use aexec_crds::{ExecPolicy, ExecSession, ExecSessionSpec, Phase};
 use futures::{AsyncReadExt, StreamExt};
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{ListParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -17,6 +17,7 @@ use crate::{
     connect::{self, Conn},
     error::{Doing, Error, Result, explain, out},
     progress::{self, Progress},
+    records::{self, Recording, RecordingList},
     replay, table, target, terminal,
 };
 
@@ -100,7 +101,8 @@ async fn run_attached(c: &Conn, name: &str, spec: &ExecSessionSpec) -> Result<i3
 }
 
 /// Watches session `name` until it is Approved, printing progress; a denial or expiry is an
-/// error saying why. On Ctrl-C (or SIGTERM) the request is withdrawn (deleted) when `withdraw`.
+/// error saying why. On Ctrl-C (or SIGTERM) the request is withdrawn when `withdraw` (it stays,
+/// in phase Withdrawn: the requester cannot delete it).
 async fn wait_approved(
     c: &Conn,
     name: &str,
@@ -134,7 +136,7 @@ async fn wait_approved(
             _ = &mut timeout => {
                 return Err(Error::Session(format!(
                     "session {name} was not approved within {}; it stays open: attach later with \
-                     kubectl aexec attach {name} -n {}, or withdraw it with kubectl delete execsession {name} -n {}",
+                     kubectl aexec attach {name} -n {}, or withdraw it with kubectl aexec withdraw {name} -n {}",
                     kube::core::Duration::from(limit.unwrap_or_default()), c.namespace, c.namespace
                 )));
             }
@@ -204,11 +206,11 @@ async fn wait_approved(
 async fn interrupted(c: &Conn, name: &str, withdraw: bool) -> Error {
     if !withdraw {
         return Error::Session(format!(
-            "interrupted; session {name} stays open (withdraw it with kubectl delete execsession {name} -n {})",
+            "interrupted; session {name} stays open (withdraw it with kubectl aexec withdraw {name} -n {})",
             c.namespace
         ));
     }
-    match sessions(c).delete(name, &DeleteParams::default()).await {
+    match put_subresource(c, name, "withdraw", None).await {
         Ok(_) => Error::Session(format!("interrupted: request {name} withdrawn")),
         Err(e) => explain(
             &e,
@@ -218,15 +220,54 @@ async fn interrupted(c: &Conn, name: &str, withdraw: bool) -> Error {
     }
 }
 
+/// `PUT .../execsessions/NAME/SUB` with an optional comment; the session as written.
+async fn put_subresource(
+    c: &Conn,
+    name: &str,
+    sub: &str,
+    comment: Option<&str>,
+) -> Result<ExecSession, kube::Error> {
+    let body = match comment {
+        Some(m) => json!({"comment": m}),
+        None => json!({}),
+    };
+    let req = http::Request::put(subresource_path(&c.namespace, name, sub))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .map_err(kube::Error::HttpError)?;
+    c.client.request(req).await
+}
+
+/// `withdraw NAME`: the requester takes back a request not yet attached.
+pub async fn withdraw(c: &Conn, d: &cli::DecideArgs) -> Result<i32> {
+    put_subresource(c, &d.name, "withdraw", d.message.as_deref())
+        .await
+        .map_err(|e| {
+            explain(
+                &e,
+                &format!("withdrawing session {}", d.name),
+                Doing::Request,
+            )
+        })?;
+    out(&format!("execsession.aexec.dev/{} withdrawn\n", d.name))?;
+    Ok(0)
+}
+
 async fn get(c: &Conn, name: &str, doing: Doing) -> Result<ExecSession> {
-    match sessions(c).get_opt(name).await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(Error::Usage(format!(
+    match get_opt(c, name, doing).await? {
+        Some(s) => Ok(s),
+        None => Err(Error::Usage(format!(
             "execsession {name:?} not found in namespace {:?} (kubectl aexec list -n {})",
             c.namespace, c.namespace
         ))),
-        Err(e) => Err(explain(&e, &format!("reading session {name}"), doing)),
     }
+}
+
+async fn get_opt(c: &Conn, name: &str, doing: Doing) -> Result<Option<ExecSession>> {
+    sessions(c)
+        .get_opt(name)
+        .await
+        .map_err(|e| explain(&e, &format!("reading session {name}"), doing))
 }
 
 /// `approve` / `deny`.
@@ -344,10 +385,15 @@ pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `describe NAME`.
+/// `describe NAME`: the ExecSession, or its signed record in the store once it is gone.
 pub async fn describe(c: &Conn, name: &str) -> Result<i32> {
-    let s = get(c, name, Doing::Audit).await?;
-    out(&table::describe(&s, chrono::Utc::now()))?;
+    match get_opt(c, name, Doing::Audit).await? {
+        Some(s) => out(&table::describe(&s, chrono::Utc::now()))?,
+        None => {
+            let r = find_recording(c, name).await?;
+            out(&records::describe(&r, false))?;
+        }
+    }
     Ok(0)
 }
 
@@ -356,6 +402,23 @@ fn recording_path(c: &Conn, name: &str, query: &str) -> String {
         "{}?{query}",
         subresource_path(&c.namespace, name, "recording")
     )
+}
+
+/// Where a session's recording is read from: the ExecSession's `recording` subresource while
+/// it exists, else the `content` of its signed record in the store (and the user is told).
+async fn recording_source(c: &Conn, name: &str, query: &str) -> Result<String> {
+    if get_opt(c, name, Doing::Audit).await?.is_some() {
+        return Ok(recording_path(c, name, query));
+    }
+    let r = find_recording(c, name).await?;
+    eprintln!(
+        "execsession {name} no longer exists: reading its recording from its signed session record in the store ({})",
+        r.status.uri
+    );
+    Ok(format!(
+        "{}/content?{query}",
+        recordings_path(&r.metadata.namespace, Some(&r.metadata.name))
+    ))
 }
 
 /// GETs `path` and reads at most `limit` bytes of the answer (more is an error, never buffered).
@@ -382,13 +445,10 @@ async fn get_bounded(client: &Client, path: &str, limit: u64, what: &str) -> Res
 /// the file (written whole or not at all) or to stdout.
 pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
     let what = format!("reading the recording of {}", e.name);
-    let req = http::Request::get(recording_path(
-        c,
-        &e.name,
-        &format!("format={}", e.format.as_str()),
-    ))
-    .body(Vec::new())
-    .map_err(|e| Error::Api(e.to_string()))?;
+    let path = recording_source(c, &e.name, &format!("format={}", e.format.as_str())).await?;
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Error::Api(e.to_string()))?;
     let mut body = c
         .client
         .request_stream(req)
@@ -450,7 +510,7 @@ async fn copy_body(
 pub async fn replay(c: &Conn, r: &cli::ReplayArgs) -> Result<i32> {
     let bytes = get_bounded(
         &c.client,
-        &recording_path(c, &r.name, "format=v3"),
+        &recording_source(c, &r.name, "format=v3").await?,
         MAX_REPLAY_BYTES,
         &format!("reading the recording of {}", r.name),
     )
@@ -487,11 +547,164 @@ pub async fn replay(c: &Conn, r: &cli::ReplayArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `verify NAME`: fetches the stored objects and checks the chain here, with the same code as
-/// the operator, against the head the session's status recorded.
-pub async fn verify(c: &Conn, name: &str) -> Result<i32> {
+/// `verify NAME`: checks the session's signed record (its signature, with the keys the
+/// operator publishes or the ones pinned with --public-key), then the stored manifest against
+/// the record and every segment against the manifest, here, with the same code as the
+/// operator. While the ExecSession exists, its status must agree; before the record is written
+/// (the session still going on), the chain is checked against the status alone.
+pub async fn verify(c: &Conn, v: &cli::VerifyArgs) -> Result<i32> {
+    let name = v.name.clone().unwrap_or_default();
+    let keys = match &v.public_key {
+        Some(file) => Some(read_keys(file)?),
+        None => None,
+    };
+    let session = get_opt(c, &name, Doing::Audit).await?;
+    let (recording, status_head) = match &session {
+        Some(s) => {
+            let st = s.status.clone().unwrap_or_default();
+            if st.record.is_none() {
+                return verify_against_status(c, s).await;
+            }
+            let uid = s.metadata.uid.clone().unwrap_or_default();
+            (format!("{name}-{uid}"), st.recording.and_then(|r| r.sha256))
+        }
+        None => {
+            let r = find_recording(c, &name).await?;
+            eprintln!(
+                "execsession {name} no longer exists: verifying its signed session record in the store ({})",
+                r.status.uri
+            );
+            (r.metadata.name.clone(), None)
+        }
+    };
+    let keys = match keys {
+        Some(k) => k,
+        None => fetch_keys(c).await?,
+    };
+    let objects = ClusterObjects {
+        client: c.client.clone(),
+        path: recordings_path(&c.namespace, Some(&recording)),
+        name: recording,
+    };
+    let verified = records::verify(&objects, &keys).await?;
+    if let Some(s) = &session
+        && verified.record.session.uid != s.metadata.uid.clone().unwrap_or_default()
+    {
+        return Err(Error::Verify(format!(
+            "FAILED: the session record belongs to session uid {}, not to this session",
+            verified.record.session.uid
+        )));
+    }
+    out(&records::report(&verified, status_head.as_deref())?)?;
+    Ok(0)
+}
+
+/// `verify --dir PATH --public-key FILE`: the same checks on files copied out of the store,
+/// with no cluster.
+pub async fn verify_dir(v: &cli::VerifyArgs) -> Result<i32> {
+    let (Some(dir), Some(key_file)) = (&v.dir, &v.public_key) else {
+        return Err(Error::Usage(
+            "verify --dir needs --public-key FILE (the keys from kubectl aexec keys)".into(),
+        ));
+    };
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "{} is not a directory: give the directory holding the session's record.json, manifest.json and seg-* files",
+            dir.display()
+        )));
+    }
+    let keys = read_keys(key_file)?;
+    let verified = records::verify(&DirObjects(dir.clone()), &keys).await?;
+    out(&records::report(&verified, None)?)?;
+    Ok(0)
+}
+
+/// The public keys of a PEM file.
+fn read_keys(file: &std::path::Path) -> Result<aexec_recording::record::KeyRing> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::Usage(format!("cannot read {}: {e}", file.display())))?;
+    aexec_recording::record::KeyRing::from_pem_bundle(&text)
+        .map_err(|e| Error::Usage(format!("{}: {e}", file.display())))
+}
+
+/// The stored objects of a session directory copied out of the store.
+struct DirObjects(std::path::PathBuf);
+
+impl records::Objects for DirObjects {
+    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.0.join(name);
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io(format!("reading {}: {e}", path.display()))),
+            Ok(m) if m.len() > MAX_OBJECT_BYTES => {
+                return Err(Error::Verify(format!(
+                    "FAILED: {} is {} bytes, more than any object of a recording ({MAX_OBJECT_BYTES})",
+                    path.display(),
+                    m.len()
+                )));
+            }
+            Ok(_) => {}
+        }
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(|e| Error::Io(format!("reading {}: {e}", path.display())))
+    }
+
+    fn source(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// The stored objects of a session, through the operator (`recordings/NAME/content?object=`).
+struct ClusterObjects {
+    client: Client,
+    /// `.../namespaces/NS/recordings/NAME`.
+    path: String,
+    name: String,
+}
+
+impl records::Objects for ClusterObjects {
+    async fn get(&self, object: &str) -> Result<Option<Vec<u8>>> {
+        let path = format!("{}/content?object={object}", self.path);
+        let req = http::Request::get(&path)
+            .body(Vec::new())
+            .map_err(|e| Error::Api(e.to_string()))?;
+        let what = format!("reading {object} of {}", self.name);
+        let body = match self.client.request_stream(req).await {
+            Ok(b) => b,
+            // The object is not there (the operator's 404 for a stored object, not for the
+            // recording as a whole).
+            Err(kube::Error::Api(s))
+                if s.code == 404 && s.message.starts_with("recording object") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(explain(&e, &what, Doing::Audit)),
+        };
+        let mut buf = Vec::new();
+        body.take(MAX_OBJECT_BYTES + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::Api(format!("{what}: {e}")))?;
+        if buf.len() as u64 > MAX_OBJECT_BYTES {
+            return Err(Error::Api(format!(
+                "{what}: larger than {MAX_OBJECT_BYTES} bytes"
+            )));
+        }
+        Ok(Some(buf))
+    }
+
+    fn source(&self) -> String {
+        format!("the store (recording {})", self.name)
+    }
+}
+
+/// Before the session's record is written (it is still going on, or ended a moment ago): the
+/// chain against the head in the session's status.
+async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<i32> {
     use aexec_recording::chain::{Manifest, SegmentMeta, Verifier, segment_name, sidecar_name};
-    let s = get(c, name, Doing::Audit).await?;
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let name = name.as_str();
     let rec = s
         .status
         .as_ref()
@@ -559,7 +772,8 @@ pub async fn verify(c: &Conn, name: &str) -> Result<i32> {
     }
     let report = v.finish().map_err(fail)?;
     out(&format!(
-        "recording of {}/{name} verified: {} segments, {} bytes, chain head {} matches the session's status{}\n",
+        "recording of {}/{name} verified: {} segments, {} bytes, chain head {} matches the session's status{} \
+         (no signed session record yet: the session is {})\n",
         c.namespace,
         report.segments,
         report.total_bytes,
@@ -571,8 +785,237 @@ pub async fn verify(c: &Conn, name: &str) -> Result<i32> {
             )
         } else {
             String::new()
-        }
+        },
+        s.phase()
     ))?;
+    Ok(0)
+}
+
+// ---- review from the store
+
+/// `/apis/.../namespaces/NS/recordings[/NAME]`.
+fn recordings_path(namespace: &str, name: Option<&str>) -> String {
+    let base = format!(
+        "/apis/{}/{}/namespaces/{namespace}/recordings",
+        aexec_crds::SUBRESOURCE_GROUP,
+        aexec_crds::VERSION
+    );
+    match name {
+        Some(n) => format!("{base}/{n}"),
+        None => base,
+    }
+}
+
+/// GETs `path` as JSON (bounded).
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    what: &str,
+) -> Result<T> {
+    let bytes = get_bounded(client, path, MAX_OBJECT_BYTES, what).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Api(format!("{what}: unexpected answer: {e}")))
+}
+
+/// Every session record in the namespace (all with `all`) matching the query, page by page.
+async fn list_recordings(c: &Conn, all: bool, query: &[(&str, String)]) -> Result<Vec<Recording>> {
+    let base = if all {
+        format!(
+            "/apis/{}/{}/recordings",
+            aexec_crds::SUBRESOURCE_GROUP,
+            aexec_crds::VERSION
+        )
+    } else {
+        recordings_path(&c.namespace, None)
+    };
+    let mut items = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+        if let Some(n) = &next {
+            q.append_pair("continue", n);
+        }
+        let path = format!("{base}?{}", q.finish());
+        let page: RecordingList = get_json(&c.client, &path, "listing session records").await?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(n) if !n.is_empty() && Some(&n) != next.as_ref() => next = Some(n),
+            _ => return Ok(items),
+        }
+    }
+}
+
+/// The record of session `name` (or of recording `name`) in the namespace.
+async fn find_recording(c: &Conn, name: &str) -> Result<Recording> {
+    let found = list_recordings(c, false, &[("fieldSelector", format!("session={name}"))]).await?;
+    if !found.is_empty() {
+        return records::pick(&found, name, &c.namespace).cloned();
+    }
+    // Named by its recording (SESSION-UID)?
+    let req = http::Request::get(recordings_path(&c.namespace, Some(name)))
+        .body(Vec::new())
+        .map_err(|e| Error::Api(e.to_string()))?;
+    match c.client.request::<Recording>(req).await {
+        Ok(r) => Ok(r),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            records::pick(&[], name, &c.namespace).cloned()
+        }
+        Err(e) => Err(explain(
+            &e,
+            &format!("reading recording {name}"),
+            Doing::Audit,
+        )),
+    }
+}
+
+/// `list --archived`: the session records in the store.
+pub async fn list_archived(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
+    let mut selector = vec![];
+    if let Some(u) = &l.requester {
+        selector.push(format!("requester={u}"));
+    }
+    if let Some(p) = &l.pod {
+        selector.push(format!("pod={p}"));
+    }
+    if let Some(p) = l.phase {
+        selector.push(format!("phase={p}"));
+    }
+    let mut query = vec![];
+    if !selector.is_empty() {
+        query.push(("fieldSelector", selector.join(",")));
+    }
+    let rfc =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if let Some(t) = l.since {
+        query.push(("since", rfc(t)));
+    }
+    if let Some(t) = l.until {
+        query.push(("until", rfc(t)));
+    }
+    let items = list_recordings(c, l.all_namespaces, &query).await?;
+    let mut stdout = std::io::stdout().lock();
+    match l.output {
+        Some(Output::Json) | Some(Output::Yaml) => {
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}});
+            let text = if l.output == Some(Output::Json) {
+                serde_json::to_string_pretty(&list)
+                    .map(|s| s + "\n")
+                    .map_err(|e| Error::Io(e.to_string()))?
+            } else {
+                serde_yaml::to_string(&list).map_err(|e| Error::Io(e.to_string()))?
+            };
+            stdout.write_all(text.as_bytes())?;
+        }
+        Some(Output::Name) => {
+            for r in &items {
+                writeln!(
+                    stdout,
+                    "recording.{}/{}",
+                    aexec_crds::SUBRESOURCE_GROUP,
+                    r.metadata.name
+                )?;
+            }
+        }
+        other => {
+            if items.is_empty() {
+                if l.all_namespaces {
+                    eprintln!("No session records found in the store");
+                } else {
+                    eprintln!(
+                        "No session records found in the store for namespace {}.",
+                        c.namespace
+                    );
+                }
+                return Ok(0);
+            }
+            // Which sessions still exist, for the OBJECT column.
+            let api: Api<ExecSession> = if l.all_namespaces {
+                Api::all(c.client.clone())
+            } else {
+                sessions(c)
+            };
+            let uids: std::collections::HashSet<String> = api
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(|e| explain(&e, "listing sessions", Doing::Audit))?
+                .items
+                .into_iter()
+                .filter_map(|m| m.metadata.uid)
+                .collect();
+            let wide = other == Some(Output::Wide);
+            stdout.write_all(
+                records::list(
+                    &items,
+                    &uids,
+                    l.all_namespaces,
+                    wide,
+                    l.no_headers,
+                    chrono::Utc::now(),
+                )
+                .as_bytes(),
+            )?;
+        }
+    }
+    Ok(0)
+}
+
+/// The operator's public keys for session records.
+async fn fetch_keys(c: &Conn) -> Result<aexec_recording::record::KeyRing> {
+    let path = format!(
+        "/apis/{}/{}/signingkeys",
+        aexec_crds::SUBRESOURCE_GROUP,
+        aexec_crds::VERSION
+    );
+    let list: serde_json::Value =
+        get_json(&c.client, &path, "reading the operator's public keys").await?;
+    let mut ring = aexec_recording::record::KeyRing::default();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let pem = item["publicKey"].as_str().unwrap_or_default();
+        let key = aexec_recording::record::PublicKey::from_pem(pem).map_err(|e| {
+            Error::Api(format!(
+                "the operator published an unreadable public key: {e}"
+            ))
+        })?;
+        ring.add(key);
+    }
+    if ring.keys().is_empty() {
+        return Err(Error::Api(
+            "the operator publishes no public key for session records".into(),
+        ));
+    }
+    Ok(ring)
+}
+
+/// `keys`: the public keys that verify session records, as PEM (to pin for verify
+/// --public-key) or as the API's list.
+pub async fn keys(c: &Conn, k: &cli::KeysArgs) -> Result<i32> {
+    match k.output {
+        None => {
+            let ring = fetch_keys(c).await?;
+            out(&ring.to_pem_bundle())?;
+        }
+        Some(format) => {
+            let path = format!(
+                "/apis/{}/{}/signingkeys",
+                aexec_crds::SUBRESOURCE_GROUP,
+                aexec_crds::VERSION
+            );
+            let list: serde_json::Value =
+                get_json(&c.client, &path, "reading the operator's public keys").await?;
+            let text = match format {
+                cli::KeysOutput::Json => serde_json::to_string_pretty(&list)
+                    .map(|s| s + "\n")
+                    .map_err(|e| Error::Io(e.to_string()))?,
+                cli::KeysOutput::Yaml => {
+                    serde_yaml::to_string(&list).map_err(|e| Error::Io(e.to_string()))?
+                }
+            };
+            out(&text)?;
+        }
+    }
     Ok(0)
 }
 

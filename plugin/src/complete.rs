@@ -32,10 +32,11 @@ pub enum Want {
     Nothing,
 }
 
-const SESSION_COMMANDS: [&str; 8] = [
+const SESSION_COMMANDS: [&str; 9] = [
     "describe",
     "approve",
     "deny",
+    "withdraw",
     "attach",
     "terminate",
     "replay",
@@ -43,7 +44,7 @@ const SESSION_COMMANDS: [&str; 8] = [
     "verify",
 ];
 /// Flags that take a value (the word after them is that value, not a positional).
-const VALUE_FLAGS: [&str; 20] = [
+const VALUE_FLAGS: [&str; 26] = [
     "-n",
     "--namespace",
     "--context",
@@ -64,6 +65,12 @@ const VALUE_FLAGS: [&str; 20] = [
     "-s",
     "--speed",
     "--idle-limit",
+    "--requester",
+    "--pod",
+    "--since",
+    "--until",
+    "--dir",
+    "--public-key",
 ];
 
 /// Decides what to complete from the words (pure). `words` ends with the word being completed.
@@ -77,16 +84,7 @@ pub fn plan(words: &[String]) -> Want {
             "-n" | "--namespace" => return Want::Namespaces,
             "--context" => return Want::Contexts,
             "--phase" => {
-                return Want::Values(vec![
-                    "Pending",
-                    "Approved",
-                    "Denied",
-                    "Expired",
-                    "Active",
-                    "Succeeded",
-                    "Failed",
-                    "Terminated",
-                ]);
+                return Want::Values(aexec_crds::Phase::ALL.iter().map(|p| p.as_str()).collect());
             }
             "--format" => return Want::Values(vec!["v3", "v2", "text"]),
             "-o" | "--output" if sub.as_deref() == Some("list") => {

@@ -12,6 +12,7 @@ pub mod complete;
 pub mod connect;
 pub mod error;
 pub mod progress;
+pub mod records;
 pub mod replay;
 pub mod table;
 pub mod target;
@@ -96,18 +97,27 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         // Bad arguments are reported before the kubeconfig is even read.
         target::split_exec_args(&cli.exec.target, &cli.exec.command)?;
     }
+    // Offline verification: no kubeconfig, no cluster.
+    if let Some(Command::Verify(v)) = &cli.command
+        && v.dir.is_some()
+    {
+        return commands::verify_dir(v).await;
+    }
     let conn = connect::connect(&cli.global).await?;
     match &cli.command {
         None => commands::exec(&conn, &cli.exec).await,
+        Some(Command::List(l)) if l.archived => commands::list_archived(&conn, l).await,
         Some(Command::List(l)) => commands::list(&conn, l).await,
         Some(Command::Describe(n)) => commands::describe(&conn, &n.name).await,
         Some(Command::Approve(d)) => commands::decide(&conn, d, true).await,
         Some(Command::Deny(d)) => commands::decide(&conn, d, false).await,
+        Some(Command::Withdraw(d)) => commands::withdraw(&conn, d).await,
+        Some(Command::Keys(k)) => commands::keys(&conn, k).await,
         Some(Command::Attach(a)) => commands::attach_existing(&conn, a).await,
         Some(Command::Terminate(n)) => commands::terminate(&conn, &n.name).await,
         Some(Command::Replay(r)) => commands::replay(&conn, r).await,
         Some(Command::Export(e)) => commands::export(&conn, e).await,
-        Some(Command::Verify(n)) => commands::verify(&conn, &n.name).await,
+        Some(Command::Verify(v)) => commands::verify(&conn, v).await,
         Some(Command::Completion(_)) | Some(Command::Complete(_)) => Ok(0),
     }
 }

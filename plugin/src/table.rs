@@ -166,6 +166,7 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
     let st = s.status.clone().unwrap_or_default();
     let mut out = String::new();
     let mut kv = |k: &str, v: String| out.push_str(&format!("{:<14}{v}\n", format!("{k}:")));
+    kv("Source", "the ExecSession in the cluster".into());
     kv("Name", s.metadata.name.clone().unwrap_or_default());
     kv(
         "Namespace",
@@ -217,19 +218,21 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
         ));
     }
     let mut kv = |k: &str, v: String| out.push_str(&format!("{:<14}{v}\n", format!("{k}:")));
-    if let Some(d) = &st.denial {
-        kv(
-            "Denied by",
-            format!(
-                "{} at {}{}",
-                d.user.username,
-                rfc3339(ts(&d.time)),
-                d.comment
-                    .as_deref()
-                    .map(|c| format!(": {c}"))
-                    .unwrap_or_default()
-            ),
-        );
+    for (what, d) in [("Denied by", &st.denial), ("Withdrawn by", &st.withdrawal)] {
+        if let Some(d) = d {
+            kv(
+                what,
+                format!(
+                    "{} at {}{}",
+                    d.user.username,
+                    rfc3339(ts(&d.time)),
+                    d.comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
     }
     if let Some(d) = &st.deadline {
         kv("Deadline", time(d, now));
@@ -259,6 +262,9 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
     if let Some(d) = &st.denial {
         events.push((ts(&d.time), format!("denied by {}", d.user.username)));
     }
+    if let Some(d) = &st.withdrawal {
+        events.push((ts(&d.time), format!("withdrawn by {}", d.user.username)));
+    }
     if let Some(t) = &st.start_time {
         events.push((ts(t), "attached".into()));
     }
@@ -284,6 +290,19 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
             if r.interrupted {
                 kv("Interrupted", "true (sealed after an interruption)".into());
             }
+        }
+    }
+    out.push_str("Session Record:");
+    match &st.record {
+        None if s.phase().is_terminal() => out.push_str(" <not written yet>\n"),
+        None => out.push_str(" <none> (written when the session ends)\n"),
+        Some(r) => {
+            out.push('\n');
+            let mut kv =
+                |k: &str, v: String| out.push_str(&format!("  {:<12}{v}\n", format!("{k}:")));
+            kv("URI", or_none(r.uri.clone()));
+            kv("Signed by", or_none(r.key_id.clone()));
+            kv("SHA-256", or_none(r.sha256.clone()));
         }
     }
     out

@@ -152,10 +152,10 @@ impl Snapshot {
         );
         for h in crate::sandbox::hierarchies(&mountinfo) {
             cgroup_dirs(&h.mount_point, 0, &mut s.cgroups);
-            if let Some(mine) = crate::sandbox::own_cgroup_dir(&h, &own) {
-                if mine != h.mount_point {
-                    cgroup_dirs(&mine, 2, &mut s.cgroups);
-                }
+            if let Some(mine) = crate::sandbox::own_cgroup_dir(&h, &own)
+                && mine != h.mount_point
+            {
+                cgroup_dirs(&mine, 2, &mut s.cgroups);
             }
         }
         s

@@ -100,7 +100,17 @@ fn real_node_demo() {
     let at = find_after(&text, at, "bytes, v2)");
     let at = find_after(&text, at, "\"version\":2");
     let at = find_after(&text, at, "matches the session's status");
-    // The hash-chained files landed in the local store.
+    // alice cannot delete it; the admin can, and the signed record stays in the store.
+    let at = find_after(&text, at, "cannot delete resource \"execsessions\"");
+    let at = find_after(&text, at, "\" deleted");
+    let at = find_after(&text, at, "SESSION ");
+    let at = find_after(&text, at, "deleted\n");
+    let at = find_after(&text, at, "-----BEGIN PUBLIC KEY-----");
+    // The hash-chained files and the record landed in the local store.
     let at = find_after(&text, at, "/manifest.json");
-    find_after(&text, at, "/seg-000000.cast");
+    let at = find_after(&text, at, "/record.json");
+    let at = find_after(&text, at, "/seg-000000.cast");
+    // And a copy verifies with no cluster.
+    let at = find_after(&text, at, "verified: signed by key");
+    find_after(&text, at, "matches the signed session record");
 }

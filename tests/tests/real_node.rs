@@ -511,13 +511,12 @@ async fn delete_pod_now(namespace: &str, pod: &str) -> Output {
 
 /// A session that must work: alice runs `echo NAME` and gets it back with exit 0.
 async fn a_new_session_works(t: &Target, word: &str) -> Output {
-    let out = aexec(
+    aexec(
         User::Alice,
         &["-n", &t.namespace, "-r", word, &t.pod, "--", "echo", word],
         None,
     )
-    .await;
-    out
+    .await
 }
 
 #[tokio::test]

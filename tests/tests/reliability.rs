@@ -588,4 +588,22 @@ async fn killed_replica_that_never_returns_is_ended_by_the_leader() {
         "the client got {} ticks; the sealed recording holds {n}",
         tick_count(&out)
     );
+    // Its signed session record is written too, by the leader, like any other ending's.
+    let mut record = None;
+    for _ in 0..150 {
+        record = session(&t, "s1").await.status.and_then(|s| s.record);
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let record = record.expect("a signed session record within 30 s");
+    assert!(
+        record
+            .uri
+            .as_deref()
+            .is_some_and(|u| u.ends_with("/record.json")),
+        "{record:?}"
+    );
+    assert!(record.key_id.is_some(), "{record:?}");
 }

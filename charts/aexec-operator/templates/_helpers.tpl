@@ -50,6 +50,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-tls" (include "aexec.fullname" .) }}
 {{- end }}
 
+{{/* The Secret holding the keys that sign session records. */}}
+{{- define "aexec.signingSecretName" -}}
+{{- default (printf "%s-signing" (include "aexec.fullname" .)) .Values.signing.existingSecret }}
+{{- end }}
+
+{{/* The ConfigMap publishing the public keys of session records. */}}
+{{- define "aexec.signingKeysConfigMapName" -}}
+{{- printf "%s-signing-keys" (include "aexec.fullname" .) }}
+{{- end }}
+
 {{/* DNS names the API server uses to reach the Service. */}}
 {{- define "aexec.serviceDNSNames" -}}
 {{- $svc := include "aexec.fullname" . }}

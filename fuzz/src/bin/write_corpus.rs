@@ -14,6 +14,7 @@ fn main() -> std::io::Result<()> {
         ("frames", seeds::frames()),
         ("control_json", seeds::control_json()),
         ("cast_reader", seeds::cast_reader()),
+        ("record", seeds::record()),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir)?;

@@ -189,10 +189,11 @@ fn run_real_node(keep: bool, mut inner: Vec<String>, command: Vec<String>) -> Re
     let after = host::Snapshot::take();
     changes.extend(after.changes_since(&before));
     let ok = status.success();
-    if ok && !keep {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!("aexec-testenv: could not remove {}: {e}", dir.display());
-        }
+    if ok
+        && !keep
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        eprintln!("aexec-testenv: could not remove {}: {e}", dir.display());
     }
     if !changes.is_empty() {
         eprintln!(

@@ -239,7 +239,7 @@ async fn server_dry_run(yaml: &str, count: usize) {
 /// is a change of the operator's privileges and must be deliberate.
 fn expected_operator_rules() -> Value {
     json!([
-        {"apiGroups": ["aexec.dev"], "resources": ["execsessions"], "verbs": ["get", "list", "watch", "delete"]},
+        {"apiGroups": ["aexec.dev"], "resources": ["execsessions"], "verbs": ["get", "list", "watch", "patch", "delete"]},
         {"apiGroups": ["aexec.dev"], "resources": ["execsessions/status"], "verbs": ["patch", "update"]},
         {"apiGroups": ["aexec.dev"], "resources": ["execpolicies"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
@@ -260,14 +260,18 @@ fn check_default(objects: &[Value], ns: &str) {
             "ClusterRole",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ConfigMap",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
             "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "Role",
+            "Role",
             "RoleBinding",
             "RoleBinding",
+            "RoleBinding",
+            "Secret",
             "Secret",
             "Service",
             "Service",
@@ -354,6 +358,43 @@ fn check_default(objects: &[Value], ns: &str) {
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "resourceNames": ["aexec-operator"], "verbs": ["get", "patch"]}
+        ])
+    );
+    // Session records: one Ed25519 key made by Helm (genPrivateKey), readable as the operator
+    // reads it, kept on uninstall; the operator reads that Secret and patches the public keys'
+    // ConfigMap, by name, and nothing else.
+    let secret_name = format!("{RELEASE}-signing");
+    let cm_name = format!("{RELEASE}-signing-keys");
+    assert_eq!(args.signing_key_secret, secret_name);
+    assert_eq!(args.signing_keys_configmap, cm_name);
+    let secret = find(objects, "Secret", &secret_name);
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let data = secret["data"].as_object().expect("data");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["signing-key-1.pem"]);
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data["signing-key-1.pem"].as_str().expect("b64"))
+        .expect("base64");
+    let key = aexec_recording::record::SigningKey::from_pkcs8_pem(
+        std::str::from_utf8(&pem).expect("PEM text"),
+    )
+    .expect("Helm's genPrivateKey \"ed25519\" is a key the operator reads");
+    assert_eq!(key.id().len(), 16);
+    let cm = find(objects, "ConfigMap", &cm_name);
+    assert_eq!(
+        cm["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let signing_role = find(objects, "Role", &format!("{RELEASE}-signing"));
+    assert_eq!(signing_role["metadata"]["namespace"], ns);
+    assert_eq!(
+        signing_role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret_name], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name], "verbs": ["get", "patch"]}
         ])
     );
     let reader = find(objects, "RoleBinding", &format!("{RELEASE}-auth-reader"));
@@ -480,10 +521,11 @@ fn check_s3(objects: &[Value]) {
 }
 
 fn check_cert_manager(objects: &[Value], ns: &str) {
-    let k = kinds(objects);
     assert!(
-        !k.contains(&"Secret".to_owned()),
-        "cert-manager writes the Secret"
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == TLS_SECRET),
+        "cert-manager writes the serving certificate's Secret"
     );
     let cert = find(objects, "Certificate", &format!("{RELEASE}-serving"));
     assert_eq!(cert["spec"]["secretName"], TLS_SECRET);
@@ -896,6 +938,7 @@ async fn operator_runs_with_chart_rbac() {
         ("get", "pods#exec", ns),
         ("watch", "pods", ns),
         ("delete", "execsessions.aexec.dev", ns),
+        ("patch", "execsessions.aexec.dev", ns),
         ("update", "execsessions.aexec.dev#status", ns),
         ("patch", "execsessions.aexec.dev#status", ns),
         ("create", "subjectaccessreviews.authorization.k8s.io", ns),
@@ -909,6 +952,8 @@ async fn operator_runs_with_chart_rbac() {
             "leases.coordination.k8s.io/aexec-operator",
             NAMESPACE,
         ),
+        ("get", "secrets/aexec-operator-signing", NAMESPACE),
+        ("patch", "configmaps/aexec-operator-signing-keys", NAMESPACE),
     ] {
         assert!(
             operator_can(verb, what, where_).await,
@@ -921,6 +966,8 @@ async fn operator_runs_with_chart_rbac() {
         ("create", "pods#attach", ns),
         ("create", "pods#portforward", ns),
         ("get", "secrets", NAMESPACE),
+        ("get", "secrets/aexec-operator-tls", NAMESPACE),
+        ("patch", "configmaps", NAMESPACE),
         ("create", "execsessions.aexec.dev", ns),
         ("update", "execsessions.aexec.dev", ns),
         ("create", "execpolicies.aexec.dev", ns),
@@ -1039,9 +1086,29 @@ async fn aexec_requester_cannot_exec_into_pods_directly() {
         assert_eq!(can("get", "pods#exec").await, "no", "{role}");
         assert_eq!(can("create", "pods#attach").await, "no", "{role}");
         if role == "aexec-requester" {
-            // The role works for what it is for.
+            // The role works for what it is for, and erases nothing.
             assert_eq!(can("create", "execsessions.aexec.dev").await, "yes");
+            assert_eq!(can("delete", "execsessions.aexec.dev").await, "no");
+            assert_eq!(can("patch", "execsessions.aexec.dev").await, "no");
         }
+        // The aggregated API's resources are not in kubectl's discovery as top-level
+        // resources: asked with SubjectAccessReviews, as the API server and the operator ask.
+        let sar = |verb: &'static str, resource: &'static str, sub: Option<&'static str>| {
+            aggregated_allowed(user, verb, resource, sub, ns)
+        };
+        assert_eq!(
+            sar("update", "execsessions", Some("withdraw")).await,
+            role == "aexec-requester",
+            "{role} withdraw"
+        );
+        let auditor = role == "aexec-auditor";
+        assert_eq!(sar("list", "recordings", None).await, auditor, "{role}");
+        assert_eq!(
+            sar("get", "recordings", Some("content")).await,
+            auditor,
+            "{role}"
+        );
+        assert_eq!(sar("list", "signingkeys", None).await, auditor, "{role}");
     }
     // kubectl exec as the requester is refused by the API server.
     let out = kubectl(
@@ -1060,6 +1127,42 @@ async fn aexec_requester_cannot_exec_into_pods_directly() {
         stderr.contains("\"erin\"") && stderr.contains("pods/exec"),
         "{stderr}"
     );
+}
+
+/// Whether `user` may `verb` `resource[/sub]` of `subresources.aexec.dev` in `ns`, per a
+/// SubjectAccessReview (the check the API server makes before proxying to the operator).
+async fn aggregated_allowed(
+    user: &str,
+    verb: &str,
+    resource: &str,
+    sub: Option<&str>,
+    ns: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let admin = env().client(User::Admin).await.expect("admin");
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_owned()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("subresources.aexec.dev".into()),
+                resource: Some(resource.into()),
+                subresource: sub.map(Into::into),
+                namespace: Some(ns.into()),
+                verb: Some(verb.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(admin)
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
 }
 
 /// The Lease's holder, if any.

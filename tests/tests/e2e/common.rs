@@ -107,6 +107,28 @@ pub async fn wait_phase(t: &Target, name: &str, phase: Phase, secs: u64) -> Exec
     }
 }
 
+/// Waits until session `name` has its signed record in the store (`status.record`).
+pub async fn wait_record(t: &Target, name: &str) -> ExecSession {
+    let admin = env().client(User::Admin).await.expect("admin");
+    let api: Api<ExecSession> = Api::namespaced(admin, &t.namespace);
+    let cond = |s: Option<&ExecSession>| {
+        s.and_then(|s| s.status.as_ref())
+            .is_some_and(|st| st.record.is_some())
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(s))) => s,
+        other => panic!(
+            "session {name} got no signed record within 30s ({other:?}); status: {:#?}",
+            api.get(name).await.ok().and_then(|s| s.status)
+        ),
+    }
+}
+
 /// Waits until the operator has uploaded every file of session `name` (its spool directory is
 /// gone) and returns the recording's key prefix in the bucket.
 pub async fn uploaded(t: &Target, name: &str, uid: &str) -> String {

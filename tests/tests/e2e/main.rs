@@ -8,6 +8,7 @@ mod broker;
 mod chart;
 mod common;
 mod edges;
+mod evidence;
 mod ground;
 mod operator;
 mod plugin;

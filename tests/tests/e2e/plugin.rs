@@ -23,7 +23,7 @@ async fn run(cmd: tokio::process::Command, stdin: Option<&[u8]>) -> Output {
     output(cmd, stdin, "the command").await
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -275,12 +275,14 @@ async fn plugin_ctrl_c_withdraws_request() {
         stderr.contains(&format!("interrupted: request {name} withdrawn")),
         "{stderr}"
     );
-    let admin = env().client(User::Admin).await.expect("admin");
-    let gone = Api::<ExecSession>::namespaced(admin, &t.namespace)
-        .get_opt(&name)
-        .await
-        .expect("get");
-    assert!(gone.is_none(), "the request must be deleted");
+    // Withdrawn, not deleted: the request stays with its final phase (and gets its record).
+    let s = wait_phase(&t, &name, Phase::Withdrawn, 15).await;
+    assert_eq!(
+        s.status
+            .and_then(|st| st.withdrawal)
+            .map(|w| w.user.username),
+        Some("alice".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -402,6 +404,7 @@ async fn plugin_list_describe_replay_export_verify() {
 
     let ok = aexec(User::Carol, &["verify", &name, "-n", ns], None).await;
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    // Against the session's status, and the signed record once it is written.
     assert!(
         text(&ok.stdout).contains("matches the session's status"),
         "{}",
@@ -822,6 +825,9 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let name = text(&out.stdout).trim().to_owned();
     assert!(name.starts_with("exec-"), "{name}");
+    // Once the operator has decided that it waits for approval (an approval before that is
+    // refused: "not evaluated yet; try again in a moment").
+    wait_phase(&t, &name, Phase::Pending, 15).await;
     let bob = aexec(User::Bob, &["approve", &name, "-n", ns], None).await;
     assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
     let mut c = tokio::process::Command::new(plugin_bin());

@@ -61,11 +61,18 @@ async fn recordings_are_uploaded_to_s3_under_object_lock() {
     let (t, _op) = setup(&["sh", "-c", "echo stored-in-minio"], false).await;
     let mut ws = attach(User::Alice, &t).await.expect("attach");
     let _ = collect(&mut ws).await;
-    let s = final_session(&t, Phase::Succeeded).await;
+    final_session(&t, Phase::Succeeded).await;
+    // The session's signed record is written next to the recording, once it is uploaded.
+    let s = crate::common::wait_record(&t, "s1").await;
     let prefix = uploaded(&t, &uid(&s)).await;
     assert_eq!(
         objects(&prefix).await,
-        ["manifest.json", "seg-000000.cast", "seg-000000.json"]
+        [
+            "manifest.json",
+            "record.json",
+            "seg-000000.cast",
+            "seg-000000.json"
+        ]
     );
     let rec = s.status.expect("status").recording.expect("recording");
     assert_eq!(
@@ -73,8 +80,25 @@ async fn recordings_are_uploaded_to_s3_under_object_lock() {
         Some(format!("s3://{}/{prefix}/manifest.json", env().s3.bucket).as_str())
     );
 
-    // Every object is under a GOVERNANCE retention: its version cannot be deleted.
+    // Every object, the session record too, is under a GOVERNANCE retention: its version
+    // cannot be deleted.
     let s3 = env().s3_client().await;
+    for key in ["manifest.json", "record.json"] {
+        let r = s3
+            .get_object_retention()
+            .bucket(&env().s3.bucket)
+            .key(format!("{prefix}/{key}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("retention of {key}: {e:?}"))
+            .retention
+            .expect("a retention");
+        assert_eq!(
+            r.mode,
+            Some(aws_sdk_s3::types::ObjectLockRetentionMode::Governance),
+            "{key}"
+        );
+    }
     let key = format!("{prefix}/seg-000000.cast");
     let retention = s3
         .get_object_retention()
@@ -293,6 +317,43 @@ async fn recording_survives_operator_kill() {
         &text[text.len().saturating_sub(300)..]
     );
     assert!(text.contains("tick-0\n"));
+
+    // A crash recovery is an ending like any other: the session's signed record is written,
+    // saying how it ended.
+    let s = crate::common::wait_record(&t, "s1").await;
+    let key = format!(
+        "{}/s1-{}/record.json",
+        t.namespace,
+        s.metadata.uid.clone().expect("uid")
+    );
+    let bytes = env()
+        .s3_client()
+        .await
+        .get_object()
+        .bucket(&env().s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .expect("record.json in MinIO")
+        .body
+        .collect()
+        .await
+        .expect("body")
+        .to_vec();
+    let r = aexec_recording::record::Envelope::parse(&bytes)
+        .and_then(|e| e.unverified())
+        .expect("a session record")
+        .record;
+    assert_eq!(r.end.phase, "Failed");
+    assert!(
+        r.end.message.contains("stopped (crash or kill)"),
+        "{}",
+        r.end.message
+    );
+    assert!(
+        r.recording
+            .is_some_and(|rec| rec.interrupted && rec.problem.is_none())
+    );
 }
 
 #[tokio::test]
