@@ -50,6 +50,24 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Where two byte strings first differ, for a failure message that fits on a screen.
+/// `b` with every run of 64 hex digits (a container runtime's exec or container ID) replaced
+/// by `<id>`.
+fn without_ids(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let run = b[i..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+        if run == 64 {
+            out.extend_from_slice(b"<id>");
+            i += run;
+        } else {
+            out.extend_from_slice(&b[i..i + run.max(1)]);
+            i += run.max(1);
+        }
+    }
+    out
+}
+
 fn first_difference(a: &[u8], b: &[u8]) -> String {
     let i = a
         .iter()
@@ -132,10 +150,14 @@ async fn recorded(t: &Target, name: &str) -> Recorded {
         .await
         .unwrap_or_else(|e| panic!("the recording of {name} reads and verifies: {e}"));
     let rec = CastReader::parse(&cast).expect("valid asciicast v3");
+    // Sealed as interrupted: the session's status says so, from the recording's manifest.
+    let interrupted = session(t, name)
+        .await
+        .status
+        .and_then(|s| s.recording)
+        .is_some_and(|r| r.interrupted);
     let mut r = Recorded {
-        interrupted: text(&cast)
-            .lines()
-            .any(|l| l.contains("\"interrupted\":true")),
+        interrupted,
         ..Default::default()
     };
     for (_, ev) in rec.events {
@@ -274,10 +296,23 @@ async fn real_node_exec_matches_kubectl_exec() {
         common_args.extend(c.argv.iter().map(String::as_str));
         let mut kargs = vec!["exec"];
         kargs.extend(&common_args);
-        let plain = kubectl(User::Admin, &kargs, c.stdin.as_deref()).await;
         let mut aargs = vec!["-r", reason.as_str()];
         aargs.extend(&common_args);
         let mine = aexec(User::Alice, &aargs, c.stdin.as_deref()).await;
+        let mut plain = kubectl(User::Admin, &kargs, c.stdin.as_deref()).await;
+        // kubectl exec itself sometimes loses the end of stderr when the command exits at once
+        // (seen 1 run in 5 with `sh -c 'cat >&2'`: exit 0, no stderr at all); the reference is
+        // what kubectl prints when it does not lose it.
+        for _ in 0..4 {
+            if plain.stderr.len() >= mine.stderr.len() || !mine.stderr.starts_with(&plain.stderr) {
+                break;
+            }
+            eprintln!(
+                "{}: kubectl exec lost stderr (its own race); running it again",
+                c.what
+            );
+            plain = kubectl(User::Admin, &kargs, c.stdin.as_deref()).await;
+        }
         let what = c.what;
         assert_eq!(
             mine.status.code(),
@@ -291,10 +326,12 @@ async fn real_node_exec_matches_kubectl_exec() {
             "{what}: stdout differs: {}",
             first_difference(&mine.stdout, &plain.stdout)
         );
+        // The runtime names each exec by a random ID ("failed to start exec \"<64 hex>\"").
+        let (mine_err, plain_err) = (without_ids(&mine.stderr), without_ids(&plain.stderr));
         assert!(
-            mine.stderr == plain.stderr,
+            mine_err == plain_err,
             "{what}: stderr differs: {}\naexec: {}\nkubectl: {}",
-            first_difference(&mine.stderr, &plain.stderr),
+            first_difference(&mine_err, &plain_err),
             text(&mine.stderr),
             text(&plain.stderr)
         );
@@ -628,7 +665,9 @@ async fn real_node_operator_runs_in_the_cluster() {
 async fn real_node_operator_pod_killed() {
     let t = target_auto(json!({})).await;
     let mut run = Running::start(&t, "killed-broker", &["sh", "-c", TICKS]).await;
-    run.expect("tick-5", 60).await;
+    // Past the first segments' cut (every 2 s): what reached the store outlives the replica,
+    // what was still in its spool (an emptyDir) goes with its pod.
+    run.expect("tick-25", 60).await;
     let name = session_by_reason(&t, "killed-broker")
         .await
         .metadata
@@ -712,7 +751,8 @@ async fn real_node_helm_upgrade_mid_session() {
     env()
         .helm_in_cluster(
             "upgrade",
-            &["podAnnotations.aexec\\.dev/rollout=1".to_owned()],
+            // Not a number: the chart's schema wants annotation values as strings.
+            &["podAnnotations.aexec\\.dev/rollout=second".to_owned()],
         )
         .await
         .expect("helm upgrade");
@@ -735,8 +775,8 @@ async fn real_node_helm_upgrade_mid_session() {
             // Ended cleanly by a stopping replica: told, recorded, sealed.
             Phase::Failed => {
                 let m = st.message.clone().unwrap_or_default();
-                assert!(m.contains("shutting down"), "{m}");
-                assert!(err.contains("shutting down"), "alice is told: {err}");
+                assert!(m.contains("shut down (restart or rollout)"), "{m}");
+                assert!(err.contains("(restart or rollout)"), "alice is told: {err}");
                 assert!(rec.interrupted);
             }
             other => panic!("{name} ended {other}: {st:#?}"),
