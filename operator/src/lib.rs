@@ -3,21 +3,34 @@
 //! exec streams.
 //!
 //! Pure decisions live in [`policy`] and [`lifecycle`]; everything that talks to the cluster or
-//! the network sits at the edges ([`controller`], [`apiserver`], [`run`]).
+//! the network sits at the edges (`controller`, `apiserver`, `run`), behind the default
+//! `runtime` feature: without it the crate is only the pure decisions ([`frames`], [`policy`],
+//! [`lifecycle`]), which is what the fuzz targets build.
 
+#[cfg(feature = "runtime")]
 pub mod apiserver;
+#[cfg(feature = "runtime")]
 pub mod archive;
+#[cfg(feature = "runtime")]
 pub mod broker;
+#[cfg(feature = "runtime")]
 pub mod controller;
 pub mod frames;
+#[cfg(feature = "runtime")]
 pub mod leader;
 pub mod lifecycle;
+#[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod policy;
+#[cfg(feature = "runtime")]
 pub mod recorder;
 /// The recording format lives in its own crate, shared with the plugin.
 pub use aexec_recording as recording;
+#[cfg(feature = "runtime")]
 pub mod run;
+#[cfg(feature = "runtime")]
 pub mod signing;
+#[cfg(feature = "runtime")]
 pub mod spool;
+#[cfg(feature = "runtime")]
 pub mod storage;

@@ -12,7 +12,8 @@ use aexec_crds::{Decision, ExecPolicy, ExecSessionSpec, PolicyDecision, UserRef}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 /// What the operator does when no ExecPolicy selects a session (`--default-policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "runtime", derive(clap::ValueEnum))]
 pub enum DefaultPolicy {
     /// Deny every session no policy governs (fail closed).
     #[default]
