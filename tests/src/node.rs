@@ -57,18 +57,8 @@ pub const DEBIAN_PACKAGES: [(&str, &str); 6] = [
 impl NodeBinaries {
     /// Locates everything, or says what is missing and how to get it.
     pub fn require(paths: &std::collections::HashMap<String, PathBuf>) -> Result<Self> {
-        let missing_pkgs: Vec<&str> = DEBIAN_PACKAGES
-            .iter()
-            .filter(|(_, p)| !Path::new(p).exists())
-            .map(|(pkg, _)| *pkg)
-            .collect();
-        if !missing_pkgs.is_empty() {
-            bail!(
-                "the real node needs Debian packages that are not installed: {}\n\
-                 install them with: apt-get install {} (./dev test and ./dev demo do, as root)",
-                missing_pkgs.join(", "),
-                missing_pkgs.join(" ")
-            );
+        if let Some(why) = missing_packages(|p| p.exists()) {
+            bail!(why);
         }
         let get = |k: &str| -> Result<PathBuf> {
             let p = paths
@@ -102,6 +92,24 @@ impl NodeBinaries {
             busybox,
         })
     }
+}
+
+/// What to install when a Debian package the node needs is missing (`exists` says whether a
+/// path is there).
+fn missing_packages(exists: impl Fn(&Path) -> bool) -> Option<String> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, p)| !exists(Path::new(p)))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the real node needs Debian packages that are not installed: {}\n\
+             install them with: apt-get install {} (./dev test and ./dev demo do, as root)",
+            missing.join(", "),
+            missing.join(" ")
+        )
+    })
 }
 
 /// Paths of the node's state in the run directory.
@@ -539,4 +547,55 @@ oomScoreAdj: 0
         kubeconfig = kubeconfig.display(),
         node_ip = netns::NODE_IP,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_package_is_named_with_the_command_to_install_it() {
+        assert_eq!(missing_packages(|_| true), None);
+        let why = missing_packages(|p| {
+            !p.starts_with("/usr/sbin/runc") && p != Path::new("/usr/lib/cni/bridge")
+        })
+        .expect("missing");
+        assert!(
+            why.contains("not installed: runc, containernetworking-plugins"),
+            "{why}"
+        );
+        assert!(
+            why.contains("apt-get install runc containernetworking-plugins"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_component_not_built_is_named_with_the_command_to_build_it() {
+        // On a machine without the Debian packages, that is the message instead.
+        let paths: std::collections::HashMap<String, PathBuf> = [
+            "kubelet",
+            "kube-proxy",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "pause",
+        ]
+        .into_iter()
+        .map(|k| (k.to_owned(), PathBuf::from(format!("/nonexistent/{k}"))))
+        .collect();
+        let why = format!(
+            "{:#}",
+            NodeBinaries::require(&paths).expect_err("not built")
+        );
+        match missing_packages(|p| p.exists()) {
+            Some(pkgs) => assert_eq!(why, pkgs),
+            None => {
+                assert!(
+                    why.starts_with("kubelet is not built (/nonexistent/kubelet)"),
+                    "{why}"
+                );
+                assert!(why.contains("bash tests/upstream/build.sh node"), "{why}");
+            }
+        }
+    }
 }
