@@ -369,26 +369,8 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
     // Write the status when it changed. The resourceVersion makes the write fail if the session
     // changed since it was read (an approval just landed): the newer version is reconciled next.
     if session.status.as_ref() != Some(&outcome.status) {
-        let patch = serde_json::json!({
-            "apiVersion": ExecSession::api_version(&()),
-            "kind": ExecSession::kind(&()),
-            "metadata": {"resourceVersion": session.resource_version()},
-            "status": outcome.status,
-        });
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                return Ok(Action::requeue(Duration::from_millis(50)));
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
-            Err(source) => return Err(Error::Write { name, source }),
+        if let Some(retry) = apply_status(&api, &session, &outcome.status).await? {
+            return Ok(retry);
         }
         ctx.metrics
             .decision_seconds
@@ -456,6 +438,39 @@ async fn broker_gone(ctx: &Context, session: &ExecSession) -> Result<Option<Stri
     })
 }
 
+/// Writes `status` with server-side apply, guarded by the resourceVersion read. `Some(action)`
+/// when it did not land: a conflict (reconciled again shortly) or a session already gone.
+async fn apply_status(
+    api: &Api<ExecSession>,
+    session: &ExecSession,
+    status: &ExecSessionStatus,
+) -> Result<Option<Action>, Error> {
+    let patch = serde_json::json!({
+        "apiVersion": ExecSession::api_version(&()),
+        "kind": ExecSession::kind(&()),
+        "metadata": {"resourceVersion": session.resource_version()},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &session.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Ok(Some(Action::requeue(Duration::from_millis(50))))
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Some(Action::await_change())),
+        Err(source) => Err(Error::Write {
+            name: session.name_any(),
+            source,
+        }),
+    }
+}
+
 /// Adds [`FINALIZER`], guarded by the resourceVersion read; returns the updated session, or
 /// `None` when it changed meanwhile (reconciled again).
 async fn add_finalizer(
@@ -517,7 +532,6 @@ async fn write_record(
     api: &Api<ExecSession>,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    let name = session.name_any();
     let result = |r: &str| {
         ctx.metrics
             .records
@@ -561,27 +575,9 @@ async fn write_record(
     };
     let mut status = session.status.clone().unwrap_or_default();
     status.record = Some(record.clone());
-    let patch = serde_json::json!({
-        "apiVersion": ExecSession::api_version(&()),
-        "kind": ExecSession::kind(&()),
-        "metadata": {"resourceVersion": session.resource_version()},
-        "status": status,
-    });
-    match api
-        .patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-    {
-        Ok(_) => {}
-        // Written again next time: the stored record is found and kept.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Ok(Action::requeue(Duration::from_millis(50)));
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
-        Err(source) => return Err(Error::Write { name, source }),
+    // On a conflict the record is written again next time: the stored one is found and kept.
+    if let Some(retry) = apply_status(api, session, &status).await? {
+        return Ok(retry);
     }
     result("written");
     let uri = record.uri.clone().unwrap_or_default();
