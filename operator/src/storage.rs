@@ -263,6 +263,17 @@ pub struct S3Store {
     settings: S3Settings,
 }
 
+/// The S3 client's connection pool: HTTPS (or plain HTTP, for an `http://` endpoint) with rustls
+/// and ring, the same TLS crypto as the operator's other clients and its server.
+pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 impl S3Store {
     /// Builds the client (no request is made).
     pub async fn new(settings: S3Settings) -> Result<Self> {
@@ -270,6 +281,7 @@ impl S3Store {
             bail!("--s3-bucket is required with --storage=s3");
         }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(std::time::Duration::from_secs(3))
