@@ -786,6 +786,7 @@ fn read_error(e: crate::recorder::ReadError) -> StatusError {
             "InternalError",
             format!("the recording is not valid asciicast: {e}"),
         ),
+        crate::recorder::ReadError::Empty(e) => status_error(404, "NotFound", e),
     }
 }
 

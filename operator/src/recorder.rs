@@ -195,6 +195,12 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last = Duration::ZERO;
     let stopped: Result<(), String> = async {
+        // The header goes to the spool at once, as segment 0: a replica killed in the first
+        // seconds still leaves a recording that says who ran what, where (the output of those
+        // seconds is what such a crash can lose: docs/records.md).
+        if let Some(cut) = seg.cut() {
+            write_segment(&spool, &prefix, &mut metas, cut).await?;
+        }
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
@@ -386,6 +392,9 @@ pub enum ReadError {
     /// Verified, yet not asciicast this build reads (so it cannot be converted).
     #[error("{0}")]
     Cast(String),
+    /// Sealed and verified, yet holding no segment at all: nothing to replay.
+    #[error("{0}")]
+    Empty(String),
 }
 
 /// A recording whose manifest and segments were verified against the session's chain head,
@@ -439,6 +448,14 @@ pub async fn verify_at(
     {
         let mut verifier = chain::Verifier::new(&manifest, Some(&head))
             .map_err(|e| ReadError::Verification(e.to_string()))?;
+        if manifest.segments.is_empty() {
+            return Err(ReadError::Empty(format!(
+                "the recording holds nothing to replay: it was sealed with no segment ({}). The \
+                 operator replica relaying the session stopped before it stored the first one; the \
+                 session's status and Events say what happened",
+                manifest.reason.as_deref().unwrap_or("no reason given")
+            )));
+        }
         let mut reader = export.map(|_| CastReader::new());
         let mut events = Vec::new();
         for meta in &manifest.segments {
@@ -777,6 +794,83 @@ mod tests {
             .iter()
             .flat_map(|n| std::fs::read(dir.join(n)).expect("segment"))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn the_header_is_stored_at_once_so_a_crash_in_the_first_seconds_leaves_who_and_what() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let mut s = session();
+        let rec = Recorder::start(spool.clone(), &s);
+        // No event, no tick: only the start writes segment 0 (and its sidecar).
+        let sidecar = dir
+            .path()
+            .join("spool/ns/s1-u-1")
+            .join(chain::sidecar_name(0));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !sidecar.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no segment 0 after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The replica dies here: the recorder never finishes.
+        rec.task.abort();
+        let status = seal_interrupted(&spool, &s, "the replica stopped")
+            .await
+            .expect("sealed");
+        assert_eq!(status.segments, Some(1), "{status:?}");
+        assert!(status.interrupted);
+        if let Some(st) = s.status.as_mut() {
+            st.recording = Some(status);
+        }
+        let v = verify(spool.clone(), &s, None).await.expect("verifies");
+        let (out, err, _) = collect(v.stream(None)).await;
+        assert_eq!(err, None);
+        let cast = cast::CastReader::parse(&out).expect("a valid cast");
+        assert_eq!(cast.header.aexec.requester.username, "alice");
+        assert_eq!(cast.header.aexec.pod, "web");
+        assert!(cast.events.is_empty(), "{:?}", cast.events);
+    }
+
+    #[tokio::test]
+    async fn a_recording_sealed_without_segments_is_refused_with_a_reason_not_served_empty() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let mut s = session();
+        // Sealed after a crash that came before anything reached the spool.
+        let status = seal_interrupted(&spool, &s, "the replica stopped")
+            .await
+            .expect("sealed");
+        assert_eq!(status.segments, Some(0));
+        if let Some(st) = s.status.as_mut() {
+            st.recording = Some(status);
+        }
+        match verify(spool.clone(), &s, None).await {
+            Err(ReadError::Empty(e)) => {
+                assert!(e.contains("nothing to replay"), "{e}");
+                assert!(e.contains("the replica stopped"), "{e}");
+            }
+            other => panic!("expected Empty, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_swapped_for_an_empty_one_fails_verification() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let s = recorded(&spool).await;
+        let empty = chain::seal_from_metas(session_ref(&s), Vec::new(), "now".into(), "forged");
+        let key = format!("{}/{}", prefix(&s), chain::MANIFEST_NAME);
+        spool
+            .put(&key, &serde_json::to_vec(&empty).expect("json"), false)
+            .await
+            .expect("put");
+        match verify(spool.clone(), &s, None).await {
+            Err(ReadError::Verification(_)) => {}
+            other => panic!("expected a verification failure, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -478,9 +478,9 @@ async fn tampered_recording_fails_verification() {
     recording(User::Carol, &t, "v3")
         .await
         .expect("intact recording verifies");
-    // Change one byte of the segment stored in MinIO.
+    // Change one byte of the output's segment stored in MinIO (segment 0 is the header).
     let prefix = crate::common::uploaded(&t, "s1", &uid).await;
-    tamper(&format!("{prefix}/seg-000000.cast"), b"secret").await;
+    tamper(&format!("{prefix}/seg-000001.cast"), b"secret").await;
     match recording(User::Carol, &t, "v3").await {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 409, "{s:?}");

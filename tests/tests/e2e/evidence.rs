@@ -621,23 +621,32 @@ async fn review_after_object_deleted() {
     }
 }
 
-/// Rewrites session `s`'s stored recording consistently: segment 0 changed where `needle`
-/// occurs, every sidecar and the manifest recomputed so that the chain holds. Returns the
-/// forged manifest's bytes.
+/// Rewrites session `s`'s stored recording consistently: the last segment where `needle`
+/// occurs (the output, not the command in the header) changed there, every sidecar and the
+/// manifest recomputed so that the chain holds. Returns the forged manifest's bytes.
 async fn rewrite_recording(s: &ExecSession, needle: &[u8]) -> Vec<u8> {
     let prefix = prefix(s);
     let manifest: Manifest =
         serde_json::from_slice(&s3_get(&format!("{prefix}/manifest.json")).await)
             .expect("manifest");
+    let has_needle = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    let mut target = None;
+    for seg in &manifest.segments {
+        let key = format!("{prefix}/{}", chain::segment_name(seg.index));
+        if has_needle(&s3_get(&key).await) {
+            target = Some(seg.index);
+        }
+    }
+    let target = target.expect("needle in a segment");
     let mut metas: Vec<SegmentMeta> = Vec::new();
     for seg in &manifest.segments {
         let key = format!("{prefix}/{}", chain::segment_name(seg.index));
         let mut bytes = s3_get(&key).await;
-        if seg.index == 0 {
+        if seg.index == target {
             let pos = bytes
                 .windows(needle.len())
-                .position(|w| w == needle)
-                .expect("needle in segment 0");
+                .rposition(|w| w == needle)
+                .expect("needle in the segment");
             bytes[pos] ^= 0x20;
             s3_put(&key, bytes.clone()).await;
         }
@@ -803,7 +812,8 @@ async fn verify_offline_with_public_key() {
     let bad = dir.path().join("bad");
     std::fs::create_dir(&bad).expect("mkdir");
     copy_out(&prefix(&s), &bad).await;
-    let seg = bad.join("seg-000000.cast");
+    // Segment 0 is the header; the output is in segment 1.
+    let seg = bad.join("seg-000001.cast");
     let mut bytes = std::fs::read(&seg).expect("seg");
     let pos = bytes
         .windows(7)
@@ -815,7 +825,7 @@ async fn verify_offline_with_public_key() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("FAILED") && err.contains("seg-000000.cast") && err.contains("was altered"),
+        err.contains("FAILED") && err.contains("seg-000001.cast") && err.contains("was altered"),
         "{err}"
     );
 

@@ -431,12 +431,13 @@ async fn plugin_list_describe_replay_export_verify() {
     let uid = only_session(&t).await.metadata.uid.expect("uid");
     // Once the operator has uploaded it, change the segment stored in MinIO.
     let prefix = uploaded(&t, &name, &uid).await;
-    tamper(&format!("{prefix}/seg-000000.cast"), b"replay-me").await;
+    // Segment 0 is the header; the output is in segment 1.
+    tamper(&format!("{prefix}/seg-000001.cast"), b"replay-me").await;
     let bad = aexec(User::Carol, &["verify", &name, "-n", ns], None).await;
     assert_eq!(bad.status.code(), Some(1));
     let err = text(&bad.stderr);
     assert!(
-        err.contains("FAILED") && err.contains("seg-000000.cast") && err.contains("was altered"),
+        err.contains("FAILED") && err.contains("seg-000001.cast") && err.contains("was altered"),
         "{err}"
     );
 }

@@ -71,7 +71,9 @@ async fn recordings_are_uploaded_to_s3_under_object_lock() {
             "manifest.json",
             "record.json",
             "seg-000000.cast",
-            "seg-000000.json"
+            "seg-000000.json",
+            "seg-000001.cast",
+            "seg-000001.json"
         ]
     );
     let rec = s.status.expect("status").recording.expect("recording");
