@@ -7,7 +7,10 @@
 //! (a v5 WebSocket to `pods/exec`), the aexec side a v5 WebSocket to `execsessions/attach`,
 //! both read by the same frame loop. `kubectl exec` is timed too, for scale.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use aexec_crds::{ExecPolicy, ExecSession, Phase};
 use aexec_testenv::{Target, TestEnv, User};
@@ -70,6 +73,7 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
     );
     println!("machine: {}", machine());
     b.throughput_out().await?;
+    b.cpu_per_component().await?;
     b.throughput_in().await?;
     b.latency().await?;
     b.time_to_first_byte().await?;
@@ -261,6 +265,94 @@ impl Bench {
                 total / relay
             );
         }
+        Ok(())
+    }
+
+    /// CPU per MiB of output spent by every process on the path, for plain exec and for aexec
+    /// (relayed and recorded, the upload to MinIO included), medians of interleaved repeats, for
+    /// three kinds of output: NUL bytes, random bytes and terminal text (a log with ANSI colours
+    /// and UTF-8, lines of 40 to 200 bytes). The operator is judged against the API server's
+    /// plain hop, which does the same job (TLS, WebSocket framing, proxying).
+    async fn cpu_per_component(&mut self) -> Result<()> {
+        let scale = if self.quick { 16 } else { 1 };
+        let text = self.env.dir.join("bench-terminal-text.log");
+        let text_mib = 64 / scale;
+        std::fs::write(&text, terminal_text(text_mib << 20))?;
+        let kinds = [
+            (
+                "NUL bytes",
+                256 / scale,
+                format!("head -c {} /dev/zero", (256 / scale) << 20),
+            ),
+            (
+                "random bytes",
+                128 / scale,
+                format!("head -c {} /dev/urandom", (128 / scale) << 20),
+            ),
+            ("terminal text", text_mib, format!("cat {}", text.display())),
+        ];
+        let pids = self.env.component_pids();
+        let found: Vec<&str> = pids.iter().map(|(n, _)| *n).collect();
+        for want in COMPONENTS.iter().filter(|c| **c != "client") {
+            if !found.contains(want) {
+                bail!("no process of {want} found among this run's ({found:?})");
+            }
+        }
+        println!(
+            "\nCPU per MiB of output by process (ms; medians of {} interleaved runs; aexec includes the upload to MinIO)",
+            self.repeats(3)
+        );
+        println!(
+            "| run | {} | total | MiB/s | stored / output |",
+            COMPONENTS.join(" | ")
+        );
+        println!("|---|{}---|---|---|", "---|".repeat(COMPONENTS.len()));
+        for (kind, mib, cmd_s) in &kinds {
+            let cmd = ["sh", "-c", cmd_s.as_str()];
+            let (mut plain, mut aexec) = (Runs::default(), Runs::default());
+            for _ in 0..self.repeats(3) {
+                let before = cpu_now(&pids);
+                let start = Instant::now();
+                let mut ws = self.plain(&cmd, false, false).await?;
+                let d = drain(&mut ws).await?;
+                let secs = start.elapsed().as_secs_f64();
+                check_bytes(d.bytes, *mib)?;
+                plain.push(&before, &cpu_now(&pids), *mib, secs, None);
+
+                let name = self.session(&cmd, false, false).await?;
+                let before = cpu_now(&pids);
+                let start = Instant::now();
+                let mut ws = self.attach(&name).await?;
+                let d = drain(&mut ws).await?;
+                let secs = start.elapsed().as_secs_f64();
+                let mut after = cpu_now(&pids);
+                check_bytes(d.bytes, *mib)?;
+                // The operator and MinIO until the recording is sealed and every segment has
+                // left the spool for MinIO; the others (whose CPU the polling below would add
+                // to) at the end of the stream.
+                wait_phase(&self.admin, &self.t.namespace, &name, Phase::Succeeded).await?;
+                let stored = recorded_bytes(&self.admin, &self.t.namespace, &name).await?;
+                wait_spool_empty(self.env).await?;
+                let uploaded = cpu_now(&pids);
+                for c in ["aexec-operator", "minio"] {
+                    if let Some(v) = uploaded.get(c) {
+                        after.insert(c, *v);
+                    }
+                }
+                aexec.push(&before, &after, *mib, secs, Some(stored));
+            }
+            let p = plain.row(&format!("plain exec, {mib} MiB of {kind}"), false);
+            let a = aexec.row(&format!("aexec, {mib} MiB of {kind}"), true);
+            let op = a.get("aexec-operator").copied().unwrap_or_default();
+            let api_plain = p.get("kube-apiserver").copied().unwrap_or(f64::NAN);
+            let api_aexec = a.get("kube-apiserver").copied().unwrap_or(f64::NAN);
+            println!(
+                "  {kind}: operator / the API server's plain hop {:.2}x (target <= 1.0x); the API server's second crossing {:.2}x its plain cost",
+                op / api_plain,
+                api_aexec / api_plain
+            );
+        }
+        std::fs::remove_file(&text)?;
         Ok(())
     }
 
@@ -578,6 +670,192 @@ async fn recorder_cpu_per_mib(mib: u64) -> Result<f64> {
     spool.drain(Duration::from_secs(600)).await?;
     let after = self_cpu().context("reading this process's CPU time")?;
     Ok((after - before) / mib as f64 * 1000.0)
+}
+
+/// The processes whose CPU the per-component table shows, in its column order ("client" is
+/// this benchmark: kube-rs for plain exec, a WebSocket to the aggregated API for aexec).
+const COMPONENTS: [&str; 6] = [
+    "client",
+    "kube-apiserver",
+    "aexec-operator",
+    "kwok",
+    "minio",
+    "etcd",
+];
+
+/// CPU seconds so far of this process and of each of `pids`, summed by component.
+fn cpu_now(pids: &[(&'static str, u32)]) -> BTreeMap<&'static str, f64> {
+    let mut m = BTreeMap::new();
+    if let Some(c) = self_cpu() {
+        m.insert("client", c);
+    }
+    for (name, pid) in pids {
+        if let Some(c) = cpu_of(&format!("/proc/{pid}/stat")) {
+            *m.entry(*name).or_default() += c;
+        }
+    }
+    m
+}
+
+/// Repeated runs of one kind: CPU ms per MiB by component, MiB/s, and stored bytes per byte.
+#[derive(Default)]
+struct Runs {
+    cpu: BTreeMap<&'static str, Vec<f64>>,
+    rate: Vec<f64>,
+    stored: Vec<f64>,
+}
+
+impl Runs {
+    fn push(
+        &mut self,
+        before: &BTreeMap<&'static str, f64>,
+        after: &BTreeMap<&'static str, f64>,
+        mib: u64,
+        secs: f64,
+        stored: Option<u64>,
+    ) {
+        for (name, a) in after {
+            let b = before.get(name).copied().unwrap_or(*a);
+            self.cpu
+                .entry(name)
+                .or_default()
+                .push((a - b) * 1000.0 / mib as f64);
+        }
+        self.rate.push(mib as f64 / secs);
+        if let Some(s) = stored {
+            self.stored.push(s as f64 / (mib << 20) as f64);
+        }
+    }
+
+    /// Prints a table row and returns the medians by component. Without `aexec` (plain exec)
+    /// the operator is not on the path: its column shows "-" and counts in no total.
+    fn row(&self, label: &str, aexec: bool) -> BTreeMap<&'static str, f64> {
+        let medians: BTreeMap<&'static str, f64> = self
+            .cpu
+            .iter()
+            .filter(|(k, _)| aexec || **k != "aexec-operator")
+            .map(|(k, v)| (*k, median(v.clone())))
+            .collect();
+        let cells: Vec<String> = COMPONENTS
+            .iter()
+            .map(|c| match medians.get(c) {
+                Some(v) => format!("{v:.2}"),
+                None => "-".into(),
+            })
+            .collect();
+        let total: f64 = medians.values().sum();
+        let stored = if self.stored.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}x", median(self.stored.clone()))
+        };
+        println!(
+            "| {label} | {} | {total:.2} | {:.0} | {stored} |",
+            cells.join(" | "),
+            median(self.rate.clone())
+        );
+        medians
+    }
+}
+
+/// The size of a session's recording in the store (`status.recording.bytes`).
+async fn recorded_bytes(client: &Client, ns: &str, name: &str) -> Result<u64> {
+    let s = Api::<ExecSession>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
+    s.status
+        .and_then(|st| st.recording)
+        .and_then(|r| r.bytes)
+        .and_then(|b| u64::try_from(b).ok())
+        .with_context(|| format!("{name} has no recording size in its status"))
+}
+
+/// Waits until the operator's spool holds no file: every segment uploaded to MinIO.
+async fn wait_spool_empty(env: &TestEnv) -> Result<()> {
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { files(&p) } else { 1 }
+                })
+                .sum()
+        })
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = files(&env.spool_dir());
+        if n == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{n} files still in the operator's spool after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `bytes` of terminal text, the same every run: log lines of 40 to 200 bytes with ANSI
+/// colours, timestamps, UTF-8 words and numbers, as `kubectl logs` or a build prints them.
+fn terminal_text(bytes: u64) -> Vec<u8> {
+    const LEVELS: [&str; 4] = [
+        "\x1b[32mINFO\x1b[0m ",
+        "\x1b[33mWARN\x1b[0m ",
+        "\x1b[31;1mERROR\x1b[0m",
+        "\x1b[2mDEBUG\x1b[0m",
+    ];
+    const WORDS: [&str; 16] = [
+        "request",
+        "served",
+        "naïve",
+        "café",
+        "connexion",
+        "überprüft",
+        "日本語",
+        "ログ",
+        "retry",
+        "pod/web-7d4f9",
+        "latency",
+        "→",
+        "ok",
+        "GET /api/v1",
+        "status=200",
+        "—",
+    ];
+    let mut out = Vec::with_capacity(bytes as usize + 256);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut line = 0u64;
+    while (out.len() as u64) < bytes {
+        line += 1;
+        let target = 40 + (next() % 161) as usize;
+        let start = out.len();
+        out.extend_from_slice(
+            format!(
+                "2026-12-01T12:{:02}:{:02}.{:03}Z {} ",
+                (line / 60_000) % 60,
+                (line / 1000) % 60,
+                line % 1000,
+                LEVELS[(next() % 4) as usize]
+            )
+            .as_bytes(),
+        );
+        while out.len() - start < target {
+            out.extend_from_slice(WORDS[(next() % 16) as usize].as_bytes());
+            out.push(b' ');
+            if next() % 5 == 0 {
+                out.extend_from_slice(format!("{} ", next() % 100_000).as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.truncate(bytes as usize);
+    out
 }
 
 /// This process's CPU time so far (user + system), in seconds.

@@ -217,6 +217,32 @@ impl TestEnv {
         })
     }
 
+    /// The process ids, as `/proc` shows them, of this run's control plane and operator
+    /// (etcd, kube-apiserver, kwok, MinIO, aexec-operator), for CPU and memory figures. As in
+    /// [`Self::operator_pid`], a process is found by an argument naming this run's directory;
+    /// it is named by its program, whose file name carries a version (`kube-apiserver-v1.35.4`).
+    pub fn component_pids(&self) -> Vec<(&'static str, u32)> {
+        const NAMES: [&str; 5] = ["etcd", "kube-apiserver", "kwok", "minio", "aexec-operator"];
+        let dir = format!("{}/", self.dir.display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+                let program = args.next()?;
+                let program = program.rsplit('/').next()?;
+                let name = NAMES
+                    .into_iter()
+                    .find(|n| program == *n || program.starts_with(&format!("{n}-")))?;
+                args.any(|a| a.contains(&dir)).then_some((name, pid))
+            })
+            .collect()
+    }
+
     /// The spool of a replica: each has its own, as each pod has its own emptyDir.
     fn replica_spool_dir(&self, replica: &Replica) -> PathBuf {
         if replica.instance == INSTANCE {
