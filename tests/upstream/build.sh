@@ -160,7 +160,8 @@ build_asciinema() {
     tail -n 30 "$work/asciinema.log" >&2
     die "compiling asciinema failed (full log: $work/asciinema.log)"
   fi
-  cp "$work/asciinema-$v/bin/asciinema" "$out.tmp" && mv "$out.tmp" "$out"
+  cp "$work/asciinema-$v/bin/asciinema" "$out.tmp" && mv "$out.tmp" "$out" ||
+    die "installing $out failed"
   rm -rf "$work/asciinema-target" "$work/asciinema-$v"
   echo "  built $out in $((SECONDS - start))s"
 }
@@ -185,8 +186,17 @@ if [ "${1:-}" = "--paths" ]; then
   exit 0
 fi
 
-# `node` (the real node's components) is built only when asked for: ./dev test asks after the
-# kwok suites, so their binaries are ready first.
+# `node` (the real node's components) is built only when asked for: ./dev test asks for it
+# after the rest, so the kwok suites' binaries are ready first.
+all=(etcd kubernetes kwok minio asciinema helm krew)
+known="etcd kubernetes node kwok minio helm asciinema krew"
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=("${all[@]}")
+# Names are checked before waiting for another build's lock.
+for c in "${want[@]}"; do
+  [[ " $known " == *" $c "* ]] || die "unknown component '$c' (known: $known)"
+done
+
 # One build at a time per cache: two builds of one component would replace each other's files.
 if command -v flock >/dev/null; then
   exec 9>"$cache/build.lock"
@@ -196,16 +206,10 @@ if command -v flock >/dev/null; then
   fi
 fi
 
-all=(etcd kubernetes kwok minio asciinema helm krew)
-want=("$@")
-[ ${#want[@]} -gt 0 ] || want=("${all[@]}")
 i=0
 for c in "${want[@]}"; do
   i=$((i + 1))
   echo "[$i/${#want[@]}] $c"
-  case $c in
-    etcd | kubernetes | node | kwok | minio | helm | asciinema | krew) (build_"$c") ;;
-    *) die "unknown component '$c' (known: etcd kubernetes node kwok minio helm asciinema krew)" ;;
-  esac
+  (build_"$c")
 done
 echo "upstream binaries ready in $bin"
