@@ -1,7 +1,8 @@
 //! Benchmarks on the local control plane: a session brokered and recorded by the operator
 //! against plain exec to the same pod through the same API server, measured side by side in one
 //! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
-//! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run.
+//! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run, and
+//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint` (any of them) picks sections.
 //!
 //! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
 //! (a v5 WebSocket to `pods/exec`), the aexec side a v5 WebSocket to `execsessions/attach`,
@@ -72,13 +73,30 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
         "# kubectl-aexec benchmarks (medians; aexec = brokered by the operator, recording to MinIO on)"
     );
     println!("machine: {}", machine());
-    b.throughput_out().await?;
-    b.cpu_per_component().await?;
-    b.throughput_in().await?;
-    b.latency().await?;
-    b.time_to_first_byte().await?;
-    b.approval_to_attach().await?;
-    b.footprint().await?;
+    // AEXEC_BENCH_ONLY=cpu,footprint runs those sections alone (names as below).
+    let only = std::env::var("AEXEC_BENCH_ONLY").unwrap_or_default();
+    let run = |s: &str| only.is_empty() || only.split(',').any(|o| o.trim() == s);
+    if run("out") {
+        b.throughput_out().await?;
+    }
+    if run("cpu") {
+        b.cpu_per_component().await?;
+    }
+    if run("in") {
+        b.throughput_in().await?;
+    }
+    if run("latency") {
+        b.latency().await?;
+    }
+    if run("ttfb") {
+        b.time_to_first_byte().await?;
+    }
+    if run("approval") {
+        b.approval_to_attach().await?;
+    }
+    if run("footprint") {
+        b.footprint().await?;
+    }
     Ok(())
 }
 
