@@ -34,3 +34,5 @@ pub mod signing;
 pub mod spool;
 #[cfg(feature = "runtime")]
 pub mod storage;
+#[cfg(feature = "runtime")]
+pub mod watch;
