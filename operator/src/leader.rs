@@ -240,10 +240,7 @@ async fn elect<L, Mk, MkFut, F, Fut>(
         match end {
             TermEnd::Shutdown => {
                 info!("controller stopped; releasing the lease");
-                match lease.release().await {
-                    Ok(()) => info!("lease released for another replica"),
-                    Err(e) => warn!(error = %e, "releasing the lease (it will expire instead)"),
-                }
+                release_at_shutdown(&lease).await;
                 return;
             }
             TermEnd::Lost => warn!("another replica holds the lease now: controller stopped"),
@@ -257,6 +254,26 @@ async fn elect<L, Mk, MkFut, F, Fut>(
                 }
                 tokio::select! { _ = &mut stop => return, _ = tokio::time::sleep(retry) => {} }
             }
+        }
+    }
+}
+
+/// Tries a few times: a request on a connection the shutdown has just broken fails at once
+/// (`SendRequest`), and a lease left to expire keeps every replica from deciding for a lease
+/// duration.
+async fn release_at_shutdown(lease: &impl Lease) {
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        match lease.release().await {
+            Ok(()) => {
+                info!("lease released for another replica");
+                return;
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                warn!(error = %e, attempt, "releasing the lease failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => warn!(error = %e, "releasing the lease (it will expire instead)"),
         }
     }
 }
@@ -308,6 +325,8 @@ mod tests {
         answers: Arc<AsyncMutex<mpsc::UnboundedReceiver<Result<bool, String>>>>,
         released: Arc<AtomicUsize>,
         log: Arc<Mutex<Vec<String>>>,
+        /// Releases that fail before one succeeds.
+        failing_releases: usize,
     }
 
     /// Logs "dropped" when the work holding it is dropped.
@@ -329,8 +348,11 @@ mod tests {
             }
         }
         async fn release(&self) -> Result<(), String> {
-            self.released.fetch_add(1, Ordering::SeqCst);
+            let n = self.released.fetch_add(1, Ordering::SeqCst);
             self.log.lock().expect("log").push("release".into());
+            if n < self.failing_releases {
+                return Err("client error (SendRequest)".into());
+            }
             Ok(())
         }
     }
@@ -369,6 +391,7 @@ mod tests {
                     answers: answers.clone(),
                     released: released.clone(),
                     log: log.clone(),
+                    failing_releases: 0,
                 };
                 async move {
                     if n < failing_makes {
@@ -474,6 +497,23 @@ mod tests {
         h.until_leading(true).await;
         Harness::settle().await;
         assert_eq!(h.log(), ["start", "stop", "start"]);
+    }
+
+    #[tokio::test]
+    async fn a_release_that_fails_at_shutdown_is_tried_again() {
+        for (failing, calls) in [(1, 2), (2, 3), (5, 3)] {
+            let lease = Scripted {
+                answers: Arc::new(AsyncMutex::new(mpsc::unbounded_channel().1)),
+                released: Arc::new(AtomicUsize::new(0)),
+                log: Arc::new(Mutex::new(Vec::new())),
+                failing_releases: failing,
+            };
+            tokio::time::timeout(Duration::from_secs(5), release_at_shutdown(&lease))
+                .await
+                .expect("bounded");
+            // Up to three attempts, then it gives up (the lease expires instead).
+            assert_eq!(lease.released.load(Ordering::SeqCst), calls, "{failing}");
+        }
     }
 
     #[tokio::test]
