@@ -759,10 +759,15 @@ mod tests {
         rec.record(Event::Exit(0)).await.expect("record");
         let status = rec.finish().await.status.expect("sealed");
         assert!(status.segments.unwrap_or(0) >= 3, "{status:?}");
+        with_recording(&mut s, status);
+        s
+    }
+
+    /// Puts a sealed recording's status into the session, as the broker does.
+    fn with_recording(s: &mut ExecSession, status: RecordingStatus) {
         if let Some(st) = s.status.as_mut() {
             st.recording = Some(status);
         }
-        s
     }
 
     async fn collect(
@@ -822,9 +827,7 @@ mod tests {
             .expect("sealed");
         assert_eq!(status.segments, Some(1), "{status:?}");
         assert!(status.interrupted);
-        if let Some(st) = s.status.as_mut() {
-            st.recording = Some(status);
-        }
+        with_recording(&mut s, status);
         let v = verify(spool.clone(), &s, None).await.expect("verifies");
         let (out, err, _) = collect(v.stream(None)).await;
         assert_eq!(err, None);
@@ -844,9 +847,7 @@ mod tests {
             .await
             .expect("sealed");
         assert_eq!(status.segments, Some(0));
-        if let Some(st) = s.status.as_mut() {
-            st.recording = Some(status);
-        }
+        with_recording(&mut s, status);
         match verify(spool.clone(), &s, None).await {
             Err(ReadError::Empty(e)) => {
                 assert!(e.contains("nothing to replay"), "{e}");
