@@ -301,6 +301,29 @@ pub struct Decision {
     pub comment: Option<String>,
 }
 
+/// How a watcher watches a session live.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// Sees the session, read-only.
+    Observer,
+    /// Sees it, and counts toward the policy's moderation.
+    Moderator,
+}
+
+/// Someone who watched the session live (`kubectl aexec watch`): who, as what, from when to when.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WatcherEntry {
+    /// The watcher, as authenticated by the API server.
+    pub user: UserRef,
+    pub mode: WatchMode,
+    /// When the watcher joined.
+    pub joined: Time,
+    /// When the watcher left; none while watching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Time>,
+}
+
 /// The limits that govern an approved session, copied from the policy at approval so that a
 /// later policy edit cannot change a session already granted.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -410,6 +433,10 @@ pub struct ExecSessionStatus {
     /// The operator replica that holds the attached stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
+    /// Who watched the session live, in the order they joined (the last 64; the recording has
+    /// every join and leave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watchers: Vec<WatcherEntry>,
     /// The recording of the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingStatus>,

@@ -338,6 +338,10 @@ fn router(state: AppState) -> Router {
             put(terminate),
         )
         .route(
+            &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/observe"),
+            get(observe),
+        )
+        .route(
             &format!("{base}/namespaces/{{namespace}}/execsessions/{{name}}/recording"),
             get(recording),
         )
@@ -467,6 +471,7 @@ async fn api_resources() -> Json<serde_json::Value> {
         "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
         "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"]),
             sub("terminate", &["update"]),
+            sub("observe", &["get"]),
             sub("recording", &["get"]),
             sub("withdraw", &["update"]),
             {"name": "recordings", "singularName": "recording", "namespaced": true, "kind": "Recording",
@@ -559,6 +564,7 @@ impl Target<'_> {
     fn role(&self) -> &'static str {
         match (self.resource, self.subresource) {
             (_, Some("approve" | "deny")) => "aexec-approver",
+            (_, Some("observe")) => "aexec-approver or aexec-auditor",
             (_, Some("recording")) | ("recordings" | "signingkeys", _) => "aexec-auditor",
             _ => "aexec-requester",
         }
@@ -590,6 +596,33 @@ async fn authorize_on(
             "the front proxy sent no user (X-Remote-User)",
         )
     })?;
+    if !review(state, &caller, target, verb).await? {
+        let role = target.role();
+        let scope = match target.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        return Err(status_error(
+            403,
+            "Forbidden",
+            format!(
+                "User \"{}\" cannot {verb} resource \"{}\" in API group \
+                 \"{SUBRESOURCE_GROUP}\" {scope}: ask for the {role} role",
+                caller.user.username,
+                target.path()
+            ),
+        ));
+    }
+    Ok(caller)
+}
+
+/// Whether `caller` may `verb` the target, as a SubjectAccessReview answers.
+async fn review(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target<'_>,
+    verb: &str,
+) -> Result<bool, StatusError> {
     let sar = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(caller.user.username.clone()),
@@ -621,25 +654,26 @@ async fn authorize_on(
                 "could not check authorization (SubjectAccessReview failed); try again",
             )
         })?;
-    let allowed = review.status.map(|s| s.allowed).unwrap_or(false);
-    if !allowed {
-        let role = target.role();
-        let scope = match target.namespace {
-            Some(ns) => format!("in the namespace \"{ns}\""),
-            None => "at the cluster scope".to_owned(),
-        };
-        return Err(status_error(
-            403,
-            "Forbidden",
-            format!(
-                "User \"{}\" cannot {verb} resource \"{}\" in API group \
-                 \"{SUBRESOURCE_GROUP}\" {scope}: ask for the {role} role",
-                caller.user.username,
-                target.path()
-            ),
-        ));
-    }
-    Ok(caller)
+    Ok(review.status.map(|s| s.allowed).unwrap_or(false))
+}
+
+/// Whether an authenticated caller may also `verb` a session subresource: a second right checked
+/// in the middle of a request (a watcher asking to terminate needs `update` on `terminate`).
+pub async fn may(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+    verb: &str,
+    subresource: &str,
+) -> Result<bool, StatusError> {
+    let target = Target {
+        resource: "execsessions",
+        subresource: Some(subresource),
+        namespace: Some(namespace),
+        name: Some(name),
+    };
+    review(state, caller, &target, verb).await
 }
 
 async fn approve(
@@ -661,6 +695,19 @@ async fn attach(
     let headers = req.headers().clone();
     match authorize(&state, &peer, &headers, &namespace, &name, "get", "attach").await {
         Ok(caller) => crate::broker::attach(state, caller, namespace, name, req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn observe(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let headers = req.headers().clone();
+    match authorize(&state, &peer, &headers, &namespace, &name, "get", "observe").await {
+        Ok(caller) => crate::observe::observe(state, caller, namespace, name, req).await,
         Err(e) => e.into_response(),
     }
 }

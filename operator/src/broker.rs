@@ -37,6 +37,7 @@ use crate::{
     frames::{self, Frame, Outcome},
     recorder::Recorder,
     recording::cast::Event,
+    watch::{Hub, Shown},
 };
 
 /// How a relayed session ended.
@@ -203,17 +204,33 @@ type PendingDeletions = std::collections::HashSet<SessionKey>;
 pub struct Sessions {
     inner: std::sync::Arc<std::sync::Mutex<StopSenders>>,
     deleted: std::sync::Arc<std::sync::Mutex<PendingDeletions>>,
+    /// The live watchers of each session relayed here (`docs/watch.md`).
+    hubs: std::sync::Arc<std::sync::Mutex<Hubs>>,
     tasks: tokio_util::task::TaskTracker,
 }
+
+type Hubs = std::collections::HashMap<SessionKey, std::sync::Arc<Hub>>;
+
+/// The most watchers one session takes at once.
+pub const MAX_WATCHERS: usize = 16;
 
 fn key(ns: &str, name: &str, uid: &str) -> SessionKey {
     (ns.to_owned(), name.to_owned(), uid.to_owned())
 }
 
 impl Sessions {
-    fn register(&self, ns: &str, name: &str, uid: &str) -> tokio::sync::oneshot::Receiver<Stop> {
+    fn register(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+    ) -> (tokio::sync::oneshot::Receiver<Stop>, std::sync::Arc<Hub>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let k = key(ns, name, uid);
+        let hub = Hub::new(MAX_WATCHERS);
+        if let Ok(mut h) = self.hubs.lock() {
+            h.insert(k.clone(), hub.clone());
+        }
         let deleted = self.deleted.lock().is_ok_and(|mut d| d.remove(&k));
         let slot = if deleted {
             let _ = tx.send(Stop::Deleted);
@@ -224,7 +241,12 @@ impl Sessions {
         if let Ok(mut m) = self.inner.lock() {
             m.insert(k, slot);
         }
-        rx
+        (rx, hub)
+    }
+
+    /// The watchers' hub of a session relayed here.
+    pub fn hub(&self, ns: &str, name: &str, uid: &str) -> Option<std::sync::Arc<Hub>> {
+        self.hubs.lock().ok()?.get(&key(ns, name, uid)).cloned()
     }
 
     /// Ends the relay of a session held here because its ExecSession was deleted; one whose
@@ -249,6 +271,9 @@ impl Sessions {
         let k = key(ns, name, uid);
         if let Ok(mut m) = self.inner.lock() {
             m.remove(&k);
+        }
+        if let Some(hub) = self.hubs.lock().ok().and_then(|mut h| h.remove(&k)) {
+            hub.end();
         }
         if let Ok(mut d) = self.deleted.lock() {
             d.remove(&k);
@@ -322,7 +347,7 @@ impl Sessions {
 }
 
 /// Chooses the subprotocol: v5 when offered (stdin half-close), else v4.
-fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
+pub(crate) fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -419,7 +444,7 @@ async fn prepare(
     // Registered before the claim is written, so that from the moment the session is Active
     // with this replica as its broker, a `terminate` here finds it.
     let uid = session.metadata.uid.clone().unwrap_or_default();
-    let stop = state.sessions.register(namespace, name, &uid);
+    let (stop, hub) = state.sessions.register(namespace, name, &uid);
 
     // Claim the session: the resourceVersion makes this write fail if anyone else (another
     // replica, a second attach) changed it since we read it. Only one attach ever wins.
@@ -511,15 +536,19 @@ async fn prepare(
                     )
                     .await;
                     info!(%user, "attached");
-                    relay(
+                    let end = relay(
                         client_ws,
                         pod_ws,
                         &session_for_relay,
                         Limits::of(&session_for_relay),
                         stop,
                         &recorder,
+                        &hub,
                     )
-                    .await
+                    .await;
+                    // The watchers hear the end at once, not after the end is written.
+                    hub.end();
+                    end
                 }
             };
             info!(?end, "session ended");
@@ -672,7 +701,7 @@ pub fn check_attach(
     Ok(())
 }
 
-fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+pub(crate) fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     let secs = Utc::now().timestamp();
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
@@ -909,6 +938,7 @@ async fn relay(
     limits: Limits,
     stop: tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
+    hub: &Hub,
 ) -> End {
     // A sender dropped without a word (the registry itself went away) is not a stop: only a
     // `terminate` or a shutdown says why a session ends from outside.
@@ -1023,10 +1053,20 @@ async fn relay(
                         Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).map_err(|e| e.to_string())),
                         _ => None,
                     };
+                    // Watchers get the message's own buffer, without its channel byte.
                     match (frame, &status) {
-                        (Ok(Frame::Stdout(d)), _) => rec!(Event::Output(d.to_vec())),
-                        (Ok(Frame::Stderr(d)), _) => rec!(Event::Error(d.to_vec())),
-                        (_, Some(Ok(Outcome::Exited(code)))) => rec!(Event::Exit(*code)),
+                        (Ok(Frame::Stdout(d)), _) => {
+                            rec!(Event::Output(d.to_vec()));
+                            hub.publish(Shown::Output(data.slice(1..)));
+                        }
+                        (Ok(Frame::Stderr(d)), _) => {
+                            rec!(Event::Error(d.to_vec()));
+                            hub.publish(Shown::Error(data.slice(1..)));
+                        }
+                        (_, Some(Ok(Outcome::Exited(code)))) => {
+                            rec!(Event::Exit(*code));
+                            hub.publish(Shown::Exit(*code));
+                        }
                         (_, Some(Ok(Outcome::Failed(m)))) => rec!(Event::Marker(format!("failed: {m}"))),
                         (_, Some(Err(why))) => rec!(Event::Marker(format!("the command's status could not be read: {why}"))),
                         // Control frames that show nothing.
@@ -1083,6 +1123,7 @@ async fn relay(
                         Ok(Frame::Resize(doc)) if tty => match frames::parse_resize(doc) {
                             Ok(size) => {
                                 rec!(Event::Resize { cols: size.cols, rows: size.rows });
+                                hub.publish(Shown::Resize { cols: size.cols, rows: size.rows });
                                 true
                             }
                             Err(_) => {
@@ -1141,6 +1182,12 @@ async fn relay(
                 // Pings and pongs (answered by the library) carry nothing to record.
                 Some(Ok(_)) => {}
             }},
+            // A watcher joined or left: the recording says so where it happened.
+            () = hub.noted() => {
+                for note in hub.take_notes() {
+                    rec!(Event::Marker(note));
+                }
+            }
             _ = ping.tick() => {
                 if pod_traffic.elapsed() >= PING_AFTER {
                     let _ = send!(pod_tx, Message::Ping(Vec::new().into()));
@@ -1408,8 +1455,8 @@ mod tests {
     async fn shutdown_lets_sessions_end_within_the_grace_then_stops_the_rest() {
         let sessions = Sessions::default();
         // One session ends by itself within the grace; one would run on.
-        let quick = sessions.register("ns", "quick", "u1");
-        let slow = sessions.register("ns", "slow", "u2");
+        let quick = sessions.register("ns", "quick", "u1").0;
+        let slow = sessions.register("ns", "slow", "u2").0;
         let quick_task = sessions.tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             drop(quick);
@@ -1446,7 +1493,7 @@ mod tests {
             sessions.terminate("ns", "s", "u1", "bob"),
             Termination::NotHere
         );
-        let mut stop = sessions.register("ns", "s", "u1");
+        let mut stop = sessions.register("ns", "s", "u1").0;
         // Another session under the same name (deleted and created again) is another one.
         assert_eq!(
             sessions.terminate("ns", "s", "u0", "bob"),
@@ -1465,7 +1512,7 @@ mod tests {
             sessions.terminate("ns", "s", "u1", "dave"),
             Termination::AlreadyEnding
         );
-        let returned = sessions.register("ns", "t", "u2");
+        let returned = sessions.register("ns", "t", "u2").0;
         drop(returned);
         assert_eq!(
             sessions.terminate("ns", "t", "u2", "dave"),
@@ -1715,19 +1762,19 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_session_stops_whether_its_relay_started_or_not() {
         let sessions = Sessions::default();
-        let running = sessions.register("ns", "running", "u1");
+        let running = sessions.register("ns", "running", "u1").0;
         sessions.deleted("ns", "running", "u1");
         assert!(matches!(running.await, Ok(Stop::Deleted)));
         // Deleted between the attach claim and the start of the relay: stops on registering.
         sessions.deleted("ns", "starting", "u2");
-        let starting = sessions.register("ns", "starting", "u2");
+        let starting = sessions.register("ns", "starting", "u2").0;
         assert!(matches!(starting.await, Ok(Stop::Deleted)));
         // Only once: a later session of the same name is not affected.
-        let mut again = sessions.register("ns", "starting", "u2");
+        let mut again = sessions.register("ns", "starting", "u2").0;
         assert!(again.try_recv().is_err());
         // Nor is another session created again under the name.
         sessions.deleted("ns", "other", "old");
-        let mut other = sessions.register("ns", "other", "new");
+        let mut other = sessions.register("ns", "other", "new").0;
         assert!(other.try_recv().is_err());
         let (phase, message, _) = final_state(&End::Deleted);
         assert_eq!(phase, Phase::Terminated);

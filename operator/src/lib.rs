@@ -21,6 +21,8 @@ pub mod leader;
 pub mod lifecycle;
 #[cfg(feature = "runtime")]
 pub mod metrics;
+#[cfg(feature = "runtime")]
+pub mod observe;
 pub mod policy;
 #[cfg(feature = "runtime")]
 pub mod recorder;

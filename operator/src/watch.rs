@@ -12,18 +12,23 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use aexec_crds::{UserRef, WatcherEntry};
 use tokio::sync::{Notify, watch};
+use tokio_tungstenite::tungstenite::Bytes;
+
+use crate::broker::now_time as now;
 
 /// Output kept for watchers who join later.
 pub const BACKLOG_BYTES: usize = 256 << 10;
 /// What one watcher may have queued and not yet read.
 pub const QUEUE_BYTES: usize = 256 << 10;
 
-/// Something the session showed.
+/// Something the session showed. Output is shared, not copied: the relay hands over the
+/// WebSocket message's own buffer, and every watcher's queue holds a reference to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shown {
-    Output(Vec<u8>),
-    Error(Vec<u8>),
+    Output(Bytes),
+    Error(Bytes),
     Resize { cols: u16, rows: u16 },
     Exit(i32),
 }
@@ -47,12 +52,8 @@ pub enum Delivery {
     },
 }
 
-/// How a watcher watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Observer,
-    Moderator,
-}
+/// How a watcher watches (the session's status says it with the same words).
+pub use aexec_crds::WatchMode as Mode;
 
 /// Who watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,16 @@ pub struct Watcher {
     pub groups: Vec<String>,
     pub mode: Mode,
 }
+
+impl Watcher {
+    /// How the recording and the Events say it: `bob (Observer)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?})", self.user, self.mode)
+    }
+}
+
+/// Joins and leaves kept for the session's status: the newest this many.
+pub const HISTORY: usize = 64;
 
 /// Why a watcher could not join.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,15 +88,25 @@ pub struct Hub {
     inner: Mutex<Inner>,
     max_watchers: usize,
     moderators: watch::Sender<usize>,
+    noted: Notify,
+    /// Serialises the writes of [`Hub::history`] to the session's status, so that a later
+    /// write never carries an older list.
+    pub status_writes: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    backlog: VecDeque<u8>,
+    /// The last output, in the relay's own buffers; `backlog_bytes` in all.
+    backlog: VecDeque<Bytes>,
+    backlog_bytes: usize,
     size: Option<(u16, u16)>,
     slots: Vec<Slot>,
     next_id: u64,
     ended: bool,
+    /// Markers for the recording (joins and leaves), taken by the relay, which alone writes it.
+    notes: Vec<String>,
+    /// Every watcher's join and leave, the newest [`HISTORY`], for the session's status.
+    history: VecDeque<(u64, WatcherEntry)>,
 }
 
 #[derive(Debug)]
@@ -137,6 +158,8 @@ impl Hub {
             inner: Mutex::new(Inner::default()),
             max_watchers,
             moderators: watch::channel(0).0,
+            noted: Notify::new(),
+            status_writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -152,9 +175,23 @@ impl Hub {
         let mut inner = self.lock();
         match &s {
             Shown::Output(b) | Shown::Error(b) => {
-                inner.backlog.extend(b.iter().copied());
-                let over = inner.backlog.len().saturating_sub(BACKLOG_BYTES);
-                inner.backlog.drain(..over);
+                inner.backlog_bytes += b.len();
+                inner.backlog.push_back(b.clone());
+                // Whole buffers leave the front while the rest still holds the limit; the
+                // oldest left is cut to size.
+                while inner.backlog_bytes > BACKLOG_BYTES {
+                    let over = inner.backlog_bytes - BACKLOG_BYTES;
+                    let Some(front) = inner.backlog.front_mut() else {
+                        break;
+                    };
+                    if front.len() <= over {
+                        inner.backlog_bytes -= front.len();
+                        inner.backlog.pop_front();
+                    } else {
+                        *front = front.slice(over..);
+                        inner.backlog_bytes -= over;
+                    }
+                }
             }
             Shown::Resize { cols, rows } => inner.size = Some((*cols, *rows)),
             Shown::Exit(_) => {}
@@ -184,6 +221,25 @@ impl Hub {
         }
         let id = inner.next_id;
         inner.next_id += 1;
+        inner
+            .notes
+            .push(format!("watch: {} joined", watcher.describe()));
+        inner.history.push_back((
+            id,
+            WatcherEntry {
+                user: UserRef {
+                    username: watcher.user.clone(),
+                    groups: watcher.groups.clone(),
+                },
+                mode: watcher.mode,
+                joined: now(),
+                left: None,
+            },
+        ));
+        if inner.history.len() > HISTORY {
+            inner.history.pop_front();
+        }
+        self.noted.notify_one();
         let wake = Arc::new(Notify::new());
         inner.slots.push(Slot {
             id,
@@ -193,8 +249,12 @@ impl Hub {
             skipped: 0,
             wake: wake.clone(),
         });
+        let mut backlog = Vec::with_capacity(inner.backlog_bytes);
+        for b in &inner.backlog {
+            backlog.extend_from_slice(b);
+        }
         let start = Start {
-            backlog: inner.backlog.iter().copied().collect(),
+            backlog,
             size: inner.size,
         };
         self.count_moderators(&inner);
@@ -237,8 +297,32 @@ impl Hub {
 
     fn leave(&self, id: u64) {
         let mut inner = self.lock();
-        inner.slots.retain(|s| s.id != id);
+        if let Some(at) = inner.slots.iter().position(|s| s.id == id) {
+            let slot = inner.slots.remove(at);
+            inner
+                .notes
+                .push(format!("watch: {} left", slot.watcher.describe()));
+            self.noted.notify_one();
+        }
+        if let Some((_, entry)) = inner.history.iter_mut().find(|(i, _)| *i == id) {
+            entry.left = Some(now());
+        }
         self.count_moderators(&inner);
+    }
+
+    /// Waits until a join or leave has something for the recording.
+    pub async fn noted(&self) {
+        self.noted.notified().await;
+    }
+
+    /// The markers for the recording since the last call.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().notes)
+    }
+
+    /// Every join and leave, the newest [`HISTORY`], for the session's status.
+    pub fn history(&self) -> Vec<WatcherEntry> {
+        self.lock().history.iter().map(|(_, e)| e.clone()).collect()
     }
 }
 
@@ -310,12 +394,12 @@ mod tests {
     async fn a_watcher_gets_the_backlog_then_what_follows_in_order() {
         let hub = Hub::new(4);
         hub.publish(Shown::Resize { cols: 80, rows: 24 });
-        hub.publish(Shown::Output(b"before ".to_vec()));
+        hub.publish(Shown::Output(Bytes::from_static(b"before ")));
         let (start, mut sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
         assert_eq!(start.backlog, b"before ");
         assert_eq!(start.size, Some((80, 24)));
-        hub.publish(Shown::Output(b"after".to_vec()));
-        hub.publish(Shown::Error(b"err".to_vec()));
+        hub.publish(Shown::Output(Bytes::from_static(b"after")));
+        hub.publish(Shown::Error(Bytes::from_static(b"err")));
         hub.publish(Shown::Resize {
             cols: 100,
             rows: 30,
@@ -329,8 +413,8 @@ mod tests {
         assert_eq!(
             got,
             [
-                Delivery::Shown(Shown::Output(b"after".to_vec())),
-                Delivery::Shown(Shown::Error(b"err".to_vec())),
+                Delivery::Shown(Shown::Output(Bytes::from_static(b"after"))),
+                Delivery::Shown(Shown::Error(Bytes::from_static(b"err"))),
                 Delivery::Shown(Shown::Resize {
                     cols: 100,
                     rows: 30
@@ -344,7 +428,7 @@ mod tests {
     async fn the_backlog_keeps_only_the_last_256_kib() {
         let hub = Hub::new(4);
         for i in 0..300u32 {
-            hub.publish(Shown::Output(vec![(i % 251) as u8; 1024]));
+            hub.publish(Shown::Output(Bytes::from(vec![(i % 251) as u8; 1024])));
         }
         let (start, _sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
         assert_eq!(start.backlog.len(), BACKLOG_BYTES);
@@ -358,7 +442,7 @@ mod tests {
         let hub = Hub::new(4);
         let (_, mut slow) = hub.join(watcher("slow", Mode::Observer)).expect("join");
         let (_, mut fast) = hub.join(watcher("fast", Mode::Observer)).expect("join");
-        let chunk = vec![b'x'; 32 << 10];
+        let chunk = Bytes::from(vec![b'x'; 32 << 10]);
         let total = 64u64;
         let mut fast_bytes = 0u64;
         for _ in 0..total {
@@ -388,18 +472,18 @@ mod tests {
     async fn a_skip_is_announced_before_the_next_frame_that_fits() {
         let hub = Hub::new(4);
         let (_, mut sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
-        let big = vec![b'x'; QUEUE_BYTES];
+        let big = Bytes::from(vec![b'x'; QUEUE_BYTES]);
         hub.publish(Shown::Output(big.clone()));
-        hub.publish(Shown::Output(b"lost".to_vec()));
+        hub.publish(Shown::Output(Bytes::from_static(b"lost")));
         assert_eq!(
             next(&mut sub).await,
             Some(Delivery::Shown(Shown::Output(big)))
         );
-        hub.publish(Shown::Output(b"kept".to_vec()));
+        hub.publish(Shown::Output(Bytes::from_static(b"kept")));
         assert_eq!(next(&mut sub).await, Some(Delivery::Skipped { bytes: 4 }));
         assert_eq!(
             next(&mut sub).await,
-            Some(Delivery::Shown(Shown::Output(b"kept".to_vec())))
+            Some(Delivery::Shown(Shown::Output(Bytes::from_static(b"kept"))))
         );
     }
 
@@ -433,15 +517,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn joins_and_leaves_are_noted_for_the_recording_and_kept_for_the_status() {
+        let hub = Hub::new(4);
+        let (_, bob) = hub.join(watcher("bob", Mode::Observer)).expect("join");
+        // The relay wakes for the note without polling.
+        tokio::time::timeout(Duration::from_secs(5), hub.noted())
+            .await
+            .expect("noted");
+        assert_eq!(hub.take_notes(), ["watch: bob (Observer) joined"]);
+        assert!(hub.take_notes().is_empty());
+        let history = hub.history();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].user.username, "bob");
+        assert_eq!(history[0].user.groups, ["sre"]);
+        assert_eq!(history[0].left, None);
+        drop(bob);
+        assert_eq!(hub.take_notes(), ["watch: bob (Observer) left"]);
+        assert!(hub.history()[0].left.is_some());
+        // The status keeps the newest HISTORY entries.
+        for i in 0..HISTORY + 5 {
+            drop(
+                hub.join(watcher(&format!("w{i}"), Mode::Observer))
+                    .expect("join"),
+            );
+        }
+        let history = hub.history();
+        assert_eq!(history.len(), HISTORY);
+        assert_eq!(
+            history.last().map(|e| e.user.username.as_str()),
+            Some(format!("w{}", HISTORY + 4).as_str())
+        );
+    }
+
+    #[tokio::test]
     async fn a_waiting_watcher_is_woken_by_a_publish() {
         let hub = Hub::new(2);
         let (_, mut sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
         let reader = tokio::spawn(async move { next(&mut sub).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        hub.publish(Shown::Output(b"hi".to_vec()));
+        hub.publish(Shown::Output(Bytes::from_static(b"hi")));
         assert_eq!(
             reader.await.expect("reader"),
-            Some(Delivery::Shown(Shown::Output(b"hi".to_vec())))
+            Some(Delivery::Shown(Shown::Output(Bytes::from_static(b"hi"))))
         );
     }
 }

@@ -149,6 +149,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// End a running session.
     Terminate(NameArg),
+    /// Watch a running session's terminal live, read-only: what it showed so far, then what it
+    /// shows. Keys: q leaves; T terminates the session (asks first; needs the right to).
+    Watch(WatchArgs),
     /// Play a session's recording in the terminal with its real timing.
     Replay(ReplayArgs),
     /// Write a session's recording to a file (asciicast v3, v2 for older players, or text).
@@ -188,6 +191,18 @@ pub struct AttachArgs {
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<kube::core::Duration>,
     /// Print no progress or notices, only errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The session's name (waits for it to start when it is still Pending or Approved).
+    pub name: String,
+    /// Watch as a moderator (for sessions whose policy asks for one; never your own session).
+    #[arg(long)]
+    pub moderate: bool,
+    /// Print no notices, only the session's output and errors.
     #[arg(short = 'q', long)]
     pub quiet: bool,
 }

@@ -32,13 +32,14 @@ pub enum Want {
     Nothing,
 }
 
-const SESSION_COMMANDS: [&str; 9] = [
+const SESSION_COMMANDS: [&str; 10] = [
     "describe",
     "approve",
     "deny",
     "withdraw",
     "attach",
     "terminate",
+    "watch",
     "replay",
     "export",
     "verify",

@@ -17,6 +17,7 @@ pub mod replay;
 pub mod table;
 pub mod target;
 pub mod terminal;
+pub mod watch;
 
 use clap::Parser;
 
@@ -115,6 +116,7 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         Some(Command::Keys(k)) => commands::keys(&conn, k).await,
         Some(Command::Attach(a)) => commands::attach_existing(&conn, a).await,
         Some(Command::Terminate(n)) => commands::terminate(&conn, &n.name).await,
+        Some(Command::Watch(w)) => watch::watch(&conn, w).await,
         Some(Command::Replay(r)) => commands::replay(&conn, r).await,
         Some(Command::Export(e)) => commands::export(&conn, e).await,
         Some(Command::Verify(v)) => commands::verify(&conn, v).await,

@@ -14,3 +14,4 @@ mod operator;
 mod plugin;
 mod pty;
 mod storage;
+mod watch;

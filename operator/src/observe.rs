@@ -1,0 +1,577 @@
+//! `GET .../execsessions/{name}/observe`: watching a session live (`docs/watch.md`).
+//!
+//! The watcher gets a hello (text, JSON), the terminal's size, the last output the session
+//! showed (the hub's backlog), then what it shows, in the exec stream's own channel framing
+//! (1 stdout, 2 stderr, 3 the exit status, 4 resize), with text notices (`skipped`). The only
+//! things a watcher may send are two text messages, `{"type":"leave"}` and
+//! `{"type":"terminate"}`; nothing a watcher sends reaches the pod: this module holds no path to
+//! it, only the hub's receiving end.
+
+use std::time::Duration;
+
+use aexec_crds::{ExecSession, Phase};
+use axum::{
+    extract::Request,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    },
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    apiserver::{AppState, Caller, StatusError, get_session, may, status_error},
+    watch::{Delivery, Hub, JoinError, Mode, Shown, Start, Subscription, Watcher},
+};
+
+/// Output is sent to a watcher in messages of at most this many bytes (the backlog).
+const CHUNK: usize = 32 << 10;
+/// A watcher that reads nothing for this long is dropped: its connection is not held forever.
+const SEND_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The watcher's mode, from `?mode=observer|moderator` (observer when absent).
+pub fn parse_mode(query: Option<&str>) -> Result<Mode, StatusError> {
+    let value = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("mode="));
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("observer") => Ok(Mode::Observer),
+        Some("moderator") => Ok(Mode::Moderator),
+        Some(other) => Err(status_error(
+            400,
+            "BadRequest",
+            format!("unknown watch mode {other:?}: use observer or moderator"),
+        )),
+    }
+}
+
+/// Whether `caller` may watch `session` now as `mode`. RBAC (`get` on `execsessions/observe`)
+/// has already said yes; these are the business rules.
+pub fn check_watch(session: &ExecSession, caller: &Caller, mode: Mode) -> Result<(), StatusError> {
+    let name = session.metadata.name.as_deref().unwrap_or_default();
+    let ns = session.metadata.namespace.as_deref().unwrap_or_default();
+    let requester = &session.spec.requester.username;
+    match session.phase() {
+        Phase::Active => {}
+        phase @ (Phase::Pending | Phase::Approved) => {
+            return Err(status_error(
+                409,
+                "Conflict",
+                format!(
+                    "session {name} has not started yet (it is {phase}); watch it once {requester} \
+                     attached (kubectl aexec watch waits for that)"
+                ),
+            ));
+        }
+        phase => {
+            return Err(status_error(
+                409,
+                "Conflict",
+                format!(
+                    "session {name} has ended (it is {phase}); its recording shows what happened: \
+                     kubectl aexec replay {name} -n {ns}"
+                ),
+            ));
+        }
+    }
+    if mode == Mode::Moderator {
+        if caller.user.username == *requester {
+            return Err(status_error(
+                403,
+                "Forbidden",
+                format!(
+                    "you requested session {name}: you cannot moderate it; someone else must \
+                     (you may watch it as an observer)"
+                ),
+            ));
+        }
+        return Err(status_error(
+            400,
+            "BadRequest",
+            format!(
+                "session {name} needs no moderator: its policy has no moderation; watch it as an \
+                 observer (without --moderate)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a watcher may send.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Control {
+    Leave,
+    Terminate,
+}
+
+/// The message a watcher gets first.
+pub fn hello(session: &ExecSession, watcher: &Watcher, start: &Start) -> serde_json::Value {
+    let st = session.status.clone().unwrap_or_default();
+    json!({
+        "type": "hello",
+        "session": session.metadata.name,
+        "namespace": session.metadata.namespace,
+        "pod": session.spec.pod,
+        "container": st.container.or(session.spec.container.clone()),
+        "command": session.spec.command,
+        "tty": session.spec.tty,
+        "requester": session.spec.requester.username,
+        "mode": watcher.mode,
+        "size": start.size.map(|(cols, rows)| json!({"cols": cols, "rows": rows})),
+        "backlog": start.backlog.len(),
+    })
+}
+
+/// One delivery as the watcher receives it.
+pub fn message(d: &Delivery) -> Message {
+    match d {
+        Delivery::Shown(Shown::Output(b)) => Message::Binary(framed(1, b).into()),
+        Delivery::Shown(Shown::Error(b)) => Message::Binary(framed(2, b).into()),
+        Delivery::Shown(Shown::Resize { cols, rows }) => Message::Binary(
+            framed(
+                4,
+                format!("{{\"Width\":{cols},\"Height\":{rows}}}").as_bytes(),
+            )
+            .into(),
+        ),
+        Delivery::Shown(Shown::Exit(code)) => {
+            Message::Binary(framed(3, exit_status(*code).to_string().as_bytes()).into())
+        }
+        Delivery::Skipped { bytes } => Message::Text(
+            json!({"type": "skipped", "bytes": bytes})
+                .to_string()
+                .into(),
+        ),
+    }
+}
+
+fn framed(channel: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 1);
+    f.push(channel);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The exit status as the exec stream's channel 3 says it.
+fn exit_status(code: i32) -> serde_json::Value {
+    if code == 0 {
+        json!({"status": "Success"})
+    } else {
+        json!({"status": "Failure", "reason": "NonZeroExitCode",
+               "message": format!("command terminated with non-zero exit code {code}"),
+               "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+    }
+}
+
+/// Serves a watcher of a session relayed here.
+pub async fn observe(
+    state: AppState,
+    caller: Caller,
+    namespace: String,
+    name: String,
+    mut req: Request,
+) -> Response {
+    // What the request asks, read before any wait (a request is not shared across threads).
+    let asked = (|| {
+        let mode = parse_mode(req.uri().query())?;
+        let headers = req.headers();
+        let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+        let upgrade = headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let (Some(key), true) = (key, upgrade) else {
+            return Err(status_error(
+                400,
+                "BadRequest",
+                "observe is a WebSocket: upgrade the connection (kubectl aexec watch does)",
+            ));
+        };
+        let protocol = crate::broker::choose_protocol(headers).ok_or_else(|| {
+            status_error(
+                400,
+                "BadRequest",
+                format!("offer the {} WebSocket subprotocol", crate::frames::V5),
+            )
+        })?;
+        Ok((mode, key, protocol))
+    })();
+    let (mode, key, protocol) = match asked {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let prepared = async {
+        let session = get_session(&state.client, &namespace, &name).await?;
+        check_watch(&session, &caller, mode)?;
+        let uid = session.metadata.uid.clone().unwrap_or_default();
+        let Some(hub) = state.sessions.hub(&namespace, &name, &uid) else {
+            let broker = session.status.as_ref().and_then(|s| s.broker.clone());
+            return Err(match broker {
+                Some(b) if b != state.instance => status_error(
+                    503,
+                    "ServiceUnavailable",
+                    format!(
+                        "session {name} is relayed by operator replica {b}, and this request \
+                         reached replica {}; watching through another replica is not supported \
+                         yet: try again (the API server picks a replica for each request)",
+                        state.instance
+                    ),
+                ),
+                _ => status_error(
+                    409,
+                    "Conflict",
+                    format!("session {name} is ending; replay it: kubectl aexec replay {name} -n {namespace}"),
+                ),
+            });
+        };
+        let watcher = Watcher {
+            user: caller.user.username.clone(),
+            groups: caller.user.groups.clone(),
+            mode,
+        };
+        let (start, sub) = hub.join(watcher.clone()).map_err(|e| match e {
+            JoinError::Full(_) => status_error(429, "TooManyRequests", e.to_string()),
+            JoinError::Ended => status_error(
+                409,
+                "Conflict",
+                format!("session {name} has ended; replay it: kubectl aexec replay {name} -n {namespace}"),
+            ),
+        })?;
+        Ok((session, hub, watcher, start, sub))
+    }
+    .await;
+    let (session, hub, watcher, start, sub) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let span =
+        info_span!("watch", namespace = %namespace, session = %name, watcher = %watcher.user);
+    tokio::spawn(
+        async move {
+            announce(&state, &session, &hub, &watcher, true).await;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        None,
+                    )
+                    .await;
+                    info!(mode = ?watcher.mode, "watching");
+                    serve(ws, &state, &caller, &session, &watcher, start, sub).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "the watcher's upgrade failed");
+                    drop(sub);
+                }
+            }
+            info!("stopped watching");
+            announce(&state, &session, &hub, &watcher, false).await;
+        }
+        .instrument(span),
+    );
+
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Relays the hub to the watcher until the session ends or the watcher leaves.
+async fn serve(
+    ws: Ws,
+    state: &AppState,
+    caller: &Caller,
+    session: &ExecSession,
+    watcher: &Watcher,
+    start: Start,
+    mut sub: Subscription,
+) {
+    let (mut tx, mut rx) = ws.split();
+    macro_rules! send {
+        ($m:expr) => {
+            match tokio::time::timeout(SEND_PATIENCE, tx.send($m)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    warn!("the watcher read nothing for {SEND_PATIENCE:?}; dropped");
+                    return;
+                }
+            }
+        };
+    }
+    send!(Message::Text(
+        hello(session, watcher, &start).to_string().into()
+    ));
+    if let Some((cols, rows)) = start.size {
+        send!(message(&Delivery::Shown(Shown::Resize { cols, rows })));
+    }
+    for chunk in start.backlog.chunks(CHUNK) {
+        send!(Message::Binary(framed(1, chunk).into()));
+    }
+    let (ns, name) = (
+        session.metadata.namespace.clone().unwrap_or_default(),
+        session.metadata.name.clone().unwrap_or_default(),
+    );
+    let mut ignored = 0u64;
+    loop {
+        tokio::select! {
+            d = sub.next() => match d {
+                Some(d) => send!(message(&d)),
+                None => {
+                    let close = CloseFrame { code: CloseCode::Normal, reason: "the session ended".into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(Some(close)))).await;
+                    return;
+                }
+            },
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<Control>(&t) {
+                    Ok(Control::Leave) => {
+                        let _ = tx.send(Message::Close(None)).await;
+                        return;
+                    }
+                    Ok(Control::Terminate) => {
+                        let notice = terminate(state, caller, &ns, &name).await;
+                        send!(Message::Text(notice.to_string().into()));
+                    }
+                    Err(e) => {
+                        let notice = json!({"type": "error", "message": format!(
+                            "not understood: {e}; a watcher sends {{\"type\":\"leave\"}} or {{\"type\":\"terminate\"}}")});
+                        send!(Message::Text(notice.to_string().into()));
+                    }
+                },
+                // A watcher has no input: whatever it sends is dropped here, counted.
+                Some(Ok(Message::Binary(b))) => {
+                    ignored += b.len() as u64;
+                    tracing::debug!(bytes = ignored, "a watcher sent binary data; ignored");
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// A watcher's `terminate`: allowed with `update` on `execsessions/terminate`, as the
+/// subresource itself is.
+async fn terminate(state: &AppState, caller: &Caller, ns: &str, name: &str) -> serde_json::Value {
+    match may(state, caller, ns, name, "update", "terminate").await {
+        Ok(true) => match crate::broker::terminate(state, caller, ns, name).await {
+            Ok(_) => json!({"type": "terminating"}),
+            Err(e) => json!({"type": "error", "message": e.message}),
+        },
+        Ok(false) => json!({"type": "error", "message": format!(
+            "User \"{}\" cannot update resource \"execsessions/terminate\": you may watch this session, not end it; ask for the aexec-approver role",
+            caller.user.username)}),
+        Err(e) => json!({"type": "error", "message": e.message}),
+    }
+}
+
+/// A join or a leave, in the session's status (who watched, from when to when) and as an Event.
+async fn announce(
+    state: &AppState,
+    session: &ExecSession,
+    hub: &Hub,
+    watcher: &Watcher,
+    joined: bool,
+) {
+    let (ns, name) = (
+        session.metadata.namespace.clone().unwrap_or_default(),
+        session.metadata.name.clone().unwrap_or_default(),
+    );
+    {
+        // One write at a time per session, each with the whole list as it is then: a later
+        // write never carries an older list.
+        let _turn = hub.status_writes.lock().await;
+        let patch = json!({"status": {"watchers": hub.history()}});
+        let api: Api<ExecSession> = Api::namespaced(state.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(error = %e, "writing the watchers into the session's status");
+        }
+    }
+    let (reason, note) = if joined {
+        (
+            "WatcherJoined",
+            format!("{} started watching", watcher.describe()),
+        )
+    } else {
+        (
+            "WatcherLeft",
+            format!("{} stopped watching", watcher.describe()),
+        )
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Watch".into(),
+        secondary: None,
+    };
+    if let Err(e) = state
+        .recorder
+        .publish(&event, &session.object_ref(&()))
+        .await
+    {
+        warn!(error = %e, "publishing an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aexec_crds::{ExecSessionStatus, UserRef};
+
+    fn session(phase: Phase) -> ExecSession {
+        let mut s: ExecSession = serde_json::from_value(json!({
+            "apiVersion": "aexec.dev/v1alpha1", "kind": "ExecSession",
+            "metadata": {"name": "s1", "namespace": "prod", "uid": "u1"},
+            "spec": {"pod": "web", "command": ["sh"], "requester": {"username": "alice"}}
+        }))
+        .expect("session");
+        s.status = Some(ExecSessionStatus {
+            phase: Some(phase),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn caller(user: &str) -> Caller {
+        Caller {
+            user: UserRef {
+                username: user.into(),
+                groups: vec!["sre".into()],
+            },
+            uid: None,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn modes_from_the_query() {
+        assert_eq!(parse_mode(None), Ok(Mode::Observer));
+        assert_eq!(parse_mode(Some("mode=observer")), Ok(Mode::Observer));
+        assert_eq!(parse_mode(Some("x=1&mode=Moderator")), Ok(Mode::Moderator));
+        let e = parse_mode(Some("mode=driver")).expect_err("unknown");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("\"driver\""), "{}", e.message);
+    }
+
+    #[test]
+    fn only_an_active_session_is_watched_and_the_refusals_say_what_to_do() {
+        assert_eq!(
+            check_watch(&session(Phase::Active), &caller("bob"), Mode::Observer),
+            Ok(())
+        );
+        let early = check_watch(&session(Phase::Approved), &caller("bob"), Mode::Observer)
+            .expect_err("not started");
+        assert_eq!(early.code, 409);
+        assert!(
+            early.message.contains("has not started yet"),
+            "{}",
+            early.message
+        );
+        for phase in [Phase::Succeeded, Phase::Failed, Phase::Terminated] {
+            let late =
+                check_watch(&session(phase), &caller("bob"), Mode::Observer).expect_err("ended");
+            assert!(
+                late.message.contains("kubectl aexec replay s1 -n prod"),
+                "{}",
+                late.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_requester_never_moderates_their_own_session() {
+        let e = check_watch(&session(Phase::Active), &caller("alice"), Mode::Moderator)
+            .expect_err("own session");
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message.contains("you cannot moderate it"),
+            "{}",
+            e.message
+        );
+        // Watching it as an observer is not refused by the rules (RBAC decides).
+        assert_eq!(
+            check_watch(&session(Phase::Active), &caller("alice"), Mode::Observer),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn deliveries_use_the_exec_streams_channels() {
+        use tokio_tungstenite::tungstenite::Bytes;
+        let bin = |d: Delivery| match message(&d) {
+            Message::Binary(b) => b.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            bin(Delivery::Shown(Shown::Output(Bytes::from_static(b"hi")))),
+            b"\x01hi"
+        );
+        assert_eq!(
+            bin(Delivery::Shown(Shown::Error(Bytes::from_static(b"no")))),
+            b"\x02no"
+        );
+        assert_eq!(
+            bin(Delivery::Shown(Shown::Resize { cols: 80, rows: 24 })),
+            b"\x04{\"Width\":80,\"Height\":24}"
+        );
+        let exit: serde_json::Value =
+            serde_json::from_slice(&bin(Delivery::Shown(Shown::Exit(3)))[1..]).expect("json");
+        assert_eq!(exit["details"]["causes"][0]["message"], "3");
+        let ok: serde_json::Value =
+            serde_json::from_slice(&bin(Delivery::Shown(Shown::Exit(0)))[1..]).expect("json");
+        assert_eq!(ok["status"], "Success");
+        match message(&Delivery::Skipped { bytes: 7 }) {
+            Message::Text(t) => assert_eq!(t.as_str(), r#"{"bytes":7,"type":"skipped"}"#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_watcher_may_send_only_leave_and_terminate() {
+        assert_eq!(
+            serde_json::from_str::<Control>(r#"{"type":"leave"}"#).ok(),
+            Some(Control::Leave)
+        );
+        assert_eq!(
+            serde_json::from_str::<Control>(r#"{"type":"terminate"}"#).ok(),
+            Some(Control::Terminate)
+        );
+        assert!(serde_json::from_str::<Control>(r#"{"type":"stdin","data":"rm -rf /"}"#).is_err());
+    }
+}
