@@ -546,8 +546,12 @@ async fn prepare(
                         &hub,
                     )
                     .await;
-                    // The watchers hear the end at once, not after the end is written.
+                    // The watchers hear the end at once, not after the end is written; joins
+                    // and leaves the relay had not taken yet still go into the recording.
                     hub.end();
+                    for note in hub.take_notes() {
+                        let _ = recorder.record(Event::Marker(note)).await;
+                    }
                     end
                 }
             };

@@ -223,9 +223,11 @@ pub async fn observe(
         let Some(hub) = state.sessions.hub(&namespace, &name, &uid) else {
             let broker = session.status.as_ref().and_then(|s| s.broker.clone());
             return Err(match broker {
+                // 409 as for `terminate` on the wrong replica: a 503 would read as "the operator
+                // is down" to clients of the aggregated API.
                 Some(b) if b != state.instance => status_error(
-                    503,
-                    "ServiceUnavailable",
+                    409,
+                    "Conflict",
                     format!(
                         "session {name} is relayed by operator replica {b}, and this request \
                          reached replica {}; watching through another replica is not supported \
