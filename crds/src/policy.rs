@@ -78,6 +78,11 @@ pub struct ExecPolicySpec {
     #[serde(default)]
     pub limits: PolicyLimits,
 
+    /// Live moderation: the command starts only while enough moderators watch
+    /// (`kubectl aexec watch --moderate`). Omitted: sessions need no moderator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationRule>,
+
     /// Sessions must give a reason (`kubectl aexec -r`).
     #[serde(default)]
     pub reason_required: bool,
@@ -124,6 +129,50 @@ pub struct ApprovalRule {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_1S_TO_7D).message("pendingTimeout must be a duration between 1s and 168h, like 30m"))]
     pub pending_timeout: Option<kube::core::Duration>,
+}
+
+/// Who must watch a session live while it runs, how many, and what happens when they leave.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModerationRule {
+    /// Moderators who must be watching before the command starts, and while it runs. The
+    /// requester never counts, even when a member of `groups`.
+    #[serde(default = "default_required")]
+    #[schemars(range(min = 1, max = 10))]
+    pub required: i32,
+
+    /// Members of these groups may moderate. With neither groups nor users, anyone allowed to
+    /// watch the session (RBAC on `execsessions/observe`) may, except the requester.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    pub groups: Vec<String>,
+
+    /// These users may moderate.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    pub users: Vec<String>,
+
+    /// When moderators drop below `required` mid-session: `Pause` holds the requester's input
+    /// (output still flows and is recorded) until enough watch again; `Terminate` ends it.
+    #[serde(default)]
+    pub on_moderator_leave: OnModeratorLeave,
+
+    /// How long a session waits for moderators, before its command starts or while paused,
+    /// before it ends (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_1S_TO_7D).message("timeout must be a duration between 1s and 168h, like 10m"))]
+    pub timeout: Option<kube::core::Duration>,
+}
+
+/// What a moderated session does when its moderators leave.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnModeratorLeave {
+    /// Hold the requester's input until enough moderators watch again.
+    #[default]
+    Pause,
+    /// End the session.
+    Terminate,
 }
 
 fn default_required() -> i32 {

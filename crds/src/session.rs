@@ -338,6 +338,31 @@ pub struct SessionLimits {
     /// End the session rather than run it unrecorded when storage fails.
     #[serde(default)]
     pub recording_required: bool,
+    /// The policy's moderation, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<crate::policy::ModerationRule>,
+}
+
+/// Where a moderated session stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModerationState {
+    /// Attached, waiting for moderators; the command has not started.
+    Waiting,
+    /// Enough moderators watch; the command runs.
+    Moderated,
+    /// Moderators left mid-session; the requester's input is held.
+    Paused,
+}
+
+/// The live state of a moderated session.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModerationStatus {
+    pub state: ModerationState,
+    /// Moderators watching now.
+    pub moderators: i32,
+    /// Moderators the policy requires.
+    pub required: i32,
 }
 
 /// Where the recording is and how to check it.
@@ -437,6 +462,9 @@ pub struct ExecSessionStatus {
     /// every join and leave).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watchers: Vec<WatcherEntry>,
+    /// Moderation, for sessions whose policy requires it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationStatus>,
     /// The recording of the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingStatus>,

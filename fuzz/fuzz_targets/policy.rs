@@ -256,6 +256,12 @@ fuzz_target!(|input: PolicyInput| {
             (v, _) => panic!("approved a session the policy decided {v:?}"),
         }
         assert!(out.status.deadline.is_some() && out.status.limits.is_some());
+        // The moderation granted is the chosen policy's, never dropped or invented.
+        assert_eq!(
+            out.status.limits.as_ref().and_then(|l| l.moderation.as_ref()),
+            chosen.and_then(|p| p.spec.moderation.as_ref()),
+            "the session's moderation differs from its policy's"
+        );
     }
     if matches!(verdict, Verdict::Deny { .. }) {
         assert!(

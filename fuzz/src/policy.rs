@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use aexec_crds::{
     ApprovalRule, Decision, ExecPolicy, ExecPolicySpec, ExecSession, ExecSessionSpec,
-    ExecSessionStatus, Phase, PolicyDecision, PolicyLimits, UserRef,
+    ExecSessionStatus, ModerationRule, OnModeratorLeave, Phase, PolicyDecision, PolicyLimits,
+    UserRef,
 };
 use arbitrary::{Arbitrary, Result, Unstructured};
 use chrono::{DateTime, Utc};
@@ -110,6 +111,18 @@ fn policy(u: &mut Unstructured<'_>) -> Result<ExecPolicy> {
         ])?,
         approval,
         limits,
+        moderation: if u.ratio(1u8, 4u8)? {
+            Some(ModerationRule {
+                required: u.arbitrary()?,
+                groups: strings(bounded_vec(u, 3)?),
+                users: strings(bounded_vec(u, 3)?),
+                on_moderator_leave: *u
+                    .choose(&[OnModeratorLeave::Pause, OnModeratorLeave::Terminate])?,
+                timeout: duration(u)?,
+            })
+        } else {
+            None
+        },
         reason_required: u.arbitrary()?,
         message: u.arbitrary()?,
     };

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use aexec_crds::{ExecSession, ExecSessionStatus, Phase};
+use aexec_crds::{ExecSession, ExecSessionStatus, ModerationState, Phase};
 use axum::{
     extract::Request,
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -35,6 +35,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::{
     apiserver::{AppState, Caller, StatusError, get_session, status_error},
     frames::{self, Frame, Outcome},
+    moderated::{self, Announcer, Held},
+    moderation,
     recorder::Recorder,
     recording::cast::Event,
     watch::{Hub, Shown},
@@ -200,18 +202,26 @@ type PendingDeletions = std::collections::HashSet<SessionKey>;
 
 /// Sessions this replica is relaying, so that `terminate` and a shutdown can reach them, and
 /// the tasks that relay them, so that a shutdown can wait until each has written its end.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Sessions {
     inner: std::sync::Arc<std::sync::Mutex<StopSenders>>,
     deleted: std::sync::Arc<std::sync::Mutex<PendingDeletions>>,
     /// The live watchers of each session relayed here (`docs/watch.md`).
     hubs: std::sync::Arc<std::sync::Mutex<Hubs>>,
     tasks: tokio_util::task::TaskTracker,
+    /// The most watchers one session takes at once.
+    max_watchers: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions::with_max_watchers(MAX_WATCHERS)
+    }
 }
 
 type Hubs = std::collections::HashMap<SessionKey, std::sync::Arc<Hub>>;
 
-/// The most watchers one session takes at once.
+/// The most watchers one session takes at once, unless `--max-watchers-per-session` says.
 pub const MAX_WATCHERS: usize = 16;
 
 fn key(ns: &str, name: &str, uid: &str) -> SessionKey {
@@ -219,6 +229,17 @@ fn key(ns: &str, name: &str, uid: &str) -> SessionKey {
 }
 
 impl Sessions {
+    /// No session relayed yet; each takes at most `max_watchers` watchers at once.
+    pub fn with_max_watchers(max_watchers: usize) -> Self {
+        Sessions {
+            inner: Default::default(),
+            deleted: Default::default(),
+            hubs: Default::default(),
+            tasks: Default::default(),
+            max_watchers,
+        }
+    }
+
     fn register(
         &self,
         ns: &str,
@@ -227,7 +248,7 @@ impl Sessions {
     ) -> (tokio::sync::oneshot::Receiver<Stop>, std::sync::Arc<Hub>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let k = key(ns, name, uid);
-        let hub = Hub::new(MAX_WATCHERS);
+        let hub = Hub::new(self.max_watchers);
         if let Ok(mut h) = self.hubs.lock() {
             h.insert(k.clone(), hub.clone());
         }
@@ -477,32 +498,41 @@ async fn prepare(
     // ends it (Failed, with the reason, and a sealed recording saying what happened), never
     // leaves it Active with nobody relaying it.
     let recorder = Recorder::start(state.recordings.clone(), &claimed);
-    // Open the pod leg before answering the client, so a failure is still a plain error.
-    let pod_ws = match open_pod_leg(&state.client, namespace, &claimed).await {
-        Ok(ws) => ws,
-        Err(failure) => {
-            warn!(error = %failure.message, "the session could not start");
-            let _ = recorder
-                .record(Event::Marker(failure.message.clone()))
+    let rule = claimed
+        .status
+        .as_ref()
+        .and_then(|s| s.limits.as_ref())
+        .and_then(|l| l.moderation.clone());
+    // Open the pod leg before answering the client, so a failure is still a plain error. A
+    // moderated session opens it (which starts the command) only once its moderators watch.
+    let pod_ws = match &rule {
+        Some(_) => None,
+        None => match open_pod_leg(&state.client, namespace, &claimed).await {
+            Ok(ws) => Some(ws),
+            Err(failure) => {
+                warn!(error = %failure.message, "the session could not start");
+                let _ = recorder
+                    .record(Event::Marker(failure.message.clone()))
+                    .await;
+                finish(
+                    &state.client,
+                    namespace,
+                    name,
+                    &End::NotStarted(failure.message.clone()),
+                    recorder.finish().await,
+                )
                 .await;
-            finish(
-                &state.client,
-                namespace,
-                name,
-                &End::NotStarted(failure.message.clone()),
-                recorder.finish().await,
-            )
-            .await;
-            state.sessions.remove(namespace, name, &uid);
-            return Err(status_error(
-                failure.code,
-                failure.reason,
-                format!(
-                    "{}; the session has ended (Failed): request a new session",
-                    failure.message
-                ),
-            ));
-        }
+                state.sessions.remove(namespace, name, &uid);
+                return Err(status_error(
+                    failure.code,
+                    failure.reason,
+                    format!(
+                        "{}; the session has ended (Failed): request a new session",
+                        failure.message
+                    ),
+                ));
+            }
+        },
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -514,6 +544,7 @@ async fn prepare(
         caller.user.username.clone(),
     );
     let session_for_relay = claimed;
+    let state_for_relay = state.clone();
     let sessions = state.sessions.clone();
     state.sessions.tasks.spawn(
         async move {
@@ -529,23 +560,48 @@ async fn prepare(
                     End::NotStarted(why)
                 }
                 Ok(upgraded) => {
-                    let client_ws = WebSocketStream::from_raw_socket(
+                    let mut client_ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
                         Some(client_ws_config()),
                     )
                     .await;
                     info!(%user, "attached");
-                    let end = relay(
-                        client_ws,
-                        pod_ws,
-                        &session_for_relay,
-                        Limits::of(&session_for_relay),
-                        stop,
-                        &recorder,
-                        &hub,
-                    )
-                    .await;
+                    let mut stop = stop;
+                    let started = match (pod_ws, &rule) {
+                        (Some(pod_ws), _) => Ok((pod_ws, Held::new(), None)),
+                        (None, Some(rule)) => {
+                            start_moderated(
+                                &state_for_relay,
+                                &mut client_ws,
+                                &session_for_relay,
+                                rule,
+                                &hub,
+                                &mut stop,
+                                &recorder,
+                            )
+                            .await
+                        }
+                        (None, None) => Err(End::NotStarted("no exec stream was opened".into())),
+                    };
+                    let end = match started {
+                        Ok((pod_ws, held, announcer)) => {
+                            relay(
+                                client_ws,
+                                pod_ws,
+                                &session_for_relay,
+                                stop,
+                                &recorder,
+                                &hub,
+                                Moderation {
+                                    held,
+                                    rule: rule.as_ref().zip(announcer.as_ref()),
+                                },
+                            )
+                            .await
+                        }
+                        Err(end) => end,
+                    };
                     // The watchers hear the end at once, not after the end is written; joins
                     // and leaves the relay had not taken yet still go into the recording.
                     hub.end();
@@ -589,6 +645,57 @@ async fn prepare(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(resp)
+}
+
+/// Starts a moderated session: waits for its moderators with the requester attached, then
+/// opens the pod's exec stream (which starts the command). When it cannot start, the requester
+/// hears why (a notice, then the close frame) and the end is returned.
+async fn start_moderated(
+    state: &AppState,
+    client_ws: &mut moderated::ClientWs,
+    session: &ExecSession,
+    rule: &aexec_crds::ModerationRule,
+    hub: &std::sync::Arc<Hub>,
+    stop: &mut tokio::sync::oneshot::Receiver<Stop>,
+    recorder: &Recorder,
+) -> Result<(Ws, Held, Option<Announcer>), End> {
+    let announcer = Announcer::start(state, session, hub.clone());
+    let fail = match moderated::await_moderators(
+        client_ws, session, rule, hub, stop, recorder, &announcer,
+    )
+    .await
+    {
+        Ok(held) => {
+            let ns = session.metadata.namespace.as_deref().unwrap_or_default();
+            match open_pod_leg(&state.client, ns, session).await {
+                Ok(pod) => return Ok((pod, held, Some(announcer))),
+                Err(failure) => {
+                    warn!(error = %failure.message, "the session could not start");
+                    let why = failure.message;
+                    let _ = recorder.record(Event::Marker(why.clone())).await;
+                    (
+                        End::NotStarted(why.clone()),
+                        format!("session ended: {why}"),
+                    )
+                }
+            }
+        }
+        Err(ended) => ended,
+    };
+    let (end, notice) = fail;
+    if end != End::ClientGone {
+        let _ = tokio::time::timeout(
+            CLOSING_GRACE,
+            client_ws.send(Message::Text(moderation::notice_message(&notice).into())),
+        )
+        .await;
+        let _ = tokio::time::timeout(
+            CLOSING_GRACE,
+            client_ws.close(Some(close_frame(CloseCode::Normal, &notice))),
+        )
+        .await;
+    }
+    Err(end)
 }
 
 /// Why the pod leg could not be opened, as the client's `Status` will say it.
@@ -871,7 +978,7 @@ fn idle_timed_out(limits: &Limits) -> (End, String) {
 }
 
 /// The end and the user's notice for `terminate` or a shutdown of this replica.
-fn stopped(stop: Stop, session: &ExecSession) -> (End, String) {
+pub(crate) fn stopped(stop: Stop, session: &ExecSession) -> (End, String) {
     match stop {
         Stop::TerminatedBy(by) => {
             let notice = format!("session terminated by {by}");
@@ -934,16 +1041,25 @@ fn excerpt(bytes: &[u8]) -> String {
     format!("{text:?}{more}")
 }
 
+/// A relay's moderation: what the requester sent while the command waited, and the rule with
+/// the announcer of its changes (none for a session without moderation).
+struct Moderation<'a> {
+    held: Held,
+    rule: Option<(&'a aexec_crds::ModerationRule, &'a Announcer)>,
+}
+
 /// Relays frames both ways until the command's status arrives or a side goes away.
 async fn relay(
     client: Ws,
     pod: Ws,
     session: &ExecSession,
-    limits: Limits,
     stop: tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
     hub: &Hub,
+    Moderation { held, rule }: Moderation<'_>,
 ) -> End {
+    let limits = Limits::of(session);
+    let moderation = rule;
     // A sender dropped without a word (the registry itself went away) is not a stop: only a
     // `terminate` or a shutdown says why a session ends from outside.
     let stop = async move {
@@ -956,6 +1072,18 @@ async fn relay(
     let (mut client_tx, mut client_rx) = client.split();
     let (mut pod_tx, mut pod_rx) = pod.split();
     let (stdin_allowed, tty) = (session.spec.stdin, session.spec.tty);
+    // Moderation: while too few moderators watch, the requester's input is held (up to
+    // HOLD_BYTES, then their connection is not read) and relayed in order once enough watch
+    // again. What was sent while the command waited for its moderators comes first.
+    let mut held = held;
+    let mut held_bytes: usize = held.iter().map(Message::len).sum();
+    let mut paused = false;
+    let mut moderators = hub.moderators();
+    let mut moderators_gone = moderation.is_none();
+    moderators.mark_changed();
+    let never = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let pause_deadline = tokio::time::sleep_until(never);
+    tokio::pin!(pause_deadline);
     // A leg is pinged after PING_AFTER without traffic on it, not on a fixed beat: a ping
     // written to the API server after it closed the pod's stream (it may still be sending the
     // output's tail, which the broker reads seconds later when the client is slow) makes its
@@ -1113,8 +1241,19 @@ async fn relay(
                     return End::PodGone(pod_leg_error(&e));
                 }
             }},
-            m = client_rx.next() => { client_traffic = tokio::time::Instant::now(); match m {
+            m = async {
+                if !paused && let Some(m) = held.pop_front() {
+                    held_bytes -= m.len();
+                    return Some(Ok(m));
+                }
+                client_rx.next().await
+            }, if !paused || held_bytes < moderation::HOLD_BYTES => { client_traffic = tokio::time::Instant::now(); match m {
                 Some(Ok(Message::Binary(data))) => {
+                    if paused && matches!(frames::parse(&data, frames::MAX_CLIENT_FRAME), Ok(Frame::Stdin(_) | Frame::Close(0))) {
+                        held_bytes += data.len();
+                        held.push_back(Message::Binary(data));
+                        continue;
+                    }
                     let forward = match frames::parse(&data, frames::MAX_CLIENT_FRAME) {
                         Ok(Frame::Stdin(d)) if stdin_allowed => {
                             rec!(Event::Input(d.to_vec()));
@@ -1186,6 +1325,52 @@ async fn relay(
                 // Pings and pongs (answered by the library) carry nothing to record.
                 Some(Ok(_)) => {}
             }},
+            changed = moderators.changed(), if !moderators_gone => {
+                let Some((rule, announcer)) = moderation else { continue };
+                if changed.is_err() {
+                    moderators_gone = true;
+                    continue;
+                }
+                let watching = *moderators.borrow_and_update();
+                let required = moderation::required(rule);
+                if watching < required && !paused {
+                    let notice = moderation::left_notice(rule, watching);
+                    rec!(Event::Marker(format!("moderation: {notice}")));
+                    hub.publish(Shown::Notice(notice.clone()));
+                    if rule.on_moderator_leave == aexec_crds::OnModeratorLeave::Terminate {
+                        announcer.say(ModerationState::Moderated, watching, required, Some(("ModeratorsLeft", notice.clone())));
+                        end_with_notice!(
+                            End::Limit(format!("its moderators left ({watching} of {required} watching)")),
+                            notice
+                        );
+                    }
+                    paused = true;
+                    pause_deadline.as_mut().reset(tokio::time::Instant::now() + moderation::timeout(rule));
+                    announcer.say(ModerationState::Paused, watching, required, Some(("ModerationPaused", notice.clone())));
+                    if send!(client_tx, Message::Text(moderation::notice_message(&notice).into())).is_err() {
+                        let _ = pod_tx.close().await;
+                        return End::ClientGone;
+                    }
+                } else if watching >= required && paused {
+                    paused = false;
+                    pause_deadline.as_mut().reset(never);
+                    let notice = moderation::resumed_notice(watching, required);
+                    rec!(Event::Marker(format!("moderation: {notice}")));
+                    hub.publish(Shown::Notice(notice.clone()));
+                    announcer.say(ModerationState::Moderated, watching, required, Some(("ModerationResumed", notice.clone())));
+                    if send!(client_tx, Message::Text(moderation::notice_message(&notice).into())).is_err() {
+                        let _ = pod_tx.close().await;
+                        return End::ClientGone;
+                    }
+                } else {
+                    let state = if paused { ModerationState::Paused } else { ModerationState::Moderated };
+                    announcer.say(state, watching, required, None);
+                }
+            }
+            () = &mut pause_deadline, if paused => {
+                let why = moderation.map_or_else(String::new, |(rule, _)| moderation::timed_out(rule, true));
+                end_with_notice!(End::Limit(why.clone()), format!("session ended: {why}"));
+            }
             // A watcher joined or left: the recording says so where it happened.
             () = hub.noted() => {
                 for note in hub.take_notes() {

@@ -22,6 +22,9 @@ pub mod lifecycle;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 #[cfg(feature = "runtime")]
+pub mod moderated;
+pub mod moderation;
+#[cfg(feature = "runtime")]
 pub mod observe;
 pub mod policy;
 #[cfg(feature = "runtime")]

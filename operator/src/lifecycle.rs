@@ -265,6 +265,7 @@ impl Step {
             max_duration: Some(policy_duration(limits.max_duration, DEFAULT_MAX_DURATION).into()),
             idle_timeout: Some(policy_duration(limits.idle_timeout, DEFAULT_IDLE_TIMEOUT).into()),
             recording_required: limits.recording_required,
+            moderation: policy.and_then(|p| p.spec.moderation.clone()),
         });
         self.condition(CONDITION_APPROVED, "True", reason, &message);
         let ready = format!("the requester may attach until {}", rfc3339(deadline));
@@ -1061,6 +1062,7 @@ mod tests {
                 max_duration: Some(HOUR.into()),
                 idle_timeout: Some(StdDuration::from_secs(900).into()),
                 recording_required: true,
+                moderation: None,
             })
         );
         assert_eq!(st.end_time, None);
@@ -1105,6 +1107,7 @@ mod tests {
                 max_duration: Some(StdDuration::from_secs(20 * 60).into()),
                 idle_timeout: Some(StdDuration::from_secs(15 * 60).into()),
                 recording_required: true,
+                moderation: None,
             })
         );
         assert_eq!(st.required_approvals, None);
@@ -1235,6 +1238,7 @@ mod tests {
                 max_duration: Some(StdDuration::from_secs(1800).into()),
                 idle_timeout: Some(StdDuration::from_secs(300).into()),
                 recording_required: false,
+                moderation: None,
             })
         );
         assert_eq!(st.approvals.len(), 3, "approvals are kept as they are");

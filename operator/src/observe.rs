@@ -22,7 +22,6 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::events::{Event, EventType},
 };
-use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::{
     WebSocketStream,
@@ -35,6 +34,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     apiserver::{AppState, Caller, StatusError, get_session, may, status_error},
+    moderation::{self, Control},
     watch::{Delivery, Hub, JoinError, Mode, Shown, Start, Subscription, Watcher},
 };
 
@@ -45,19 +45,7 @@ const SEND_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The watcher's mode, from `?mode=observer|moderator` (observer when absent).
 pub fn parse_mode(query: Option<&str>) -> Result<Mode, StatusError> {
-    let value = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("mode="));
-    match value.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("observer") => Ok(Mode::Observer),
-        Some("moderator") => Ok(Mode::Moderator),
-        Some(other) => Err(status_error(
-            400,
-            "BadRequest",
-            format!("unknown watch mode {other:?}: use observer or moderator"),
-        )),
-    }
+    moderation::parse_mode(query).map_err(|m| status_error(400, "BadRequest", m))
 }
 
 /// Whether `caller` may watch `session` now as `mode`. RBAC (`get` on `execsessions/observe`)
@@ -100,24 +88,34 @@ pub fn check_watch(session: &ExecSession, caller: &Caller, mode: Mode) -> Result
                 ),
             ));
         }
-        return Err(status_error(
-            400,
-            "BadRequest",
-            format!(
-                "session {name} needs no moderator: its policy has no moderation; watch it as an \
-                 observer (without --moderate)"
-            ),
-        ));
+        let rule = session
+            .status
+            .as_ref()
+            .and_then(|s| s.limits.as_ref())
+            .and_then(|l| l.moderation.as_ref());
+        let Some(rule) = rule else {
+            return Err(status_error(
+                400,
+                "BadRequest",
+                format!(
+                    "session {name} needs no moderator: its policy has no moderation; watch it \
+                     as an observer (without --moderate)"
+                ),
+            ));
+        };
+        if !moderation::eligible(rule, &caller.user.username, &caller.user.groups) {
+            return Err(status_error(
+                403,
+                "Forbidden",
+                format!(
+                    "you are not a moderator of session {name}: its policy lets {} moderate; \
+                     you may watch it as an observer (without --moderate)",
+                    moderation::who_may(rule)
+                ),
+            ));
+        }
     }
     Ok(())
-}
-
-/// What a watcher may send.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Control {
-    Leave,
-    Terminate,
 }
 
 /// The message a watcher gets first.
@@ -152,6 +150,9 @@ pub fn message(d: &Delivery) -> Message {
         ),
         Delivery::Shown(Shown::Exit(code)) => {
             Message::Binary(framed(3, exit_status(*code).to_string().as_bytes()).into())
+        }
+        Delivery::Shown(Shown::Notice(text)) => {
+            Message::Text(moderation::notice_message(text).into())
         }
         Delivery::Skipped { bytes } => Message::Text(
             json!({"type": "skipped", "bytes": bytes})
@@ -357,13 +358,13 @@ async fn serve(
                 }
             },
             m = rx.next() => match m {
-                Some(Ok(Message::Text(t))) => match serde_json::from_str::<Control>(&t) {
+                Some(Ok(Message::Text(t))) => match moderation::parse_control(&t) {
                     Ok(Control::Leave) => {
                         let _ = tx.send(Message::Close(None)).await;
                         return;
                     }
                     Ok(Control::Terminate) => {
-                        let notice = terminate(state, caller, &ns, &name).await;
+                        let notice = terminate(state, caller, watcher.mode, &ns, &name).await;
                         send!(Message::Text(notice.to_string().into()));
                     }
                     Err(e) => {
@@ -384,10 +385,21 @@ async fn serve(
     }
 }
 
-/// A watcher's `terminate`: allowed with `update` on `execsessions/terminate`, as the
-/// subresource itself is.
-async fn terminate(state: &AppState, caller: &Caller, ns: &str, name: &str) -> serde_json::Value {
-    match may(state, caller, ns, name, "update", "terminate").await {
+/// A watcher's `terminate`: allowed to a moderator (the policy made them one: ending the session
+/// is part of moderating it), and to an observer with `update` on `execsessions/terminate`, as
+/// the subresource itself is.
+async fn terminate(
+    state: &AppState,
+    caller: &Caller,
+    mode: Mode,
+    ns: &str,
+    name: &str,
+) -> serde_json::Value {
+    let allowed = match mode {
+        Mode::Moderator => Ok(true),
+        Mode::Observer => may(state, caller, ns, name, "update", "terminate").await,
+    };
+    match allowed {
         Ok(true) => match crate::broker::terminate(state, caller, ns, name).await {
             Ok(_) => json!({"type": "terminating"}),
             Err(e) => json!({"type": "error", "message": e.message}),
@@ -534,6 +546,46 @@ mod tests {
     }
 
     #[test]
+    fn moderators_are_whom_the_policy_names_and_never_the_requester() {
+        let moderated = |groups: &[&str]| {
+            let mut s = session(Phase::Active);
+            let st = s.status.as_mut().expect("status");
+            st.limits = Some(aexec_crds::SessionLimits {
+                moderation: Some(aexec_crds::ModerationRule {
+                    required: 1,
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                    users: vec![],
+                    on_moderator_leave: aexec_crds::OnModeratorLeave::Pause,
+                    timeout: None,
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        // bob is in sre.
+        assert_eq!(
+            check_watch(&moderated(&["sre"]), &caller("bob"), Mode::Moderator),
+            Ok(())
+        );
+        let e = check_watch(&moderated(&["dba"]), &caller("bob"), Mode::Moderator)
+            .expect_err("not in the groups");
+        assert_eq!(e.code, 403);
+        assert!(e.message.contains("members of dba"), "{}", e.message);
+        // alice is in sre too, and requested it.
+        let e = check_watch(&moderated(&["sre"]), &caller("alice"), Mode::Moderator)
+            .expect_err("own session");
+        assert!(
+            e.message.contains("you cannot moderate it"),
+            "{}",
+            e.message
+        );
+        // Without moderation in the policy, a moderator is refused as needless.
+        let e = check_watch(&session(Phase::Active), &caller("bob"), Mode::Moderator)
+            .expect_err("no moderation");
+        assert_eq!(e.code, 400);
+    }
+
+    #[test]
     fn deliveries_use_the_exec_streams_channels() {
         use tokio_tungstenite::tungstenite::Bytes;
         let bin = |d: Delivery| match message(&d) {
@@ -562,18 +614,5 @@ mod tests {
             Message::Text(t) => assert_eq!(t.as_str(), r#"{"bytes":7,"type":"skipped"}"#),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn a_watcher_may_send_only_leave_and_terminate() {
-        assert_eq!(
-            serde_json::from_str::<Control>(r#"{"type":"leave"}"#).ok(),
-            Some(Control::Leave)
-        );
-        assert_eq!(
-            serde_json::from_str::<Control>(r#"{"type":"terminate"}"#).ok(),
-            Some(Control::Terminate)
-        );
-        assert!(serde_json::from_str::<Control>(r#"{"type":"stdin","data":"rm -rf /"}"#).is_err());
     }
 }

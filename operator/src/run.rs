@@ -130,6 +130,14 @@ pub struct Args {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "AEXEC_REPLICAS_ARE_PODS")]
     pub replicas_are_pods: bool,
 
+    /// The most people who may watch one session live at once (`kubectl aexec watch`); each
+    /// costs up to 256 KiB of queued output while it falls behind. One more is refused with
+    /// 429 and told to try again when one leaves.
+    #[arg(long, default_value_t = crate::broker::MAX_WATCHERS,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1000), usize::from),
+          env = "AEXEC_MAX_WATCHERS_PER_SESSION")]
+    pub max_watchers_per_session: usize,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "AEXEC_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -349,7 +357,7 @@ pub async fn run(args: Args) -> Result<()> {
     let interrupted = crate::recorder::interrupted_sessions(&client, &args.instance)
         .instrument(info_span!("recovery"))
         .await;
-    let sessions = crate::broker::Sessions::default();
+    let sessions = crate::broker::Sessions::with_max_watchers(args.max_watchers_per_session);
     let api_task = tokio::spawn({
         let state = AppState {
             client: client.clone(),

@@ -22,6 +22,9 @@ use crate::broker::now_time as now;
 pub const BACKLOG_BYTES: usize = 256 << 10;
 /// What one watcher may have queued and not yet read.
 pub const QUEUE_BYTES: usize = 256 << 10;
+/// Room beyond [`QUEUE_BYTES`] for resizes and notices, which a watcher that fell behind still
+/// needs (a resize counts 32 bytes here).
+pub const CONTROL_ROOM: usize = 16 << 10;
 
 /// Something the session showed. Output is shared, not copied: the relay hands over the
 /// WebSocket message's own buffer, and every watcher's queue holds a reference to it.
@@ -29,15 +32,22 @@ pub const QUEUE_BYTES: usize = 256 << 10;
 pub enum Shown {
     Output(Bytes),
     Error(Bytes),
-    Resize { cols: u16, rows: u16 },
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
     Exit(i32),
+    /// What the broker tells everyone (moderation: paused, resumed), not part of the output.
+    Notice(String),
 }
 
 impl Shown {
     fn cost(&self) -> usize {
         match self {
             Shown::Output(b) | Shown::Error(b) => b.len().max(1),
-            _ => 1,
+            Shown::Notice(t) => t.len().max(1),
+            Shown::Resize { .. } => 32,
+            Shown::Exit(_) => 1,
         }
     }
 }
@@ -121,10 +131,17 @@ struct Slot {
 
 impl Slot {
     /// Queues `s` if it fits, else counts it as skipped. A skip is announced before the next
-    /// frame that fits, so the watcher learns of the gap where it is.
+    /// frame that fits, so the watcher learns of the gap where it is. The exit status always
+    /// fits (there is one), and resizes and notices have room of their own beyond the output's
+    /// [`QUEUE_BYTES`], so a watcher that fell behind still learns how the session ended.
     fn offer(&mut self, s: &Shown) {
         let cost = s.cost();
-        if self.queued + cost > QUEUE_BYTES {
+        let room = match s {
+            Shown::Output(_) | Shown::Error(_) => QUEUE_BYTES,
+            Shown::Resize { .. } | Shown::Notice(_) => QUEUE_BYTES + CONTROL_ROOM,
+            Shown::Exit(_) => usize::MAX,
+        };
+        if self.queued + cost > room {
             if let Shown::Output(b) | Shown::Error(b) = s {
                 self.skipped += b.len() as u64;
             }
@@ -194,7 +211,7 @@ impl Hub {
                 }
             }
             Shown::Resize { cols, rows } => inner.size = Some((*cols, *rows)),
-            Shown::Exit(_) => {}
+            Shown::Exit(_) | Shown::Notice(_) => {}
         }
         for slot in &mut inner.slots {
             slot.offer(&s);
@@ -454,18 +471,24 @@ mod tests {
             }
         }
         assert_eq!(fast_bytes, total * chunk.len() as u64);
-        // The slow one: what fitted in its queue (8 chunks of 32 KiB), then the rest skipped.
+        // The slow one: what fitted in its queue (8 chunks of 32 KiB), then the rest skipped;
+        // yet the resize and the exit status, which it needs, still reach it.
+        hub.publish(Shown::Resize { cols: 90, rows: 30 });
+        hub.publish(Shown::Exit(7));
         hub.end();
-        let (mut shown, mut skipped) = (0u64, 0u64);
+        let (mut shown, mut skipped, mut resized, mut exited) = (0u64, 0u64, false, false);
         while let Some(d) = next(&mut slow).await {
             match d {
                 Delivery::Shown(Shown::Output(b)) => shown += b.len() as u64,
                 Delivery::Skipped { bytes } => skipped += bytes,
+                Delivery::Shown(Shown::Resize { cols: 90, rows: 30 }) => resized = true,
+                Delivery::Shown(Shown::Exit(7)) => exited = true,
                 other => panic!("{other:?}"),
             }
         }
         assert_eq!(shown, QUEUE_BYTES as u64);
         assert_eq!(shown + skipped, total * chunk.len() as u64);
+        assert!(resized && exited, "resized {resized}, exited {exited}");
     }
 
     #[tokio::test]

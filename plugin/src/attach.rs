@@ -155,6 +155,13 @@ where
                     Some(3) => break ended_with_status(&b[1..]),
                     _ => {}
                 },
+                // The operator's own notices (a moderated session waiting, paused, resumed):
+                // on our stderr, apart from the command's output.
+                Some(Ok(Message::Text(t))) => if let Some(line) = crate::watch::notice(&t) {
+                    let eol = if raw { "\r\n" } else { "\n" };
+                    stderr.write_all(format!("{line}{eol}").as_bytes()).await?;
+                    stderr.flush().await?;
+                },
                 Some(Ok(Message::Close(frame))) => break closed(frame.as_ref()),
                 None => break closed(None),
                 Some(Ok(_)) => {}
@@ -176,7 +183,6 @@ where
     };
     // Raw mode may be on: a message printed now needs a carriage return too, so leave printing
     // to the caller after the terminal is restored.
-    let _ = raw;
     let _ = tx.try_send(Message::Close(None));
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;

@@ -92,7 +92,8 @@ fn single_line(s: &str) -> String {
 }
 
 /// The session table: NAME, POD, REQUESTER, PHASE, POLICY, APPROVALS, AGE (NAMESPACE first
-/// with `-A`; COMMAND, EXIT, REASON, MESSAGE too with `-o wide`).
+/// with `-A`; CONTAINER, COMMAND, EXIT, WATCHERS, MODERATION, REASON, MESSAGE too with
+/// `-o wide`).
 pub fn list(
     sessions: &[ExecSession],
     all_namespaces: bool,
@@ -114,7 +115,15 @@ pub fn list(
         "AGE",
     ]);
     if wide {
-        headers.extend(["CONTAINER", "COMMAND", "EXIT", "REASON", "MESSAGE"]);
+        headers.extend([
+            "CONTAINER",
+            "COMMAND",
+            "EXIT",
+            "WATCHERS",
+            "MODERATION",
+            "REASON",
+            "MESSAGE",
+        ]);
     }
     let rows: Vec<Vec<String>> = sessions
         .iter()
@@ -142,6 +151,12 @@ pub fn list(
                     or_none(st.container.clone().or_else(|| s.spec.container.clone())),
                     single_line(&display_command(&s.spec.command)),
                     or_none(st.exit_code.map(|c| c.to_string())),
+                    st.watchers
+                        .iter()
+                        .filter(|w| w.left.is_none())
+                        .count()
+                        .to_string(),
+                    or_none(moderation(s)),
                     or_none(s.spec.reason.as_deref().map(single_line)),
                     or_none(st.message.as_deref().map(single_line)),
                 ]);
@@ -150,6 +165,20 @@ pub fn list(
         })
         .collect();
     render(&headers, &rows, no_headers)
+}
+
+/// Where moderation stands, in a cell: `Waiting 0/1`, `Moderated 1/1`, `Paused 0/2`; for a
+/// session not yet attached, what its policy requires (`1 required`).
+pub fn moderation(s: &ExecSession) -> Option<String> {
+    let st = s.status.as_ref()?;
+    match (
+        &st.moderation,
+        st.limits.as_ref().and_then(|l| l.moderation.as_ref()),
+    ) {
+        (Some(m), _) => Some(format!("{:?} {}/{}", m.state, m.moderators, m.required)),
+        (None, Some(rule)) => Some(format!("{} required", rule.required)),
+        (None, None) => None,
+    }
 }
 
 fn time(t: &Time, now: DateTime<Utc>) -> String {
@@ -248,8 +277,57 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
         parts.push(format!("recording required {}", l.recording_required));
         kv("Limits", parts.join(", "));
     }
+    if let Some(rule) = st.limits.as_ref().and_then(|l| l.moderation.as_ref()) {
+        let who = [rule.groups.join(", "), rule.users.join(", ")]
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let who = if who.is_empty() {
+            "anyone who may watch, except the requester".into()
+        } else {
+            who
+        };
+        let now_state = st
+            .moderation
+            .as_ref()
+            .map(|m| {
+                format!(
+                    "{:?}, {} of {} watching; ",
+                    m.state, m.moderators, m.required
+                )
+            })
+            .unwrap_or_default();
+        kv(
+            "Moderation",
+            format!(
+                "{now_state}{} required from {who}; on leave: {:?}{}",
+                rule.required,
+                rule.on_moderator_leave,
+                rule.timeout
+                    .as_ref()
+                    .map(|t| format!(", timeout {t}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
     if let Some(c) = st.exit_code {
         kv("Exit Code", c.to_string());
+    }
+    if !st.watchers.is_empty() {
+        out.push_str("Watchers:\n");
+        for w in &st.watchers {
+            out.push_str(&format!(
+                "  {} ({:?}) from {}{}\n",
+                w.user.username,
+                w.mode,
+                rfc3339(ts(&w.joined)),
+                w.left
+                    .as_ref()
+                    .map(|l| format!(" to {}", rfc3339(ts(l))))
+                    .unwrap_or_else(|| ", watching".into())
+            ));
+        }
     }
     out.push_str("Timeline:\n");
     let mut events: Vec<(DateTime<Utc>, String)> = vec![];
@@ -345,7 +423,11 @@ mod tests {
                 "approvalSummary": "1/1", "container": "app", "exitCode": 0, "message": "the command exited with code 0",
                 "approvals": [{"user": {"username": "bob"}, "time": "2024-01-09T23:56:00Z", "comment": "ok"}],
                 "startTime": "2024-01-09T23:57:00Z", "endTime": "2024-01-09T23:58:00Z",
-                "recording": {"uri": "file:///r", "format": "asciicast-v3", "bytes": 1234, "segments": 1, "sha256": "ab"}}
+                "recording": {"uri": "file:///r", "format": "asciicast-v3", "bytes": 1234, "segments": 1, "sha256": "ab"},
+                "limits": {"recordingRequired": true, "moderation": {"required": 1, "groups": ["sre"], "onModeratorLeave": "Pause"}},
+                "moderation": {"state": "Moderated", "moderators": 1, "required": 1},
+                "watchers": [{"user": {"username": "bob", "groups": ["sre"]}, "mode": "Moderator",
+                              "joined": "2024-01-09T23:57:01Z", "left": "2024-01-09T23:58:00Z"}]}
         }))
         .expect("session")
     }
@@ -362,7 +444,7 @@ mod tests {
         let wide = list(&[session()], true, true, true, now);
         assert_eq!(
             wide,
-            "prod   exec-1   web   alice   Succeeded   prod-shell   1/1   5m   app   sh -c 'echo hi'   0   INC-1   the command exited with code 0\n"
+            "prod   exec-1   web   alice   Succeeded   prod-shell   1/1   5m   app   sh -c 'echo hi'   0   0   Moderated 1/1   INC-1   the command exited with code 0\n"
         );
         assert_eq!(render(&["A", "B"], &[], false), "A   B\n");
     }
@@ -379,6 +461,8 @@ mod tests {
             "  2024-01-09T23:55:00Z  requested by alice\n",
             "  2024-01-09T23:58:00Z  ended: Succeeded\n",
             "  SHA-256:    ab\n",
+            "Moderation:   Moderated, 1 of 1 watching; 1 required from sre; on leave: Pause\n",
+            "Watchers:\n  bob (Moderator) from 2024-01-09T23:57:01Z to 2024-01-09T23:58:00Z\n",
         ] {
             assert!(d.contains(want), "missing {want:?} in\n{d}");
         }

@@ -59,6 +59,7 @@ pub fn notice(text: &str) -> Option<String> {
             "[aexec] {}",
             v["message"].as_str().unwrap_or("the operator refused")
         )),
+        "notice" => Some(format!("[aexec] {}", v["message"].as_str()?)),
         _ => None,
     }
 }
@@ -303,6 +304,10 @@ mod tests {
         assert_eq!(
             notice(r#"{"type":"error","message":"User \"carol\" cannot update"}"#).as_deref(),
             Some("[aexec] User \"carol\" cannot update")
+        );
+        assert_eq!(
+            notice(r#"{"type":"notice","message":"input held"}"#).as_deref(),
+            Some("[aexec] input held")
         );
         assert_eq!(notice(r#"{"type":"hello"}"#), None);
         assert_eq!(notice("not json"), None);

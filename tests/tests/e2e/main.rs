@@ -10,6 +10,7 @@ mod common;
 mod edges;
 mod evidence;
 mod ground;
+mod moderation;
 mod operator;
 mod plugin;
 mod pty;

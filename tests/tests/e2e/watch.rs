@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// `user` opens the observe WebSocket of session `s1`.
-async fn observe(user: User, t: &Target, query: &str) -> Result<Conn, kube::Error> {
+pub(crate) async fn observe(user: User, t: &Target, query: &str) -> Result<Conn, kube::Error> {
     let client = env().client(user).await.expect("client");
     let req = http::Request::get(format!(
         "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/observe{query}",
@@ -337,4 +337,77 @@ async fn next_text(ws: &mut Conn) -> String {
     })
     .await
     .expect("a text message within 10 s")
+}
+
+#[tokio::test]
+async fn slow_watcher_keeps_memory_flat() {
+    const TOTAL: usize = 128 << 20;
+    let (t, _op) = crate::common::target_with_operator_exclusive().await;
+    crate::broker::auto_policy(&t, serde_json::json!({})).await;
+    let cmd = format!("sleep 3; head -c {TOTAL} /dev/zero");
+    crate::broker::request(&t, &["sh", "-c", &cmd], false, false).await;
+    final_session(&t, Phase::Approved).await;
+    let proc = std::path::PathBuf::from(format!(
+        "/proc/{}",
+        env().operator_pid().await.expect("the operator runs")
+    ));
+    let mut alice = attach(User::Alice, &t).await.expect("attach");
+    final_session(&t, Phase::Active).await;
+    // bob watches and then reads nothing while the session sends 128 MiB.
+    let mut bob = observe(User::Bob, &t, "").await.expect("bob watches");
+    let (read, before, peak) = crate::common::with_peak_rss(&proc, async {
+        let mut n = 0usize;
+        let fut = async {
+            while let Some(Ok(m)) = alice.next().await {
+                if let Message::Binary(b) = m {
+                    match b.first() {
+                        Some(1) => n += b.len() - 1,
+                        Some(3) => return,
+                        _ => {}
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), fut)
+            .await
+            .expect("the session ends within 120 s");
+        n
+    })
+    .await;
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "operator memory while a watcher read nothing of {} MiB: {} MiB before, {:.1} MiB more at the peak",
+        TOTAL >> 20,
+        before >> 20,
+        grown as f64 / f64::from(1 << 20)
+    );
+    assert_eq!(read, TOTAL, "alice got every byte");
+    // Unbounded, bob's queue alone would hold up to 128 MiB.
+    assert!(grown < 32 << 20, "the operator grew by {grown} bytes");
+    final_session(&t, Phase::Succeeded).await;
+
+    // bob reads now: what fitted his queue, a notice of what he missed, and the end.
+    let (mut shown, mut skipped, mut ended) = (0usize, 0u64, false);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(m)) = bob.next().await {
+            match m {
+                Message::Binary(b) if b.first() == Some(&1) => shown += b.len() - 1,
+                Message::Binary(b) if b.first() == Some(&3) => ended = true,
+                Message::Text(t) if t.contains("\"skipped\"") => {
+                    let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                    skipped += v["bytes"].as_u64().expect("bytes");
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    eprintln!("the slow watcher got {shown} bytes and was told {skipped} were skipped");
+    assert!(ended, "bob saw the exit status");
+    assert!(skipped > 0, "bob was told he fell behind");
+    assert_eq!(
+        shown as u64 + skipped,
+        TOTAL as u64,
+        "shown and skipped add up"
+    );
 }
