@@ -1185,15 +1185,15 @@ async fn relay(
                         Ok(Frame::Status(doc)) => Some(frames::exit_code(doc).map_err(|e| e.to_string())),
                         _ => None,
                     };
-                    // Watchers get the message's own buffer, without its channel byte.
+                    // Watchers get the message's own buffer: the frame as the API server sent it.
                     match (frame, &status) {
                         (Ok(Frame::Stdout(d)), _) => {
                             rec!(Event::Output(d.to_vec()));
-                            hub.publish(Shown::Output(data.slice(1..)));
+                            hub.publish(Shown::Output(data.clone()));
                         }
                         (Ok(Frame::Stderr(d)), _) => {
                             rec!(Event::Error(d.to_vec()));
-                            hub.publish(Shown::Error(data.slice(1..)));
+                            hub.publish(Shown::Error(data.clone()));
                         }
                         (_, Some(Ok(Outcome::Exited(code)))) => {
                             rec!(Event::Exit(*code));

@@ -257,11 +257,11 @@ mod tests {
         );
         assert!(
             parse_mode(Some("mode=owner"))
-                .unwrap_err()
+                .expect_err("no such mode")
                 .contains("\"owner\"")
         );
         assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&notice_message("a \"b\"")).unwrap()["message"],
+            serde_json::from_str::<serde_json::Value>(&notice_message("a \"b\"")).expect("JSON")["message"],
             "a \"b\""
         );
     }

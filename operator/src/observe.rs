@@ -139,8 +139,8 @@ pub fn hello(session: &ExecSession, watcher: &Watcher, start: &Start) -> serde_j
 /// One delivery as the watcher receives it.
 pub fn message(d: &Delivery) -> Message {
     match d {
-        Delivery::Shown(Shown::Output(b)) => Message::Binary(framed(1, b).into()),
-        Delivery::Shown(Shown::Error(b)) => Message::Binary(framed(2, b).into()),
+        // The relay's own frame, sent on as it is.
+        Delivery::Shown(Shown::Output(f) | Shown::Error(f)) => Message::Binary(f.clone()),
         Delivery::Shown(Shown::Resize { cols, rows }) => Message::Binary(
             framed(
                 4,
@@ -593,11 +593,13 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            bin(Delivery::Shown(Shown::Output(Bytes::from_static(b"hi")))),
+            bin(Delivery::Shown(Shown::Output(Bytes::from_static(
+                b"\x01hi"
+            )))),
             b"\x01hi"
         );
         assert_eq!(
-            bin(Delivery::Shown(Shown::Error(Bytes::from_static(b"no")))),
+            bin(Delivery::Shown(Shown::Error(Bytes::from_static(b"\x02no")))),
             b"\x02no"
         );
         assert_eq!(

@@ -27,10 +27,14 @@ pub const QUEUE_BYTES: usize = 256 << 10;
 pub const CONTROL_ROOM: usize = 16 << 10;
 
 /// Something the session showed. Output is shared, not copied: the relay hands over the
-/// WebSocket message's own buffer, and every watcher's queue holds a reference to it.
+/// WebSocket message's own buffer, as the exec stream frames it (the channel byte, then the
+/// bytes), every watcher's queue holds a reference to it, and each watcher's connection sends it
+/// on as it is. Sizes, costs and counts are of the bytes, without the channel byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shown {
+    /// A stdout frame: `1`, then the bytes.
     Output(Bytes),
+    /// A stderr frame: `2`, then the bytes.
     Error(Bytes),
     Resize {
         cols: u16,
@@ -44,12 +48,17 @@ pub enum Shown {
 impl Shown {
     fn cost(&self) -> usize {
         match self {
-            Shown::Output(b) | Shown::Error(b) => b.len().max(1),
+            Shown::Output(b) | Shown::Error(b) => shown_len(b).max(1),
             Shown::Notice(t) => t.len().max(1),
             Shown::Resize { .. } => 32,
             Shown::Exit(_) => 1,
         }
     }
+}
+
+/// The bytes a stdout or stderr frame shows (without its channel byte).
+pub fn shown_len(frame: &Bytes) -> usize {
+    frame.len().saturating_sub(1)
 }
 
 /// What a watcher receives.
@@ -143,7 +152,7 @@ impl Slot {
         };
         if self.queued + cost > room {
             if let Shown::Output(b) | Shown::Error(b) = s {
-                self.skipped += b.len() as u64;
+                self.skipped += shown_len(b) as u64;
             }
             return;
         }
@@ -192,8 +201,8 @@ impl Hub {
         let mut inner = self.lock();
         match &s {
             Shown::Output(b) | Shown::Error(b) => {
-                inner.backlog_bytes += b.len();
-                inner.backlog.push_back(b.clone());
+                inner.backlog_bytes += shown_len(b);
+                inner.backlog.push_back(b.slice(b.len().min(1)..));
                 // Whole buffers leave the front while the rest still holds the limit; the
                 // oldest left is cut to size.
                 while inner.backlog_bytes > BACKLOG_BYTES {
@@ -393,6 +402,16 @@ mod tests {
 
     use super::*;
 
+    /// A stdout frame showing `bytes`.
+    fn out(bytes: &[u8]) -> Bytes {
+        [&[1u8][..], bytes].concat().into()
+    }
+
+    /// A stderr frame showing `bytes`.
+    fn err(bytes: &[u8]) -> Bytes {
+        [&[2u8][..], bytes].concat().into()
+    }
+
     fn watcher(user: &str, mode: Mode) -> Watcher {
         Watcher {
             user: user.into(),
@@ -411,12 +430,12 @@ mod tests {
     async fn a_watcher_gets_the_backlog_then_what_follows_in_order() {
         let hub = Hub::new(4);
         hub.publish(Shown::Resize { cols: 80, rows: 24 });
-        hub.publish(Shown::Output(Bytes::from_static(b"before ")));
+        hub.publish(Shown::Output(out(b"before ")));
         let (start, mut sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
         assert_eq!(start.backlog, b"before ");
         assert_eq!(start.size, Some((80, 24)));
-        hub.publish(Shown::Output(Bytes::from_static(b"after")));
-        hub.publish(Shown::Error(Bytes::from_static(b"err")));
+        hub.publish(Shown::Output(out(b"after")));
+        hub.publish(Shown::Error(err(b"err")));
         hub.publish(Shown::Resize {
             cols: 100,
             rows: 30,
@@ -430,8 +449,8 @@ mod tests {
         assert_eq!(
             got,
             [
-                Delivery::Shown(Shown::Output(Bytes::from_static(b"after"))),
-                Delivery::Shown(Shown::Error(Bytes::from_static(b"err"))),
+                Delivery::Shown(Shown::Output(out(b"after"))),
+                Delivery::Shown(Shown::Error(err(b"err"))),
                 Delivery::Shown(Shown::Resize {
                     cols: 100,
                     rows: 30
@@ -445,7 +464,7 @@ mod tests {
     async fn the_backlog_keeps_only_the_last_256_kib() {
         let hub = Hub::new(4);
         for i in 0..300u32 {
-            hub.publish(Shown::Output(Bytes::from(vec![(i % 251) as u8; 1024])));
+            hub.publish(Shown::Output(out(&[(i % 251) as u8; 1024])));
         }
         let (start, _sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
         assert_eq!(start.backlog.len(), BACKLOG_BYTES);
@@ -459,18 +478,18 @@ mod tests {
         let hub = Hub::new(4);
         let (_, mut slow) = hub.join(watcher("slow", Mode::Observer)).expect("join");
         let (_, mut fast) = hub.join(watcher("fast", Mode::Observer)).expect("join");
-        let chunk = Bytes::from(vec![b'x'; 32 << 10]);
+        let chunk = out(&vec![b'x'; 32 << 10]);
         let total = 64u64;
         let mut fast_bytes = 0u64;
         for _ in 0..total {
             hub.publish(Shown::Output(chunk.clone()));
             // The fast watcher reads as it goes; the slow one reads nothing yet.
             match next(&mut fast).await {
-                Some(Delivery::Shown(Shown::Output(b))) => fast_bytes += b.len() as u64,
+                Some(Delivery::Shown(Shown::Output(b))) => fast_bytes += shown_len(&b) as u64,
                 other => panic!("fast watcher got {other:?}"),
             }
         }
-        assert_eq!(fast_bytes, total * chunk.len() as u64);
+        assert_eq!(fast_bytes, total * shown_len(&chunk) as u64);
         // The slow one: what fitted in its queue (8 chunks of 32 KiB), then the rest skipped;
         // yet the resize and the exit status, which it needs, still reach it.
         hub.publish(Shown::Resize { cols: 90, rows: 30 });
@@ -479,7 +498,7 @@ mod tests {
         let (mut shown, mut skipped, mut resized, mut exited) = (0u64, 0u64, false, false);
         while let Some(d) = next(&mut slow).await {
             match d {
-                Delivery::Shown(Shown::Output(b)) => shown += b.len() as u64,
+                Delivery::Shown(Shown::Output(b)) => shown += shown_len(&b) as u64,
                 Delivery::Skipped { bytes } => skipped += bytes,
                 Delivery::Shown(Shown::Resize { cols: 90, rows: 30 }) => resized = true,
                 Delivery::Shown(Shown::Exit(7)) => exited = true,
@@ -487,7 +506,7 @@ mod tests {
             }
         }
         assert_eq!(shown, QUEUE_BYTES as u64);
-        assert_eq!(shown + skipped, total * chunk.len() as u64);
+        assert_eq!(shown + skipped, total * shown_len(&chunk) as u64);
         assert!(resized && exited, "resized {resized}, exited {exited}");
     }
 
@@ -495,18 +514,18 @@ mod tests {
     async fn a_skip_is_announced_before_the_next_frame_that_fits() {
         let hub = Hub::new(4);
         let (_, mut sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
-        let big = Bytes::from(vec![b'x'; QUEUE_BYTES]);
+        let big = out(&vec![b'x'; QUEUE_BYTES]);
         hub.publish(Shown::Output(big.clone()));
-        hub.publish(Shown::Output(Bytes::from_static(b"lost")));
+        hub.publish(Shown::Output(out(b"lost")));
         assert_eq!(
             next(&mut sub).await,
             Some(Delivery::Shown(Shown::Output(big)))
         );
-        hub.publish(Shown::Output(Bytes::from_static(b"kept")));
+        hub.publish(Shown::Output(out(b"kept")));
         assert_eq!(next(&mut sub).await, Some(Delivery::Skipped { bytes: 4 }));
         assert_eq!(
             next(&mut sub).await,
-            Some(Delivery::Shown(Shown::Output(Bytes::from_static(b"kept"))))
+            Some(Delivery::Shown(Shown::Output(out(b"kept"))))
         );
     }
 
@@ -578,10 +597,10 @@ mod tests {
         let (_, mut sub) = hub.join(watcher("bob", Mode::Observer)).expect("join");
         let reader = tokio::spawn(async move { next(&mut sub).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        hub.publish(Shown::Output(Bytes::from_static(b"hi")));
+        hub.publish(Shown::Output(out(b"hi")));
         assert_eq!(
             reader.await.expect("reader"),
-            Some(Delivery::Shown(Shown::Output(Bytes::from_static(b"hi"))))
+            Some(Delivery::Shown(Shown::Output(out(b"hi"))))
         );
     }
 }
