@@ -150,7 +150,8 @@ pub enum Command {
     /// End a running session.
     Terminate(NameArg),
     /// Watch a running session's terminal live, read-only: what it showed so far, then what it
-    /// shows. Keys: q leaves; T terminates the session (asks first; needs the right to).
+    /// shows. Keys: q leaves; T terminates the session (asks first; an observer needs the right
+    /// to, a moderator has it).
     Watch(WatchArgs),
     /// Play a session's recording in the terminal with its real timing.
     Replay(ReplayArgs),
@@ -199,7 +200,9 @@ pub struct AttachArgs {
 pub struct WatchArgs {
     /// The session's name (waits for it to start when it is still Pending or Approved).
     pub name: String,
-    /// Watch as a moderator (for sessions whose policy asks for one; never your own session).
+    /// Watch as a moderator: for sessions whose policy has `moderation`, the command starts only
+    /// while enough moderators watch, and their leaving holds the requester's input or ends the
+    /// session. Only people the policy names; never your own session.
     #[arg(long)]
     pub moderate: bool,
     /// Print no notices, only the session's output and errors.

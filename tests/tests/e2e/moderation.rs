@@ -402,3 +402,85 @@ async fn requester_cannot_moderate_self() {
     let quiet = output_for(&mut alice, 1).await;
     assert!(quiet.is_empty(), "{quiet:?}");
 }
+
+#[tokio::test]
+async fn moderated_session_through_the_plugin() {
+    // The requester's whole path with the plugin: the request, the wait for a moderator with the
+    // line to send, then the command's output and exit code.
+    let (t, _op) = target_with_operator().await;
+    policy(
+        &t,
+        "moderated",
+        json!({"decision": "AutoApprove", "moderation": {"required": 1, "groups": ["sre"]}}),
+    )
+    .await;
+    let ns = t.namespace.as_str();
+    let out = aexec(
+        User::Alice,
+        &[
+            "-n",
+            ns,
+            "--no-wait",
+            &t.pod,
+            "--",
+            "sh",
+            "-c",
+            "echo ran; exit 3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let name = text(&out.stdout).trim().to_owned();
+    crate::common::wait_phase(&t, &name, Phase::Approved, 15).await;
+    let mut alice = tokio::process::Command::new(plugin_bin())
+        .arg("--kubeconfig")
+        .arg(env().kubeconfig(User::Alice))
+        .args(["attach", &name, "-n", ns])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("attach starts");
+    let mut stderr = tokio::io::BufReader::new(alice.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncBufReadExt;
+        while !line.contains("waiting for a moderator") {
+            line.clear();
+            let n = stderr.read_line(&mut line).await.expect("read");
+            assert!(n > 0, "alice's attach ended before the wait notice");
+        }
+    })
+    .await
+    .expect("the wait notice within 20 s");
+    assert_eq!(
+        line.trim_end(),
+        format!(
+            "[aexec] waiting for a moderator (0 of 1) before the command starts; ask one to run: \
+             kubectl aexec watch {name} -n {ns} --moderate"
+        )
+    );
+    let client = env().client(User::Bob).await.expect("bob");
+    let req = http::Request::get(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{ns}/execsessions/{name}/observe?mode=moderator"
+    ))
+    .body(Vec::new())
+    .expect("request");
+    let _bob = client.connect(req).await.expect("bob moderates");
+    let done = tokio::time::timeout(Duration::from_secs(30), alice.wait_with_output())
+        .await
+        .expect("alice's attach ends")
+        .expect("output");
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest)
+        .await
+        .expect("stderr");
+    assert_eq!(done.status.code(), Some(3), "{rest}");
+    assert_eq!(text(&done.stdout), "ran\n");
+    assert!(
+        rest.contains("[aexec] moderated (1 of 1 watching): the command starts"),
+        "{rest}"
+    );
+}
