@@ -258,7 +258,10 @@ fuzz_target!(|input: PolicyInput| {
         assert!(out.status.deadline.is_some() && out.status.limits.is_some());
         // The moderation granted is the chosen policy's, never dropped or invented.
         assert_eq!(
-            out.status.limits.as_ref().and_then(|l| l.moderation.as_ref()),
+            out.status
+                .limits
+                .as_ref()
+                .and_then(|l| l.moderation.as_ref()),
             chosen.and_then(|p| p.spec.moderation.as_ref()),
             "the session's moderation differs from its policy's"
         );

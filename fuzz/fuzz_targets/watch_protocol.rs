@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     match parse_mode(Some(text)) {
         Ok(WatchMode::Observer) => {
             let named = text.split('&').find_map(|kv| kv.strip_prefix("mode="));
-            assert!(named.is_none_or(|m| m.eq_ignore_ascii_case("observer")), "{text}");
+            assert!(
+                named.is_none_or(|m| m.eq_ignore_ascii_case("observer")),
+                "{text}"
+            );
         }
         Ok(WatchMode::Moderator) => assert!(text.to_ascii_lowercase().contains("mode=moderator")),
         Err(e) => assert!(e.contains("use observer or moderator")),
