@@ -176,12 +176,32 @@ fn link(
     last_event_at_micros: u64,
 ) -> SegmentMeta {
     let sha: [u8; 32] = Sha256::digest(bytes).into();
+    link_hashed(
+        index,
+        bytes.len(),
+        &sha,
+        prev_sha,
+        prev_chain,
+        (first_event_at_micros, last_event_at_micros),
+    )
+}
+
+/// [`link`] for a segment whose SHA-256 is already known: a segment is hashed once (hashing
+/// is the largest single cost of recording a bulk stream, `docs/performance.md`).
+fn link_hashed(
+    index: u64,
+    len: usize,
+    sha: &[u8; 32],
+    prev_sha: &[u8; 32],
+    prev_chain: &[u8; 32],
+    (first_event_at_micros, last_event_at_micros): (u64, u64),
+) -> SegmentMeta {
     SegmentMeta {
         index,
-        bytes: bytes.len() as u64,
+        bytes: len as u64,
         sha256: hex::encode(sha),
         prev_sha256: hex::encode(prev_sha),
-        chain_sha256: hex::encode(chain(prev_chain, &sha)),
+        chain_sha256: hex::encode(chain(prev_chain, sha)),
         first_event_at_micros,
         last_event_at_micros,
     }
@@ -343,15 +363,16 @@ impl Segmenter {
     }
 
     fn emit(&mut self, bytes: &[u8], first: u64, last: u64) -> SegmentMeta {
-        let meta = link(
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        let meta = link_hashed(
             self.next_index,
-            bytes,
+            bytes.len(),
+            &sha,
             &self.prev_sha,
             &self.prev_chain,
-            first,
-            last,
+            (first, last),
         );
-        self.prev_sha = Sha256::digest(bytes).into();
+        self.prev_sha = sha;
         self.prev_chain = chain(&self.prev_chain, &self.prev_sha);
         self.next_index += 1;
         self.total_bytes += bytes.len() as u64;
