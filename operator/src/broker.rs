@@ -632,6 +632,11 @@ async fn prepare(
         .instrument(info_span!("session", namespace = %namespace, session = %name)),
     );
 
+    Ok(switching_protocols(protocol, &accept))
+}
+
+/// The answer that completes a WebSocket upgrade (attach, observe) with `protocol`.
+pub(crate) fn switching_protocols(protocol: &'static str, accept: &str) -> Response {
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -641,10 +646,10 @@ async fn prepare(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(protocol),
     );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// Starts a moderated session: waits for its moderators with the requester attached, then

@@ -12,7 +12,7 @@ use std::time::Duration;
 use aexec_crds::{ExecSession, Phase};
 use axum::{
     extract::Request,
-    http::{HeaderValue, StatusCode, header},
+    http::header,
     response::{IntoResponse, Response},
 };
 use futures::{SinkExt, StreamExt};
@@ -293,19 +293,7 @@ pub async fn observe(
         .instrument(span),
     );
 
-    let mut resp = Response::new(axum::body::Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    crate::broker::switching_protocols(protocol, &accept)
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

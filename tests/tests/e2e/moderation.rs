@@ -43,14 +43,7 @@ async fn moderated(
 
 /// `user` opens the observe WebSocket of `s1` as a moderator.
 async fn moderate(user: User, t: &Target) -> Result<Conn, kube::Error> {
-    let client = env().client(user).await.expect("client");
-    let req = http::Request::get(format!(
-        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/observe?mode=moderator",
-        t.namespace
-    ))
-    .body(Vec::new())
-    .expect("request");
-    client.connect(req).await.map(|c| c.into_stream())
+    crate::watch::observe(user, t, "?mode=moderator").await
 }
 
 /// Reads the requester's stream until a notice containing `want`; returns the stdout read on
