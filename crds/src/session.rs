@@ -458,6 +458,10 @@ pub struct ExecSessionStatus {
     /// The operator replica that holds the attached stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
+    /// Where the other operator replicas reach the broker (`IP:port` of its aggregated API), to
+    /// forward a watch that reached one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_address: Option<String>,
     /// Who watched the session live, in the order they joined (the last 64; the recording has
     /// every join and leave).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -5,7 +5,8 @@
 //! headers over a TLS client certificate signed by its front-proxy CA. Those headers are believed
 //! only on a connection that presented such a certificate with an allowed common name (both read
 //! from `kube-system/extension-apiserver-authentication`); every request is then authorized by a
-//! SubjectAccessReview and by the business rules in [`crate::lifecycle`].
+//! SubjectAccessReview and by the business rules in [`crate::lifecycle`]. A watch forwarded by
+//! another replica arrives over the operator's own certificate instead ([`crate::peer`]).
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -147,6 +148,23 @@ impl FrontProxy {
     }
 }
 
+impl FrontProxy {
+    /// Whether a header carries the caller's identity (user, groups, UID, extra): what a
+    /// replica copies onto a watch it forwards.
+    pub fn is_identity_header(&self, name: &str) -> bool {
+        let is = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        is(&self.username_headers)
+            || is(&self.group_headers)
+            || is(&self.uid_headers)
+            || self.extra_prefixes.iter().any(|p| {
+                name.len() > p.len()
+                    && name
+                        .get(..p.len())
+                        .is_some_and(|h| h.eq_ignore_ascii_case(p))
+            })
+    }
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -171,6 +189,9 @@ fn percent_decode(s: &str) -> String {
 pub enum Peer {
     /// The API server's front proxy: its headers are trusted.
     FrontProxy,
+    /// Another replica of this operator (it presented the serving certificate), forwarding a
+    /// watch it received from the front proxy: its identity headers are trusted for `observe`.
+    Replica,
     /// Anyone else (no certificate, or one from another CA or with a name not allowed).
     Untrusted(String),
 }
@@ -191,6 +212,8 @@ pub struct AppState {
     pub recordings: std::sync::Arc<crate::spool::Spool>,
     /// The keys that sign session records (their public halves are served as `signingkeys`).
     pub signer: crate::signing::Signer,
+    /// How this replica reaches the others, and recognises them.
+    pub peers: Arc<crate::peer::Peers>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -207,7 +230,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let tls = tls_config(cert, key, &state.front_proxy)?;
+    let tls = tls_config(cert, key, &state.front_proxy, &state.peers)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(bind)
         .await
@@ -226,6 +249,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let allowed = state.front_proxy.allowed_names.clone();
+        let peers = state.peers.clone();
         tokio::spawn(
             async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
@@ -235,7 +259,7 @@ pub async fn serve(
                     Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return debug!("TLS handshake timed out"),
                 };
-                let peer = classify_peer(tls.get_ref().1.peer_certificates(), &allowed);
+                let peer = classify_peer(tls.get_ref().1.peer_certificates(), &allowed, &peers);
                 let svc = app.map_request(move |req: http::Request<hyper::body::Incoming>| {
                     let mut req = req.map(axum::body::Body::new);
                     req.extensions_mut().insert(peer.clone());
@@ -258,16 +282,13 @@ pub async fn serve(
     Ok(())
 }
 
-fn tls_config(cert: &Path, key: &Path, fp: &FrontProxy) -> Result<ServerConfig> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("reading certificates from {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))?
-    .ok_or_else(|| anyhow!("no private key in {}", key.display()))?;
+fn tls_config(
+    cert: &Path,
+    key: &Path,
+    fp: &FrontProxy,
+    peers: &crate::peer::Peers,
+) -> Result<ServerConfig> {
+    let (certs, key) = crate::peer::read_identity(cert, key)?;
     let mut roots = RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut fp.ca_pem.as_bytes()) {
         roots.add(c?)?;
@@ -280,6 +301,7 @@ fn tls_config(cert: &Path, key: &Path, fp: &FrontProxy) -> Result<ServerConfig> 
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()?;
+    let verifier = peers.client_verifier(verifier);
     let mut config = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
@@ -288,14 +310,18 @@ fn tls_config(cert: &Path, key: &Path, fp: &FrontProxy) -> Result<ServerConfig> 
 }
 
 /// A certificate verified against the front-proxy CA (rustls did that) is trusted when its
-/// common name is allowed (an empty list allows any).
+/// common name is allowed (an empty list allows any); the operator's own is a replica's.
 fn classify_peer(
     certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
     allowed: &[String],
+    peers: &crate::peer::Peers,
 ) -> Peer {
     let Some(leaf) = certs.and_then(|c| c.first()) else {
         return Peer::Untrusted("no client certificate".into());
     };
+    if peers.is_peer(leaf) {
+        return Peer::Replica;
+    }
     let Ok((_, x509)) = x509_parser::parse_x509_certificate(leaf) else {
         return Peer::Untrusted("unparseable client certificate".into());
     };
@@ -579,15 +605,31 @@ async fn authorize_on(
     target: &Target<'_>,
     verb: &str,
 ) -> Result<Caller, StatusError> {
-    if let Peer::Untrusted(why) = peer {
-        return Err(status_error(
-            401,
-            "Unauthorized",
-            format!(
-                "this API is served through the Kubernetes API server (kubectl aexec, or kubectl \
-                 --raw); direct requests are refused ({why})"
-            ),
-        ));
+    match peer {
+        Peer::FrontProxy => {}
+        // A replica forwards watches, nothing else: the identity it passes on is believed
+        // only there (the SubjectAccessReview below is this replica's own).
+        Peer::Replica if target.subresource == Some("observe") => {}
+        Peer::Replica => {
+            return Err(status_error(
+                401,
+                "Unauthorized",
+                format!(
+                    "operator replicas forward only watches (observe) to each other, not {}",
+                    target.path()
+                ),
+            ));
+        }
+        Peer::Untrusted(why) => {
+            return Err(status_error(
+                401,
+                "Unauthorized",
+                format!(
+                    "this API is served through the Kubernetes API server (kubectl aexec, or \
+                     kubectl --raw); direct requests are refused ({why})"
+                ),
+            ));
+        }
     }
     let caller = state.front_proxy.caller(headers).ok_or_else(|| {
         status_error(
@@ -707,7 +749,10 @@ async fn observe(
 ) -> Response {
     let headers = req.headers().clone();
     match authorize(&state, &peer, &headers, &namespace, &name, "get", "observe").await {
-        Ok(caller) => crate::observe::observe(state, caller, namespace, name, req).await,
+        Ok(caller) => {
+            let forwarded = peer == Peer::Replica;
+            crate::observe::observe(state, caller, namespace, name, forwarded, req).await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -1530,10 +1575,28 @@ mod tests {
 
     #[test]
     fn peers_are_classified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let own = rcgen::generate_simple_self_signed(vec!["aexec-operator".into()]).expect("cert");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, own.cert.pem()).expect("write");
+        std::fs::write(&key, own.signing_key.serialize_pem()).expect("write");
+        let peers = crate::peer::Peers::load(&cert, &key, None).expect("peers");
+        let allowed = ["front-proxy-client".to_owned()];
         assert_eq!(
-            classify_peer(None, &[]),
+            classify_peer(None, &allowed, &peers),
             Peer::Untrusted("no client certificate".into())
         );
+        assert_eq!(
+            classify_peer(Some(&[own.cert.der().clone()]), &allowed, &peers),
+            Peer::Replica
+        );
+        // Another certificate with the same name is not a replica, nor an allowed front proxy.
+        let other =
+            rcgen::generate_simple_self_signed(vec!["aexec-operator".into()]).expect("cert");
+        assert!(matches!(
+            classify_peer(Some(&[other.cert.der().clone()]), &allowed, &peers),
+            Peer::Untrusted(why) if why.contains("not an allowed front proxy")
+        ));
     }
 
     #[test]

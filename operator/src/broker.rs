@@ -473,6 +473,7 @@ async fn prepare(
     let mut cst = st.clone();
     cst.phase = Some(Phase::Active);
     cst.broker = Some(state.instance.clone());
+    cst.broker_address = state.peers.address.map(|a| a.to_string());
     cst.start_time = Some(now_time());
     cst.message = Some(format!("attached by {}", caller.user.username));
     claimed.status = Some(cst);

@@ -26,6 +26,8 @@ pub mod moderated;
 pub mod moderation;
 #[cfg(feature = "runtime")]
 pub mod observe;
+#[cfg(feature = "runtime")]
+pub mod peer;
 pub mod policy;
 #[cfg(feature = "runtime")]
 pub mod recorder;

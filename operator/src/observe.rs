@@ -27,7 +27,7 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         Message,
-        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
 use tracing::{Instrument, info, info_span, warn};
@@ -35,6 +35,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     apiserver::{AppState, Caller, StatusError, get_session, may, status_error},
     moderation::{self, Control},
+    peer::{Forward, PeerWs},
     watch::{Delivery, Hub, JoinError, Mode, Shown, Start, Subscription, Watcher},
 };
 
@@ -180,12 +181,30 @@ fn exit_status(code: i32) -> serde_json::Value {
     }
 }
 
-/// Serves a watcher of a session relayed here.
+/// What serving a watcher comes to, once the session is read.
+enum Plan {
+    /// The session is relayed here: the watcher joined its hub.
+    Here(
+        Box<(
+            ExecSession,
+            std::sync::Arc<Hub>,
+            Watcher,
+            Start,
+            Subscription,
+        )>,
+    ),
+    /// Another replica relays it: the watch is forwarded to it.
+    Forward { broker: String, address: String },
+}
+
+/// Serves a watcher of a session relayed here, or forwards the watch to the replica that
+/// relays it (`forwarded`: this request is itself a forward, and is never forwarded again).
 pub async fn observe(
     state: AppState,
     caller: Caller,
     namespace: String,
     name: String,
+    forwarded: bool,
     mut req: Request,
 ) -> Response {
     // What the request asks, read before any wait (a request is not shared across threads).
@@ -222,26 +241,40 @@ pub async fn observe(
         check_watch(&session, &caller, mode)?;
         let uid = session.metadata.uid.clone().unwrap_or_default();
         let Some(hub) = state.sessions.hub(&namespace, &name, &uid) else {
-            let broker = session.status.as_ref().and_then(|s| s.broker.clone());
-            return Err(match broker {
+            let st = session.status.clone().unwrap_or_default();
+            return match (st.broker, st.broker_address) {
+                (Some(broker), Some(address)) if broker != state.instance && !forwarded => {
+                    Ok(Plan::Forward { broker, address })
+                }
                 // 409 as for `terminate` on the wrong replica: a 503 would read as "the operator
                 // is down" to clients of the aggregated API.
-                Some(b) if b != state.instance => status_error(
+                (Some(b), None) if b != state.instance => Err(status_error(
                     409,
                     "Conflict",
                     format!(
-                        "session {name} is relayed by operator replica {b}, and this request \
-                         reached replica {}; watching through another replica is not supported \
-                         yet: try again (the API server picks a replica for each request)",
+                        "session {name} is relayed by operator replica {b}, which gave no address \
+                         for the other replicas to forward a watch to (it runs without \
+                         --advertise-address), and this request reached replica {}: try again \
+                         (the API server picks a replica for each request)",
                         state.instance
                     ),
-                ),
-                _ => status_error(
+                )),
+                (Some(b), Some(_)) if b != state.instance => Err(status_error(
+                    409,
+                    "Conflict",
+                    format!(
+                        "session {name} is relayed by operator replica {b}, but this watch was \
+                         forwarded to replica {}, which does not relay it (the session moved \
+                         or is ending): try again",
+                        state.instance
+                    ),
+                )),
+                _ => Err(status_error(
                     409,
                     "Conflict",
                     format!("session {name} is ending; replay it: kubectl aexec replay {name} -n {namespace}"),
-                ),
-            });
+                )),
+            };
         };
         let watcher = Watcher {
             user: caller.user.username.clone(),
@@ -256,11 +289,14 @@ pub async fn observe(
                 format!("session {name} has ended; replay it: kubectl aexec replay {name} -n {namespace}"),
             ),
         })?;
-        Ok((session, hub, watcher, start, sub))
+        Ok(Plan::Here(Box::new((session, hub, watcher, start, sub))))
     }
     .await;
     let (session, hub, watcher, start, sub) = match prepared {
-        Ok(p) => p,
+        Ok(Plan::Here(p)) => *p,
+        Ok(Plan::Forward { broker, address }) => {
+            return forward(&state, &broker, &address, protocol, &key, req).await;
+        }
         Err(e) => return e.into_response(),
     };
 
@@ -276,7 +312,7 @@ pub async fn observe(
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
-                        None,
+                        Some(watcher_ws_config()),
                     )
                     .await;
                     info!(mode = ?watcher.mode, "watching");
@@ -297,6 +333,165 @@ pub async fn observe(
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The watcher's leg: a watcher sends only two short text messages, so what it sends is
+/// bounded at 64 KiB (not tungstenite's 64 MiB default), and the buffers are small.
+fn watcher_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(16 << 10)
+        .max_write_buffer_size(4 << 20)
+        .max_message_size(Some(64 << 10))
+        .max_frame_size(Some(64 << 10))
+}
+
+/// The leg to the broker replica of a forwarded watch: it sends what a watcher gets, frames
+/// that fit a watcher's queue ([`crate::watch::QUEUE_BYTES`]) and chunks of the backlog.
+fn peer_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(16 << 10)
+        .max_write_buffer_size(4 << 20)
+        .max_message_size(Some(crate::watch::QUEUE_BYTES + CHUNK))
+        .max_frame_size(Some(crate::watch::QUEUE_BYTES + CHUNK))
+}
+
+/// Forwards a watch to the replica that relays the session: the same path, the caller's
+/// identity as the front proxy sent it, over the replicas' mutual TLS ([`crate::peer`]). The
+/// broker decides (RBAC, business rules) as for a watch that reached it; its refusal is passed
+/// on as it is. Then messages are relayed both ways, one at a time: a slow watcher here slows
+/// only this connection, and the broker skips it ahead as for any slow watcher.
+async fn forward(
+    state: &AppState,
+    broker: &str,
+    address: &str,
+    protocol: &'static str,
+    key: &header::HeaderValue,
+    mut req: Request,
+) -> Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let mut headers: Vec<_> = req
+        .headers()
+        .iter()
+        .filter(|(n, _)| state.front_proxy.is_identity_header(n.as_str()))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    headers.push((
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static(protocol),
+    ));
+    let upstream = match state
+        .peers
+        .connect(address, &path, headers, peer_ws_config())
+        .await
+    {
+        Ok((ws, _)) => ws,
+        Err(Forward::Refused { code, body }) => {
+            let mut resp = Response::new(axum::body::Body::from(body));
+            *resp.status_mut() = axum::http::StatusCode::from_u16(code)
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return resp;
+        }
+        Err(Forward::Unreachable(why)) => {
+            warn!(%broker, %address, %why, "forwarding a watch failed");
+            return status_error(
+                503,
+                "ServiceUnavailable",
+                format!(
+                    "this session is relayed by operator replica {broker}, and replica {} \
+                     could not reach it to forward the watch ({why}): try again; if it keeps \
+                     failing, the replicas cannot reach each other on the API port (a \
+                     NetworkPolicy?)",
+                    state.instance
+                ),
+            )
+            .into_response();
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let span = info_span!("forwarded watch", broker = %broker);
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(watcher_ws_config()),
+                    )
+                    .await;
+                    info!("forwarding");
+                    splice(ws, upstream).await;
+                    info!("forwarding ended");
+                }
+                Err(e) => warn!(error = %e, "the watcher's upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    crate::broker::switching_protocols(protocol, &accept)
+}
+
+/// Relays data and close messages between the watcher and the broker until either ends. Each
+/// leg answers its own pings.
+async fn splice(watcher: Ws, broker: PeerWs) {
+    let (mut wtx, mut wrx) = watcher.split();
+    let (mut btx, mut brx) = broker.split();
+    let down = async {
+        while let Some(m) = brx.next().await {
+            let m = match m {
+                Ok(m @ (Message::Binary(_) | Message::Text(_) | Message::Close(_))) => m,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(error = %e, "the broker replica's stream broke");
+                    let _ = wtx
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Error,
+                            reason: "the operator replica relaying the session is gone".into(),
+                        })))
+                        .await;
+                    return;
+                }
+            };
+            let close = matches!(m, Message::Close(_));
+            match tokio::time::timeout(SEND_PATIENCE, wtx.send(m)).await {
+                Ok(Ok(())) if !close => {}
+                _ => return,
+            }
+        }
+    };
+    let up = async {
+        while let Some(m) = wrx.next().await {
+            let m = match m {
+                Ok(m @ (Message::Binary(_) | Message::Text(_) | Message::Close(_))) => m,
+                Ok(_) => continue,
+                Err(e) => {
+                    info!(error = %e, "the watcher's stream ended");
+                    let _ = btx.send(Message::Close(None)).await;
+                    return;
+                }
+            };
+            let close = matches!(m, Message::Close(_));
+            if btx.send(m).await.is_err() || close {
+                return;
+            }
+        }
+        let _ = btx.send(Message::Close(None)).await;
+    };
+    tokio::select! {
+        () = down => {}
+        () = up => {}
+    }
+}
 
 /// Relays the hub to the watcher until the session ends or the watcher leaves.
 async fn serve(

@@ -58,6 +58,13 @@ pub struct Args {
     #[arg(long, env = "AEXEC_TLS_KEY")]
     pub tls_private_key_file: PathBuf,
 
+    /// This replica's IP address as the other replicas reach it (the chart sets the pod's IP).
+    /// A watch that reaches another replica is forwarded here, to the API port of
+    /// `--api-bind`, when this replica relays the session. Without it, such a watch gets a 409
+    /// that says which replica relays the session.
+    #[arg(long, env = "POD_IP")]
+    pub advertise_address: Option<std::net::IpAddr>,
+
     /// Address of the plain-HTTP operations endpoint: /healthz, /readyz, /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", env = "AEXEC_OPS_BIND")]
     pub ops_bind: SocketAddr,
@@ -374,6 +381,15 @@ pub async fn run(args: Args) -> Result<()> {
             sessions: sessions.clone(),
             recordings: spool.clone(),
             signer: signer.clone(),
+            peers: std::sync::Arc::new(
+                crate::peer::Peers::load(
+                    &args.tls_cert_file,
+                    &args.tls_private_key_file,
+                    args.advertise_address
+                        .map(|ip| SocketAddr::new(ip, args.api_bind.port())),
+                )
+                .context("loading the serving certificate for the replicas' peer connections")?,
+            ),
         };
         let stop = stopped();
         let (bind, cert, key) = (

@@ -327,6 +327,8 @@ impl TestEnv {
                 env_u64("AEXEC_TEST_RETENTION_SECS").unwrap_or(RETENTION.as_secs())
             ),
             format!("--instance={}", replica.instance),
+            // As the chart's POD_IP: where the other replicas forward watches.
+            format!("--advertise-address={}", replica.api.ip()),
             format!(
                 "--leader-election-lease-duration={}s",
                 replica.lease_duration.as_secs()

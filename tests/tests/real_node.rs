@@ -764,6 +764,87 @@ async fn real_node_operator_pod_killed() {
         .expect("the Deployment replaces the replica");
 }
 
+/// The API server sends each watch to either replica; every watch works. The replica that does
+/// not relay the session forwards the watch to the pod that does, at the address the chart gave
+/// it (`POD_IP`): pod to pod, over the replicas' mutual TLS (issue #14, `docs/watch.md`).
+#[tokio::test]
+async fn real_node_watch_through_either_replica() {
+    let t = target_auto(json!({})).await;
+    let mut run = Running::start(&t, "watched", &["sh", "-c", TICKS]).await;
+    run.expect("tick-3", 60).await;
+    let name = session_by_reason(&t, "watched")
+        .await
+        .metadata
+        .name
+        .expect("name");
+    let broker = broker_of(&t, &name).await;
+    let pods = env().operator_pods().await.expect("operator pods");
+    let ip = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(broker.as_str()))
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        .expect("the broker's pod and its IP");
+    let st = session(&t, &name).await.status.expect("status");
+    assert_eq!(st.broker_address, Some(format!("{ip}:8443")));
+
+    // Eight watches: if only the broker could serve them, about half would fail (all eight
+    // succeed by chance once in 256 runs).
+    const WATCHES: usize = 8;
+    for i in 0..WATCHES {
+        let mut w = tokio::process::Command::new(plugin_bin())
+            .arg("--kubeconfig")
+            .arg(env().kubeconfig(User::Bob))
+            .args(["watch", &name, "-n", &t.namespace])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the plugin starts");
+        let mut stdout = w.stdout.take().expect("stdout");
+        let mut got = Vec::new();
+        let saw = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match stdout.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                if text(&got).contains("tick-") {
+                    return true;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !saw {
+            let _ = w.start_kill();
+            let out = w.wait_with_output().await.expect("the plugin ends");
+            panic!(
+                "watch {i} showed no output: {} / {}",
+                text(&got),
+                text(&out.stderr)
+            );
+        }
+        let _ = w.kill().await;
+    }
+    // How many the other replica forwarded (its log says so for each).
+    let other = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .find(|n| *n != broker)
+        .expect("the other replica");
+    let logs = kubectl(User::Admin, &["logs", "-n", chart::NAMESPACE, &other], None).await;
+    let forwarded = text(&logs.stdout)
+        .lines()
+        .filter(|l| l.trim_end().ends_with(" forwarding") || l.contains("\"forwarding\""))
+        .count();
+    eprintln!(
+        "{WATCHES} watches of a session relayed by {broker}: all showed its output; {other} forwarded {forwarded} of them"
+    );
+    drop(run);
+}
+
 #[tokio::test]
 async fn real_node_helm_upgrade_mid_session() {
     let t = target_auto(json!({})).await;

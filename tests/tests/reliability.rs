@@ -527,6 +527,170 @@ async fn operator_rolling_restart() {
     env.ensure_operator().await.expect("replica a leads");
 }
 
+/// A watch that reaches the replica which does not relay the session is forwarded to the one
+/// that does (issue #14, `docs/watch.md`): the watcher sees byte for byte what the requester
+/// sees, moderates from there (its presence starts the command, its terminate ends it), and
+/// nothing it types reaches the pod. The replicas' own certificate, which carries forwarded
+/// watches, is believed for nothing else.
+#[tokio::test]
+async fn watch_on_other_replica() {
+    let env = env();
+    let (t, _op) = target_with_operator_exclusive().await;
+    policy(
+        &t,
+        "moderated",
+        json!({"decision": "AutoApprove", "moderation": {
+            "required": 1, "groups": ["sre"], "onModeratorLeave": "Pause", "timeout": "5m"}}),
+    )
+    .await;
+    let (a_ip, b_ip) = (netns::OPERATOR_IP, netns::OPERATOR_IP_2);
+    let b = Replica::at("aexec-operator-1", b_ip, Duration::from_secs(15));
+    let mut b_proc = env.spawn_operator(&b).await.expect("replica b starts");
+
+    // alice attaches through replica a (aexec-operator-0), which relays the session.
+    env.set_operator_endpoints(&[(a_ip, true), (b_ip, false)])
+        .await
+        .expect("endpoints");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ask(&t, "w1", &["sh", "-c", "echo started; cat"], true).await;
+    wait_phase(&t, "w1", Phase::Approved, 30).await;
+    let mut alice = attach(&t, "w1").await;
+    let st = wait_phase(&t, "w1", Phase::Active, 30)
+        .await
+        .status
+        .expect("status");
+    assert_eq!(st.broker.as_deref(), Some("aexec-operator-0"));
+    assert_eq!(
+        st.broker_address,
+        Some(format!("{a_ip}:{}", aexec_testenv::operator::API_PORT))
+    );
+
+    // From now on every request reaches replica b, which does not relay w1.
+    env.set_operator_endpoints(&[(a_ip, false), (b_ip, true)])
+        .await
+        .expect("endpoints");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut bob = common::observe_named(User::Bob, &t, "w1", "?mode=moderator")
+        .await
+        .expect("bob watches w1 through replica b");
+    let hello = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match bob.next().await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("the watch ended before its hello: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a hello within 10 s");
+    let hello: serde_json::Value = serde_json::from_str(&hello).expect("hello json");
+    assert_eq!(
+        (&hello["type"], &hello["session"], &hello["mode"]),
+        (&json!("hello"), &json!("w1"), &json!("Moderator")),
+        "{hello}"
+    );
+
+    // bob's presence, counted by replica a, starts the command.
+    let (mut alice_out, _, status) = read(&mut alice, Some(b"started\n"), 30).await;
+    assert!(status.is_none(), "{status:?}");
+    async fn stdin(ws: &mut Conn, bytes: &[u8]) {
+        let mut m = vec![0u8];
+        m.extend_from_slice(bytes);
+        ws.send(Message::Binary(m.into())).await.expect("send");
+    }
+    stdin(&mut alice, b"hello from alice\n").await;
+    let (more, _, _) = read(&mut alice, Some(b"hello from alice\n"), 30).await;
+    alice_out.extend(more);
+    let (mut bob_out, _, _) = read(&mut bob, Some(b"hello from alice\n"), 30).await;
+    assert_eq!(
+        String::from_utf8_lossy(&bob_out),
+        String::from_utf8_lossy(&alice_out),
+        "the forwarded watch shows what the requester sees"
+    );
+    // What bob sends as stdin goes nowhere.
+    stdin(&mut bob, b"from-bob\n").await;
+    stdin(&mut alice, b"second\n").await;
+    let (more, _, _) = read(&mut alice, Some(b"second\n"), 30).await;
+    alice_out.extend(more);
+    let (more, _, _) = read(&mut bob, Some(b"second\n"), 30).await;
+    bob_out.extend(more);
+    assert_eq!(bob_out, alice_out);
+    assert!(
+        !String::from_utf8_lossy(&alice_out).contains("from-bob"),
+        "a watcher's input reached the pod"
+    );
+
+    // Replica a keeps the session's status: bob watches as a moderator, and it is moderated.
+    let st = session(&t, "w1").await.status.expect("status");
+    let entry = st.watchers.last().expect("a watcher entry");
+    assert_eq!(
+        (entry.user.username.as_str(), entry.mode),
+        ("bob", aexec_crds::WatchMode::Moderator)
+    );
+    assert_eq!(
+        st.moderation.map(|m| m.state),
+        Some(aexec_crds::ModerationState::Moderated)
+    );
+
+    // The operator's own certificate opens nothing but watches: straight to replica a with it
+    // and a forged identity, an approval is refused.
+    let pki = env.dir.join("pki");
+    let mut config = kube::Config::new(
+        format!("https://{a_ip}:{}", aexec_testenv::operator::API_PORT)
+            .parse()
+            .expect("url"),
+    );
+    config.accept_invalid_certs = true;
+    config.auth_info.client_certificate = Some(pki.join("operator.crt").display().to_string());
+    config.auth_info.client_key = Some(pki.join("operator.key").display().to_string());
+    let as_replica = kube::Client::try_from(config).expect("client");
+    let req = http::Request::put(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/w1/approve",
+        t.namespace
+    ))
+    .header("X-Remote-User", "bob")
+    .header("X-Remote-Group", "sre")
+    .body(b"{}".to_vec())
+    .expect("request");
+    match as_replica.request_text(req).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (401, "Unauthorized"), "{s:?}");
+            assert!(s.message.contains("forward only watches"), "{}", s.message);
+        }
+        other => panic!("the replicas' certificate must not approve: {other:?}"),
+    }
+
+    // bob ends the session from replica b.
+    bob.send(Message::Text(r#"{"type":"terminate"}"#.into()))
+        .await
+        .expect("terminate");
+    let (more, _, _) = read(&mut alice, None, 30).await;
+    alice_out.extend(more);
+    let s = wait_phase(&t, "w1", Phase::Terminated, 30).await;
+    eprintln!("w1 ended: {:?}", s.status.and_then(|s| s.message));
+    let (recorded_out, recorded_in) = recorded(&t, "w1").await;
+    assert_eq!(
+        String::from_utf8_lossy(&recorded_out),
+        String::from_utf8_lossy(&alice_out),
+        "the recording holds what alice saw"
+    );
+    assert!(
+        !String::from_utf8_lossy(&recorded_in).contains("from-bob"),
+        "the recording's input holds only alice's"
+    );
+
+    // As the other tests expect it: replica a alone.
+    b_proc
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("replica b stops");
+    env.set_operator_endpoints(&[(a_ip, true), (b_ip, false)])
+        .await
+        .expect("endpoints");
+    env.ensure_operator().await.expect("replica a leads");
+}
+
 /// A replica killed mid-session that never comes back (its pod deleted after a node loss):
 /// nothing can resume its streams, and its own crash recovery never runs. The leader ends the
 /// session once it is past its maximum duration, with the recording sealed from what reached

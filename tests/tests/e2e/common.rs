@@ -246,6 +246,23 @@ pub async fn attach_named(user: User, t: &Target, name: &str) -> Result<Conn, ku
     client.connect(req).await.map(|c| c.into_stream())
 }
 
+/// `user` opens the observe WebSocket of session `name` (`query`: `""` or `?mode=...`).
+pub async fn observe_named(
+    user: User,
+    t: &Target,
+    name: &str,
+    query: &str,
+) -> Result<Conn, kube::Error> {
+    let client = env().client(user).await.expect("client");
+    let req = http::Request::get(format!(
+        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/{name}/observe{query}",
+        t.namespace
+    ))
+    .body(Vec::new())
+    .expect("request");
+    client.connect(req).await.map(|c| c.into_stream())
+}
+
 /// Session `name`'s recording in `format` (v3, v2, text), as `user` reads it (verified by the
 /// operator on the way: a 409 if it was altered).
 pub async fn recording_named(

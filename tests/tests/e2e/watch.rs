@@ -18,14 +18,7 @@ use crate::{
 
 /// `user` opens the observe WebSocket of session `s1`.
 pub(crate) async fn observe(user: User, t: &Target, query: &str) -> Result<Conn, kube::Error> {
-    let client = env().client(user).await.expect("client");
-    let req = http::Request::get(format!(
-        "/apis/subresources.aexec.dev/v1alpha1/namespaces/{}/execsessions/s1/observe{query}",
-        t.namespace
-    ))
-    .body(Vec::new())
-    .expect("request");
-    client.connect(req).await.map(|c| c.into_stream())
+    crate::common::observe_named(user, t, "s1", query).await
 }
 
 /// Sends stdin to the attached requester's stream.
