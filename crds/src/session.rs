@@ -375,9 +375,12 @@ pub struct RecordingStatus {
     /// Recording format, `asciicast-v3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// Total size of all segments, in bytes.
+    /// Size of the recording (its asciicast, as a reviewer gets it), in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<i64>,
+    /// Size of its segments as stored (compressed), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<i64>,
     /// Head of the hash chain (hex): the chain value of the last segment, which commits to every
     /// segment before it. Verification compares the stored recording against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -170,7 +170,11 @@ pub fn build_record(
             format: r.format.clone().unwrap_or_else(|| chain::CAST_FORMAT.into()),
             head: head.clone(),
             manifest_sha256: None,
-            total_bytes: r.bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
+            total_bytes: r
+                .stored_bytes
+                .or(r.bytes)
+                .and_then(|b| u64::try_from(b).ok())
+                .unwrap_or(0),
             segments: Vec::new(),
             interrupted: r.interrupted,
             reason: None,

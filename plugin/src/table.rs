@@ -363,6 +363,9 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
             kv("URI", or_none(r.uri.clone()));
             kv("Format", or_none(r.format.clone()));
             kv("Bytes", or_none(r.bytes.map(|b| b.to_string())));
+            if let Some(stored) = r.stored_bytes {
+                kv("Stored", format!("{stored} bytes (zstd)"));
+            }
             kv("Segments", or_none(r.segments.map(|b| b.to_string())));
             kv("SHA-256", or_none(r.sha256.clone()));
             if r.interrupted {

@@ -11,9 +11,11 @@
 //! manifest.json
 //! ```
 //!
-//! A segment file (`seg-NNNNNN.cast`) is exactly a slice of the cast stream and always ends at
-//! the end of a line, so `cat seg-*.cast` is the recording, playable by asciinema, and every
-//! prefix of the segments is a valid (shorter) recording. Nothing about the chain is written
+//! A segment file (`seg-NNNNNN.cast`) is a slice of the cast stream that always ends at the end
+//! of a line, stored as it is or, when its sidecar says `"encoding": "zstd"`, as one zstd frame
+//! of it (what the operator writes: [`Segmenter::zstd`]). So `zstdcat -f seg-*.cast` (which
+//! passes plain segments through) is the recording, playable by asciinema, and every prefix of
+//! the segments is a valid (shorter) recording. Nothing about the chain is written
 //! inside the cast stream, where it would break players. The chain lives beside it: each
 //! segment's [`SegmentMeta`] is written as `seg-NNNNNN.json` once the segment itself is stored
 //! (so a crash leaves at most the newest segment without its sidecar), and [`Manifest`] is
@@ -21,7 +23,8 @@
 //!
 //! # The chain
 //!
-//! For segment `n` with bytes `B_n`:
+//! For segment `n` with bytes `B_n` (as stored: compressed, for a zstd segment, so a recording
+//! is verified without decompressing it, and decompressed only to be read):
 //!
 //! ```text
 //! sha256_n       = SHA-256(B_n)
@@ -50,6 +53,19 @@ pub const ZERO_SHA256: &str = "0000000000000000000000000000000000000000000000000
 pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
 /// Default segment age limit: a segment is cut this long after its first byte.
 pub const DEFAULT_MAX_AGE_MICROS: u64 = 2_000_000;
+/// The most cast bytes one segment may decompress to: a segment is cut at `max_bytes` plus
+/// one event, which the cast writer bounds well below this. A segment that says more, or
+/// decompresses to more, is refused ([`VerifyError::Undecodable`]): reading a recording never
+/// allocates more than this for one segment.
+pub const MAX_SEGMENT_CAST_BYTES: u64 = 64 << 20;
+
+/// How a segment file is stored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// One zstd frame of the segment's cast bytes.
+    Zstd,
+}
 
 /// `seg-NNNNNN.cast`: the file holding segment `index`.
 pub fn segment_name(index: u64) -> String {
@@ -114,9 +130,51 @@ pub struct SegmentMeta {
     pub first_event_at_micros: u64,
     /// Time of the last event written into the segment, since the session started.
     pub last_event_at_micros: u64,
+    /// How the file is encoded; absent for plain cast bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    /// The size of the cast bytes the file decodes to, for an encoded segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cast_bytes: Option<u64>,
 }
 
 impl SegmentMeta {
+    /// The segment's cast bytes, from its stored bytes (already verified against this meta):
+    /// borrowed for a plain segment, decompressed (bounded by `cast_bytes` and
+    /// [`MAX_SEGMENT_CAST_BYTES`]) for a zstd one.
+    pub fn decode<'a>(&self, stored: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, VerifyError> {
+        let Some(Encoding::Zstd) = self.encoding else {
+            return Ok(std::borrow::Cow::Borrowed(stored));
+        };
+        let undecodable = |why: String| VerifyError::Undecodable {
+            index: self.index,
+            why,
+        };
+        let want = self
+            .cast_bytes
+            .ok_or_else(|| undecodable("its meta gives no cast_bytes".into()))?;
+        if want > MAX_SEGMENT_CAST_BYTES {
+            return Err(undecodable(format!(
+                "it claims {want} bytes of cast, more than a segment may hold ({MAX_SEGMENT_CAST_BYTES})"
+            )));
+        }
+        // One byte of room, so that a frame longer than it says is caught, not truncated.
+        let out = zstd::bulk::decompress(stored, want as usize + 1)
+            .map_err(|e| undecodable(format!("it is not a valid zstd frame: {e}")))?;
+        if out.len() as u64 != want {
+            return Err(undecodable(format!(
+                "it decompresses to {} bytes, its meta says {want}",
+                out.len()
+            )));
+        }
+        Ok(std::borrow::Cow::Owned(out))
+    }
+
+    /// The size of the segment's cast: `cast_bytes` when encoded, else its file's size.
+    pub fn cast_len(&self) -> u64 {
+        self.cast_bytes.unwrap_or(self.bytes)
+    }
+
     /// The meta of the segment that follows `prev` (or of segment 0) and holds `bytes`. The
     /// storage layer uses it for a segment found without its sidecar after a crash.
     pub fn compute(
@@ -204,6 +262,8 @@ fn link_hashed(
         chain_sha256: hex::encode(chain(prev_chain, sha)),
         first_event_at_micros,
         last_event_at_micros,
+        encoding: None,
+        cast_bytes: None,
     }
 }
 
@@ -272,11 +332,16 @@ pub struct Segmenter {
     prev_sha: [u8; 32],
     prev_chain: [u8; 32],
     total_bytes: u64,
+    cast_total: u64,
+    /// Store segments as zstd frames at this level.
+    zstd: Option<i32>,
 }
 
 impl Segmenter {
     pub fn new(limits: SegmentLimits) -> Self {
         Segmenter {
+            zstd: None,
+            cast_total: 0,
             limits,
             buf: Vec::new(),
             complete: 0,
@@ -288,6 +353,13 @@ impl Segmenter {
             prev_chain: [0; 32],
             total_bytes: 0,
         }
+    }
+
+    /// Cut segments are zstd frames at `level` (1, the fastest standard level, is what the
+    /// operator uses: docs/performance.md), hashed and chained as stored.
+    pub fn zstd(mut self, level: i32) -> Self {
+        self.zstd = Some(level);
+        self
     }
 
     /// Adds cast bytes written at `at_micros` (time since the session started).
@@ -338,7 +410,7 @@ impl Segmenter {
         let rest = self.buf.split_off(self.complete);
         let bytes = std::mem::replace(&mut self.buf, rest);
         let first = self.first_at.unwrap_or(self.complete_at);
-        let meta = self.emit(&bytes, first, self.complete_at);
+        let (meta, bytes) = self.emit(bytes, first, self.complete_at);
         self.complete = 0;
         self.first_at = if self.buf.is_empty() {
             None
@@ -356,15 +428,26 @@ impl Segmenter {
         }
         let bytes = std::mem::take(&mut self.buf);
         let first = self.first_at.unwrap_or(self.last_at);
-        let meta = self.emit(&bytes, first, self.last_at);
+        let (meta, bytes) = self.emit(bytes, first, self.last_at);
         self.complete = 0;
         self.first_at = None;
         Some((meta, bytes))
     }
 
-    fn emit(&mut self, bytes: &[u8], first: u64, last: u64) -> SegmentMeta {
-        let sha: [u8; 32] = Sha256::digest(bytes).into();
-        let meta = link_hashed(
+    /// The stored form of a cut segment (compressed if asked) and its meta, chained on.
+    fn emit(&mut self, cast: Vec<u8>, first: u64, last: u64) -> (SegmentMeta, Vec<u8>) {
+        let cast_len = cast.len() as u64;
+        // Compressing a buffer in memory fails only on allocation failure or a bad level; the
+        // segment is then stored as it is, which readers handle the same.
+        let compressed = self
+            .zstd
+            .and_then(|level| zstd::bulk::compress(&cast, level).ok());
+        let (bytes, encoding) = match compressed {
+            Some(z) => (z, Some(Encoding::Zstd)),
+            None => (cast, None),
+        };
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let mut meta = link_hashed(
             self.next_index,
             bytes.len(),
             &sha,
@@ -372,11 +455,16 @@ impl Segmenter {
             &self.prev_chain,
             (first, last),
         );
+        if encoding.is_some() {
+            meta.encoding = encoding;
+            meta.cast_bytes = Some(cast_len);
+        }
         self.prev_sha = sha;
         self.prev_chain = chain(&self.prev_chain, &self.prev_sha);
         self.next_index += 1;
         self.total_bytes += bytes.len() as u64;
-        meta
+        self.cast_total += cast_len;
+        (meta, bytes)
     }
 
     /// Bytes waiting in the current segment.
@@ -389,9 +477,14 @@ impl Segmenter {
         self.next_index
     }
 
-    /// Bytes in the segments cut so far.
+    /// Bytes in the segments cut so far, as stored.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// Cast bytes in the segments cut so far (before compression).
+    pub fn cast_bytes(&self) -> u64 {
+        self.cast_total
     }
 
     /// The chain value of the last segment cut ([`ZERO_SHA256`] before the first).
@@ -432,6 +525,13 @@ pub struct Manifest {
     /// Why it was interrupted, and what was left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl Manifest {
+    /// The size of the recording's cast (its segments decompressed).
+    pub fn cast_bytes(&self) -> u64 {
+        self.segments.iter().map(SegmentMeta::cast_len).sum()
+    }
 }
 
 /// Seals a recording that ended normally. The metas must form a valid chain from segment 0.
@@ -667,6 +767,11 @@ pub enum VerifyError {
     )]
     OutOfOrder { index: u64, after: u64 },
     #[error(
+        "segment {index} ({}) cannot be read although its bytes are the ones recorded: {why}",
+        segment_name(*.index)
+    )]
+    Undecodable { index: u64, why: String },
+    #[error(
         "sidecar {} disagrees with the manifest: its {field} is {sidecar}, the manifest's is {manifest}",
         sidecar_name(*.index)
     )]
@@ -822,7 +927,7 @@ impl<'m> Verifier<'m> {
 }
 
 fn first_difference(a: &SegmentMeta, b: &SegmentMeta) -> Option<(&'static str, String, String)> {
-    let fields: [(&'static str, String, String); 7] = [
+    let fields: [(&'static str, String, String); 9] = [
         ("index", a.index.to_string(), b.index.to_string()),
         ("bytes", a.bytes.to_string(), b.bytes.to_string()),
         ("sha256", a.sha256.clone(), b.sha256.clone()),
@@ -841,6 +946,16 @@ fn first_difference(a: &SegmentMeta, b: &SegmentMeta) -> Option<(&'static str, S
             "last_event_at_micros",
             a.last_event_at_micros.to_string(),
             b.last_event_at_micros.to_string(),
+        ),
+        (
+            "encoding",
+            format!("{:?}", a.encoding),
+            format!("{:?}", b.encoding),
+        ),
+        (
+            "cast_bytes",
+            format!("{:?}", a.cast_bytes),
+            format!("{:?}", b.cast_bytes),
         ),
     ];
     fields.into_iter().find(|(_, x, y)| x != y)
@@ -965,6 +1080,95 @@ mod tests {
                 sidecar: Some(m),
             })
             .collect()
+    }
+
+    #[test]
+    fn zstd_segments_verify_as_stored_and_decode_to_the_recording() {
+        let (events, pushes) = session_stream(400);
+        let limits = SegmentLimits {
+            max_bytes: 4096,
+            max_age_micros: 60_000_000,
+        };
+        let mut s = Segmenter::new(limits).zstd(1);
+        let mut segs = Vec::new();
+        for (bytes, at) in &pushes {
+            s.push(bytes, *at);
+            if s.should_cut(*at) {
+                segs.extend(s.cut());
+            }
+        }
+        segs.extend(s.finish());
+        assert!(segs.len() > 3, "{}", segs.len());
+        let metas: Vec<SegmentMeta> = segs.iter().map(|(m, _)| m.clone()).collect();
+        let m = seal(session(), metas, SEALED.into()).unwrap();
+        // The chain is over the stored (compressed) bytes: verified without decompressing.
+        verify(&m, &stored(&segs), Some(&m.head)).unwrap();
+        assert_eq!(m.total_bytes, s.total_bytes());
+        assert_eq!(m.cast_bytes(), s.cast_bytes());
+        assert!(
+            m.total_bytes * 3 < m.cast_bytes(),
+            "compressed {} of {}",
+            m.total_bytes,
+            m.cast_bytes()
+        );
+        let mut cast = Vec::new();
+        for (meta, bytes) in &segs {
+            assert_eq!(meta.encoding, Some(Encoding::Zstd));
+            let plain = meta.decode(bytes).unwrap();
+            assert_eq!(plain.len() as u64, meta.cast_bytes.unwrap());
+            assert_eq!(
+                plain.last(),
+                Some(&b'\n'),
+                "a segment ends with a whole line"
+            );
+            cast.extend_from_slice(&plain);
+        }
+        assert_eq!(CastReader::parse(&cast).unwrap().events, events);
+        // The concatenated frames are one zstd stream of the whole recording (zstdcat).
+        let all: Vec<u8> = segs.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(zstd::stream::decode_all(&all[..]).unwrap(), cast);
+    }
+
+    #[test]
+    fn a_zstd_segment_that_lies_about_its_size_is_refused() {
+        let mut s = Segmenter::new(SegmentLimits::default()).zstd(1);
+        s.push(&[b'a'; 100_000], 0);
+        s.push(b"\n", 1);
+        let (meta, bytes) = s.finish().unwrap();
+        assert_eq!(meta.decode(&bytes).unwrap().len(), 100_001);
+        // Smaller than the frame holds: refused, never truncated; larger: refused too.
+        for claimed in [100, 100_000, 100_002] {
+            let m = SegmentMeta {
+                cast_bytes: Some(claimed),
+                ..meta.clone()
+            };
+            let e = m.decode(&bytes).unwrap_err();
+            assert!(
+                matches!(e, VerifyError::Undecodable { index: 0, .. }),
+                "{e}"
+            );
+        }
+        // A claim past the bound is refused before anything is allocated.
+        let m = SegmentMeta {
+            cast_bytes: Some(MAX_SEGMENT_CAST_BYTES + 1),
+            ..meta.clone()
+        };
+        assert!(
+            m.decode(&bytes)
+                .unwrap_err()
+                .to_string()
+                .contains("more than a segment")
+        );
+        // Bytes that are not zstd.
+        let e = meta.decode(b"not zstd at all").unwrap_err();
+        assert!(e.to_string().contains("not a valid zstd frame"), "{e}");
+        // A plain segment is its own cast.
+        let plain = SegmentMeta {
+            encoding: None,
+            cast_bytes: None,
+            ..meta
+        };
+        assert_eq!(&*plain.decode(b"x\n").unwrap(), b"x\n");
     }
 
     #[test]

@@ -155,16 +155,11 @@ pub async fn tamper(key: &str, needle: &[u8]) {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{key} in MinIO: {e:?}"));
-    let mut bytes = obj.body.collect().await.expect("body").to_vec();
-    let pos = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .unwrap_or_else(|| panic!("{} not in {key}", String::from_utf8_lossy(needle)));
-    assert!(
-        needle[0].is_ascii_alphabetic(),
-        "the needle starts with a letter"
+    let bytes = flip(
+        obj.body.collect().await.expect("body").to_vec(),
+        needle,
+        key,
     );
-    bytes[pos] ^= 0x20; // flips the letter's case
     s3.put_object()
         .bucket(bucket)
         .key(key)
@@ -172,6 +167,27 @@ pub async fn tamper(key: &str, needle: &[u8]) {
         .send()
         .await
         .expect("tamper");
+}
+
+/// `bytes` of a stored object with the first letter of `needle` flipped in case. A segment
+/// stored as a zstd frame is decompressed first (and returned plain: what matters is that the
+/// stored bytes change, as a forger's would).
+pub fn flip(bytes: Vec<u8>, needle: &[u8], what: &str) -> Vec<u8> {
+    let mut bytes = if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::decode_all(&bytes[..]).expect("a zstd segment decodes")
+    } else {
+        bytes
+    };
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{} not in {what}", String::from_utf8_lossy(needle)));
+    assert!(
+        needle[0].is_ascii_alphabetic(),
+        "the needle starts with a letter"
+    );
+    bytes[pos] ^= 0x20; // flips the letter's case
+    bytes
 }
 
 /// Resident anonymous memory (`RssAnon`: the heap, not the mapped binary) of the process whose `/proc` directory is `proc`, in bytes.

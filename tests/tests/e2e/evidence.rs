@@ -459,7 +459,8 @@ async fn admin_delete_active_session_seals_recording() {
     );
     let mut cast = Vec::new();
     for seg in &manifest.segments {
-        cast.extend(s3_get(&format!("{prefix}/{}", chain::segment_name(seg.index))).await);
+        let stored = s3_get(&format!("{prefix}/{}", chain::segment_name(seg.index))).await;
+        cast.extend_from_slice(&seg.decode(&stored).expect("a segment decodes"));
     }
     let cast = String::from_utf8_lossy(&cast);
     assert!(cast.contains("started-before-delete"), "{cast}");
@@ -633,7 +634,7 @@ async fn rewrite_recording(s: &ExecSession, needle: &[u8]) -> Vec<u8> {
     let mut target = None;
     for seg in &manifest.segments {
         let key = format!("{prefix}/{}", chain::segment_name(seg.index));
-        if has_needle(&s3_get(&key).await) {
+        if has_needle(&seg.decode(&s3_get(&key).await).expect("decodes")) {
             target = Some(seg.index);
         }
     }
@@ -642,7 +643,10 @@ async fn rewrite_recording(s: &ExecSession, needle: &[u8]) -> Vec<u8> {
     for seg in &manifest.segments {
         let key = format!("{prefix}/{}", chain::segment_name(seg.index));
         let mut bytes = s3_get(&key).await;
-        if seg.index == target {
+        let plain = seg.index == target;
+        if plain {
+            // The forger stores the changed segment decompressed (a plain segment is valid).
+            bytes = seg.decode(&bytes).expect("decodes").into_owned();
             let pos = bytes
                 .windows(needle.len())
                 .rposition(|w| w == needle)
@@ -650,13 +654,17 @@ async fn rewrite_recording(s: &ExecSession, needle: &[u8]) -> Vec<u8> {
             bytes[pos] ^= 0x20;
             s3_put(&key, bytes.clone()).await;
         }
-        let meta = SegmentMeta::compute(
+        let mut meta = SegmentMeta::compute(
             metas.last(),
             &bytes,
             seg.first_event_at_micros,
             seg.last_event_at_micros,
         )
         .expect("meta");
+        if !plain {
+            meta.encoding = seg.encoding;
+            meta.cast_bytes = seg.cast_bytes;
+        }
         s3_put(
             &format!("{prefix}/{}", chain::sidecar_name(seg.index)),
             serde_json::to_vec(&meta).expect("json"),
@@ -814,12 +822,7 @@ async fn verify_offline_with_public_key() {
     copy_out(&prefix(&s), &bad).await;
     // Segment 0 is the header; the output is in segment 1.
     let seg = bad.join("seg-000001.cast");
-    let mut bytes = std::fs::read(&seg).expect("seg");
-    let pos = bytes
-        .windows(7)
-        .position(|w| w == b"checked")
-        .expect("output in the segment");
-    bytes[pos] ^= 0x20;
+    let bytes = crate::common::flip(std::fs::read(&seg).expect("seg"), b"checked", "segment 1");
     std::fs::write(&seg, bytes).expect("write");
     let out = run(args(&bad, &keys)).await;
     assert_eq!(out.status.code(), Some(1));

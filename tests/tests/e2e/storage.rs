@@ -196,7 +196,12 @@ async fn storage_outage_fails_closed_when_the_spool_is_full() {
     env().stop_minio().expect("stop MinIO");
 
     // 192 MB of output against a 32 MiB spool and no store.
-    let cmd = ["sh", "-c", "yes fail-closed-filler | head -c 192000000"];
+    // Random output: the store keeps segments compressed, and runs of one line would fit.
+    let cmd = [
+        "sh",
+        "-c",
+        "echo fail-closed-filler; head -c 144000000 /dev/urandom | base64",
+    ];
     request(&t, &cmd, false, false).await;
     final_session(&t, Phase::Approved).await;
     let mut ws = attach(User::Alice, &t).await.expect("attach");
