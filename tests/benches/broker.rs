@@ -902,7 +902,8 @@ async fn recorded_bytes(client: &Client, ns: &str, name: &str) -> Result<u64> {
         .await?;
     s.status
         .and_then(|st| st.recording)
-        .and_then(|r| r.bytes)
+        // As stored (compressed); a recording from before compression gives its cast size.
+        .and_then(|r| r.stored_bytes.or(r.bytes))
         .and_then(|b| u64::try_from(b).ok())
         .with_context(|| format!("{name} has no recording size in its status"))
 }
