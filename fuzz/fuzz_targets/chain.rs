@@ -2,13 +2,16 @@
 //! the bytes pushed, cut only after a newline, and verify; changing, dropping or reordering a
 //! segment is caught; `seal_from_metas` with arbitrary sidecars (garbled digests, gaps,
 //! duplicates, any order, huge indices) never panics and always produces a manifest that
-//! verifies; `Verifier` fed arbitrary segments never panics; file names round-trip.
+//! verifies; `Verifier` fed arbitrary segments never panics; file names round-trip. Segments
+//! are cut plain or as zstd frames (as the operator stores them): they decode to exactly the
+//! bytes pushed, and decoding arbitrary bytes with an arbitrary claimed size never panics and
+//! never yields another size than claimed.
 #![no_main]
 
 use aexec_fuzz::bounded_vec;
 use aexec_recording::chain::{
-    RecordingFile, SegmentLimits, SegmentMeta, Segmenter, SessionRef, StoredSegment, Verifier,
-    parse_file_name, seal, seal_from_metas, segment_name, sidecar_name, verify,
+    Encoding, RecordingFile, SegmentLimits, SegmentMeta, Segmenter, SessionRef, StoredSegment,
+    Verifier, parse_file_name, seal, seal_from_metas, segment_name, sidecar_name, verify,
 };
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -58,6 +61,11 @@ enum Damage {
 struct Input {
     max_bytes: u16,
     max_age: u16,
+    /// Cut segments as zstd frames.
+    compress: bool,
+    /// The size a garbage segment claims to decode to (small: the fuzzer's malloc limit is
+    /// 64 MiB, and claims past the bound are refused before decoding, a unit test shows).
+    claimed: u16,
     pushes: Vec<(Vec<u8>, u16)>,
     damage: Damage,
     metas: Vec<MetaEdit>,
@@ -71,6 +79,8 @@ impl<'a> Arbitrary<'a> for Input {
         Ok(Input {
             max_bytes: u.arbitrary()?,
             max_age: u.arbitrary()?,
+            compress: u.arbitrary()?,
+            claimed: u.arbitrary()?,
             pushes: bounded_vec(u, 32)?,
             damage: u.arbitrary()?,
             metas: bounded_vec(u, 16)?,
@@ -94,6 +104,9 @@ fuzz_target!(|input: Input| {
         max_bytes: usize::from(input.max_bytes),
         max_age_micros: u64::from(input.max_age),
     });
+    if input.compress {
+        seg = seg.zstd(1);
+    }
     let mut pushed = Vec::new();
     let mut segments: Vec<(SegmentMeta, Vec<u8>)> = Vec::new();
     let mut now = 0u64;
@@ -103,7 +116,8 @@ fuzz_target!(|input: Input| {
         pushed.extend_from_slice(bytes);
         while seg.should_cut(now) {
             let (meta, bytes) = seg.cut().expect("should_cut means there is a whole line");
-            assert!(bytes.ends_with(b"\n"), "a segment cut mid-line");
+            let cast = meta.decode(&bytes).expect("a cut segment decodes");
+            assert!(cast.ends_with(b"\n"), "a segment cut mid-line");
             segments.push((meta, bytes));
         }
         assert!(seg.buffered() <= pushed.len());
@@ -112,16 +126,19 @@ fuzz_target!(|input: Input| {
         segments.push(last);
     }
     assert!(seg.finish().is_none());
-    let concat: Vec<u8> = segments
-        .iter()
-        .flat_map(|(_, b)| b.iter().copied())
-        .collect();
+    let mut concat: Vec<u8> = Vec::new();
+    for (m, b) in &segments {
+        assert_eq!(m.encoding.is_some(), input.compress);
+        concat.extend_from_slice(&m.decode(b).expect("a segment decodes"));
+    }
     assert_eq!(
         concat, pushed,
         "segments do not hold exactly the bytes pushed"
     );
     assert_eq!(seg.segments(), segments.len() as u64);
-    assert_eq!(seg.total_bytes(), pushed.len() as u64);
+    assert_eq!(seg.cast_bytes(), pushed.len() as u64);
+    let stored_total: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(seg.total_bytes(), stored_total);
 
     let metas: Vec<SegmentMeta> = segments.iter().map(|(m, _)| m.clone()).collect();
     for (i, m) in metas.iter().enumerate() {
@@ -134,6 +151,12 @@ fuzz_target!(|input: Input| {
             m.last_event_at_micros,
         )
         .expect("computing a meta from a valid one");
+        // `compute` knows the stored bytes only; the encoding is the segmenter's to say.
+        let again = SegmentMeta {
+            encoding: m.encoding,
+            cast_bytes: m.cast_bytes,
+            ..again
+        };
         assert_eq!(&again, m);
     }
     let manifest = seal(session(), metas.clone(), "now".into()).expect("a segmenter's chain seals");
@@ -148,7 +171,8 @@ fuzz_target!(|input: Input| {
         .collect();
     let report =
         verify(&manifest, &stored, Some(&manifest.head)).expect("an intact recording verifies");
-    assert_eq!(report.total_bytes, pushed.len() as u64);
+    assert_eq!(report.total_bytes, stored_total);
+    assert_eq!(manifest.cast_bytes(), pushed.len() as u64);
 
     // Any damage to the stored segments is caught.
     let mut damaged: Vec<(u64, Vec<u8>)> =
@@ -251,6 +275,20 @@ fuzz_target!(|input: Input| {
         assert!(input.given.len() == segments.len());
         for ((i, b), (m, s)) in input.given.iter().zip(&segments) {
             assert_eq!((*i, b), (m.index, s));
+        }
+    }
+
+    // Decoding arbitrary bytes as a zstd segment of an arbitrary claimed size never panics,
+    // and never yields another size than claimed.
+    let base = SegmentMeta::compute(None, b"", 0, 0).expect("first meta");
+    for (_, bytes) in &input.given {
+        let m = SegmentMeta {
+            encoding: Some(Encoding::Zstd),
+            cast_bytes: Some(u64::from(input.claimed)),
+            ..base.clone()
+        };
+        if let Ok(cast) = m.decode(bytes) {
+            assert_eq!(cast.len() as u64, u64::from(input.claimed));
         }
     }
 

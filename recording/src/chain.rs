@@ -158,7 +158,9 @@ impl SegmentMeta {
                 "it claims {want} bytes of cast, more than a segment may hold ({MAX_SEGMENT_CAST_BYTES})"
             )));
         }
-        // One byte of room, so that a frame longer than it says is caught, not truncated.
+        // Into one buffer of the claimed size plus a byte, so that a frame longer than it says
+        // is caught, not truncated. One pass, no window buffer: the claim, at most
+        // MAX_SEGMENT_CAST_BYTES, is the whole memory a segment's decoding takes.
         let out = zstd::bulk::decompress(stored, want as usize + 1)
             .map_err(|e| undecodable(format!("it is not a valid zstd frame: {e}")))?;
         if out.len() as u64 != want {
