@@ -738,23 +738,22 @@ async fn open_pod_leg(
                 None => format!("the exec request could not be built: {e}"),
             },
         })?;
-    match client.connect(exec_req).await {
-        Ok(c) => Ok(c.into_stream()),
-        Err(e) => Err(StartFailure {
+    crate::podleg::connect(client, exec_req)
+        .await
+        .map_err(|e| StartFailure {
             code: 502,
             reason: "BadGateway",
             message: format!("could not open the exec stream to the pod: {e}"),
-        }),
-    }
+        })
 }
 
 /// The requester's leg: small buffers (an idle session holds a few KiB, not tungstenite's
-/// 128 KiB per direction), and messages bounded just above the largest frame a client may send,
+/// 128 KiB per direction; reads of 4 KiB, as on the pod's leg: `podleg::config`), and messages bounded just above the largest frame a client may send,
 /// so an oversized one is refused by `frames::parse` with a clear message after at most 2 MiB,
 /// never buffered up to the library's 64 MiB default.
 fn client_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(16 << 10)
+        .read_buffer_size(4 << 10)
         .write_buffer_size(16 << 10)
         .max_write_buffer_size(4 << 20)
         .max_message_size(Some(2 * frames::MAX_CLIENT_FRAME))

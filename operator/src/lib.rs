@@ -28,6 +28,8 @@ pub mod moderation;
 pub mod observe;
 #[cfg(feature = "runtime")]
 pub mod peer;
+#[cfg(feature = "runtime")]
+pub mod podleg;
 pub mod policy;
 #[cfg(feature = "runtime")]
 pub mod recorder;

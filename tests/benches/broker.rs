@@ -664,7 +664,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = operator_rss_kib(self.env).await.context("operator RSS")?;
             println!(
-                "operator RSS with {n} idle sessions: {rss} KiB, {:.1} KiB per session above the idle operator (target < 100 KiB)",
+                "operator RSS with {n} idle sessions: {rss} KiB, {:.1} KiB per session above the idle operator (target <= 64 KiB at 1,000)",
                 rss.saturating_sub(base) as f64 / n as f64
             );
         }
