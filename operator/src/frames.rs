@@ -94,6 +94,15 @@ pub struct TermSize {
     pub rows: u16,
 }
 
+/// Whether a control document is a JSON object. serde also reads a struct from an array
+/// (`[80,24]` as a resize), which no client or API server sends; the fuzz target `control_json`
+/// found it, since a generic JSON reader sees no `Width` in it.
+fn is_object(doc: &[u8]) -> bool {
+    doc.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        == Some(&b'{')
+}
+
 #[derive(Deserialize)]
 struct ResizeDoc {
     #[serde(rename = "Width")]
@@ -117,6 +126,11 @@ pub enum ControlError {
 pub fn parse_resize(doc: &[u8]) -> Result<TermSize, ControlError> {
     if doc.len() > MAX_CONTROL_JSON {
         return Err(ControlError::TooLarge(doc.len()));
+    }
+    if !is_object(doc) {
+        return Err(ControlError::BadResize(
+            "a resize is a JSON object, {\"Width\":COLS,\"Height\":ROWS}".into(),
+        ));
     }
     let r: ResizeDoc =
         serde_json::from_slice(doc).map_err(|e| ControlError::BadResize(e.to_string()))?;
@@ -168,6 +182,11 @@ pub enum Outcome {
 pub fn exit_code(doc: &[u8]) -> Result<Outcome, ControlError> {
     if doc.len() > MAX_CONTROL_JSON {
         return Err(ControlError::TooLarge(doc.len()));
+    }
+    if !is_object(doc) {
+        return Err(ControlError::BadStatus(
+            "the status is not a JSON object (a Kubernetes Status)".into(),
+        ));
     }
     let s: StatusDoc =
         serde_json::from_slice(doc).map_err(|e| ControlError::BadStatus(e.to_string()))?;
@@ -222,6 +241,19 @@ mod tests {
     #[test]
     fn every_channel_parses() {
         assert_eq!(parse(&[0, b'a'], 10), Ok(Frame::Stdin(b"a")));
+        // Documents in array form, which serde would read as the structs, are refused.
+        assert!(matches!(
+            parse_resize(b"[2,2]"),
+            Err(ControlError::BadResize(_))
+        ));
+        assert!(matches!(
+            exit_code(b" [\"Success\"]"),
+            Err(ControlError::BadStatus(_))
+        ));
+        assert_eq!(
+            parse_resize(b" \n{\"Width\":2,\"Height\":3}"),
+            Ok(TermSize { cols: 2, rows: 3 })
+        );
         assert_eq!(parse(&[1, b'b'], 10), Ok(Frame::Stdout(b"b")));
         assert_eq!(parse(&[2, b'c'], 10), Ok(Frame::Stderr(b"c")));
         assert_eq!(parse(&[3, b'{'], 10), Ok(Frame::Status(b"{")));
