@@ -38,7 +38,7 @@ use crate::{
     moderated::{self, Announcer, Held},
     moderation,
     recorder::Recorder,
-    recording::cast::Event,
+    recording::cast::{Event, Stream},
     watch::{Hub, Shown},
 };
 
@@ -1155,8 +1155,19 @@ async fn relay(
     // full), a policy that requires one ends the session; otherwise the relay goes on unrecorded
     // and the recording says where it stopped.
     macro_rules! rec {
-        ($ev:expr) => {{
-            if let Err(why) = recorder.record($ev).await
+        ($ev:expr) => {
+            recorded!(recorder.record($ev).await)
+        };
+    }
+    // Stream bytes go to the recorder as a slice of the message they came in: no copy.
+    macro_rules! rec_data {
+        ($stream:expr, $data:expr) => {
+            recorded!(recorder.record_data($stream, $data.slice(1..)).await)
+        };
+    }
+    macro_rules! recorded {
+        ($result:expr) => {{
+            if let Err(why) = $result
                 && limits.recording_required
             {
                 end_with_notice!(
@@ -1192,12 +1203,12 @@ async fn relay(
                     };
                     // Watchers get the message's own buffer: the frame as the API server sent it.
                     match (frame, &status) {
-                        (Ok(Frame::Stdout(d)), _) => {
-                            rec!(Event::Output(d.to_vec()));
+                        (Ok(Frame::Stdout(_)), _) => {
+                            rec_data!(Stream::Out, data);
                             hub.publish(Shown::Output(data.clone()));
                         }
-                        (Ok(Frame::Stderr(d)), _) => {
-                            rec!(Event::Error(d.to_vec()));
+                        (Ok(Frame::Stderr(_)), _) => {
+                            rec_data!(Stream::Err, data);
                             hub.publish(Shown::Error(data.clone()));
                         }
                         (_, Some(Ok(Outcome::Exited(code)))) => {
@@ -1260,8 +1271,8 @@ async fn relay(
                         continue;
                     }
                     let forward = match frames::parse(&data, frames::MAX_CLIENT_FRAME) {
-                        Ok(Frame::Stdin(d)) if stdin_allowed => {
-                            rec!(Event::Input(d.to_vec()));
+                        Ok(Frame::Stdin(_)) if stdin_allowed => {
+                            rec_data!(Stream::In, data);
                             true
                         }
                         Ok(Frame::Close(0)) if stdin_allowed => {

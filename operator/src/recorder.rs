@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::{
     recording::{
-        cast::{CastReader, CastWriter, Converter, Event, Export, Header, SessionFacts},
+        cast::{CastReader, CastWriter, Converter, Event, Export, Header, SessionFacts, Stream},
         chain::{self, SegmentLimits, SegmentMeta, Segmenter, SessionRef},
     },
     spool::Spool,
@@ -34,7 +34,15 @@ const QUEUE: usize = 64;
 const QUEUE_BYTES: usize = 256 << 10;
 
 /// An event on its way to the recorder, holding its share of the byte bound until written.
-type Queued = (Duration, Event, tokio::sync::OwnedSemaphorePermit);
+type Queued = (Duration, Item, tokio::sync::OwnedSemaphorePermit);
+
+/// What the recorder is handed.
+#[derive(Debug)]
+enum Item {
+    Event(Event),
+    /// Bytes of a stream, a slice of the relay's own message (no copy).
+    Data(Stream, axum::body::Bytes),
+}
 /// Largest manifest or segment read back.
 pub const MAX_OBJECT: u64 = 64 << 20;
 
@@ -139,10 +147,25 @@ impl Recorder {
     /// Records an event now. Waits when the recorder is behind (backpressure). An error says
     /// the recording stopped (the spool is full, or the disk failed): nothing more is recorded.
     pub async fn record(&self, ev: Event) -> Result<(), String> {
+        self.queue(Item::Event(ev)).await
+    }
+
+    /// [`Self::record`] for the bytes of a stream, given as a slice of the relay's own message:
+    /// the recorder holds it until encoded, with no copy.
+    pub async fn record_data(
+        &self,
+        stream: Stream,
+        bytes: axum::body::Bytes,
+    ) -> Result<(), String> {
+        self.queue(Item::Data(stream, bytes)).await
+    }
+
+    async fn queue(&self, item: Item) -> Result<(), String> {
         let at = self.started.elapsed();
-        let len = match &ev {
-            Event::Output(b) | Event::Error(b) | Event::Input(b) => b.len(),
-            _ => 1,
+        let len = match &item {
+            Item::Event(Event::Output(b) | Event::Error(b) | Event::Input(b)) => b.len(),
+            Item::Data(_, b) => b.len(),
+            Item::Event(_) => 1,
         };
         // A frame larger than the whole bound waits until the queue is empty, then goes alone.
         let share = u32::try_from(len.clamp(1, QUEUE_BYTES)).unwrap_or(1);
@@ -155,7 +178,7 @@ impl Recorder {
         let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
             return Err(stopped());
         };
-        if self.tx.send((at, ev, permit)).await.is_err() {
+        if self.tx.send((at, item, permit)).await.is_err() {
             return Err(stopped());
         }
         Ok(())
@@ -206,10 +229,13 @@ async fn run(
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some((at, ev, _permit)) => {
+                    Some((at, item, _permit)) => {
                         last = at;
                         buf.clear();
-                        writer.event(at, &ev, &mut buf);
+                        match &item {
+                            Item::Event(ev) => writer.event(at, ev, &mut buf),
+                            Item::Data(stream, bytes) => writer.data_event(at, *stream, bytes, &mut buf),
+                        };
                         let micros = micros(at);
                         if seg.would_overflow(buf.len()) && let Some(cut) = seg.cut() {
                             write_segment(&spool, &prefix, &mut metas, cut).await?;

@@ -292,10 +292,14 @@ pub enum Event {
     Marker(String),
 }
 
+/// Which stream bytes belong to, for [`CastWriter::data_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stream {
+pub enum Stream {
+    /// The command's stdout ([`Event::Output`]).
     Out,
+    /// The command's stderr ([`Event::Error`]).
     Err,
+    /// The requester's stdin ([`Event::Input`]).
     In,
 }
 
@@ -470,6 +474,20 @@ impl CastWriter {
                 out,
             ),
         }
+        out.len() - start
+    }
+
+    /// [`CastWriter::event`] for output, error or input bytes borrowed from elsewhere (the
+    /// relay's own message), so that they need not be copied into an [`Event`] first.
+    pub fn data_event(
+        &mut self,
+        at: Duration,
+        stream: Stream,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let start = out.len();
+        self.data(stream, bytes, written_micros(at), out);
         out.len() - start
     }
 
