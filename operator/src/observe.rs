@@ -307,21 +307,13 @@ pub async fn observe(
     tokio::spawn(
         async move {
             announce(&state, &session, &hub, &watcher, true).await;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(watcher_ws_config()),
-                    )
-                    .await;
+            match watcher_ws(on_upgrade).await {
+                Some(ws) => {
                     info!(mode = ?watcher.mode, "watching");
                     serve(ws, &state, &caller, &session, &watcher, start, sub).await;
                 }
-                Err(e) => {
-                    warn!(error = %e, "the watcher's upgrade failed");
-                    drop(sub);
-                }
+                // Left before the announcement of the leave, as `serve` leaves.
+                None => drop(sub),
             }
             info!("stopped watching");
             announce(&state, &session, &hub, &watcher, false).await;
@@ -333,6 +325,24 @@ pub async fn observe(
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The watcher's WebSocket, once its upgrade completes (`None`, logged, if it fails).
+async fn watcher_ws(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Ws> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(
+            WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(watcher_ws_config()),
+            )
+            .await,
+        ),
+        Err(e) => {
+            warn!(error = %e, "the watcher's upgrade failed");
+            None
+        }
+    }
+}
 
 /// The watcher's leg: a watcher sends only two short text messages, so what it sends is
 /// bounded at 64 KiB (not tungstenite's 64 MiB default), and the buffers are small.
@@ -421,19 +431,10 @@ async fn forward(
     let span = info_span!("forwarded watch", broker = %broker);
     tokio::spawn(
         async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(watcher_ws_config()),
-                    )
-                    .await;
-                    info!("forwarding");
-                    splice(ws, upstream).await;
-                    info!("forwarding ended");
-                }
-                Err(e) => warn!(error = %e, "the watcher's upgrade failed"),
+            if let Some(ws) = watcher_ws(on_upgrade).await {
+                info!("forwarding");
+                splice(ws, upstream).await;
+                info!("forwarding ended");
             }
         }
         .instrument(span),

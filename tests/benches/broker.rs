@@ -353,7 +353,7 @@ impl Bench {
                 // left the spool for MinIO; the others (whose CPU the polling below would add
                 // to) at the end of the stream.
                 wait_phase(&self.admin, &self.t.namespace, &name, Phase::Succeeded).await?;
-                let stored = recorded_bytes(&self.admin, &self.t.namespace, &name).await?;
+                let stored = stored_bytes(&self.admin, &self.t.namespace, &name).await?;
                 wait_spool_empty(self.env).await?;
                 let uploaded = cpu_now(&pids);
                 for c in ["aexec-operator", "minio"] {
@@ -921,7 +921,7 @@ impl Runs {
 }
 
 /// The size of a session's recording in the store (`status.recording.bytes`).
-async fn recorded_bytes(client: &Client, ns: &str, name: &str) -> Result<u64> {
+async fn stored_bytes(client: &Client, ns: &str, name: &str) -> Result<u64> {
     let s = Api::<ExecSession>::namespaced(client.clone(), ns)
         .get(name)
         .await?;
