@@ -493,10 +493,12 @@ async fn large_recording_streams_complete_in_bounded_memory() {
     eprintln!("operator memory growth while serving a {size}-byte recording: {growth:?}");
     // Reading the whole recording into memory costs at least twice its size (measured: 34 MiB
     // for v3 and 60 MiB for v2 of this one); streaming holds a segment or two (measured: at
-    // most 2 MiB).
+    // most 2 MiB before segments were compressed; since, the RSS growth seen while serving
+    // text reached 6.1 MiB in one CI run of three: decoded segments, the converter's output
+    // and the allocator's retained pages). Half the size still catches any whole-file read.
     for (format, g) in growth {
         assert!(
-            g < size / 3,
+            g < size / 2,
             "serving {format} grew the operator by {g} bytes for a {size}-byte recording"
         );
     }
