@@ -1159,10 +1159,10 @@ async fn relay(
             recorded!(recorder.record($ev).await)
         };
     }
-    // Stream bytes go to the recorder as a slice of the message they came in: no copy.
+    // Stream bytes are encoded straight from the message they came in: no copy.
     macro_rules! rec_data {
         ($stream:expr, $data:expr) => {
-            recorded!(recorder.record_data($stream, $data.slice(1..)).await)
+            recorded!(recorder.record_data($stream, &$data[1..]).await)
         };
     }
     macro_rules! recorded {

@@ -1,11 +1,17 @@
-//! The recorder: a task per session that turns relayed frames into asciicast v3, cuts it into
-//! hash-chained segments, spools each segment (and its sidecar) as soon as it is cut (at most
-//! every 2 s or 1 MiB) for upload to the store, and seals the recording with a manifest at the
-//! end. If the spool refuses a segment (full: the store has been down too long), the recording
-//! stops, is sealed as interrupted, and the relay is told, so a policy that requires recording
-//! ends the session (fail closed).
+//! The recorder: turns relayed frames into asciicast v3, cuts it into hash-chained segments,
+//! spools each segment (and its sidecar) as soon as it is cut (at most every 2 s or 1 MiB) for
+//! upload to the store, and seals the recording with a manifest at the end. If the spool refuses
+//! a segment (full: the store has been down too long), the recording stops, is sealed as
+//! interrupted, and the relay is told, so a policy that requires recording ends the session
+//! (fail closed).
 //!
-//! The relay hands events over a bounded channel: when storage is slow the relay waits, so memory
+//! The work is split in two. The relay encodes each event itself, into a buffer of its own
+//! ([`Pending`]): a frame costs it the encoding and no hand-over. Every [`CHUNK`] bytes, and at
+//! the latest every [`TICK`], the encoded lines go to the session's recorder task, which cuts,
+//! compresses, hashes and spools them. So the recorder task is woken once per chunk, not once
+//! per frame (docs/performance.md: the wake-ups cost more than the encoding).
+//!
+//! The chunks travel over a bounded channel: when storage is slow the relay waits, so memory
 //! stays bounded and nothing is dropped silently.
 
 use std::{
@@ -15,7 +21,7 @@ use std::{
 
 use aexec_crds::{ExecSession, RecordingStatus};
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 use tracing::warn;
 
 use crate::{
@@ -26,23 +32,38 @@ use crate::{
     spool::Spool,
 };
 
-/// Events in flight between the relay and the recorder, bounded in number and in bytes: a
-/// recorder that falls behind (a slow disk, a busy CPU) slows its session instead of growing
-/// memory. The byte bound is what matters under load: 64 frames of 32 KiB would be 2 MiB per
-/// session.
-const QUEUE: usize = 64;
-const QUEUE_BYTES: usize = 256 << 10;
+/// Encoded lines the relay gathers before handing them to the recorder task (the last event
+/// may take a chunk past it).
+const CHUNK: usize = 64 << 10;
+/// Chunks in flight between the relay and the recorder: with the chunk being gathered, at most
+/// 5 chunks (320 KiB plus five events) per session wait for a recorder that falls behind (a slow
+/// disk, a busy CPU), which slows its session instead of growing memory.
+const QUEUE: usize = 4;
+/// How often the recorder task takes what the relay gathered when the chunks do not fill: the
+/// most a quiet session's recording lags behind it (docs/records.md: what a crash can lose).
+const TICK: Duration = Duration::from_millis(500);
 
-/// An event on its way to the recorder, holding its share of the byte bound until written.
-type Queued = (Duration, Item, tokio::sync::OwnedSemaphorePermit);
+/// Encoded lines on their way to the recorder task, with the times of their first and last
+/// events.
+type Chunk = (Vec<u8>, Duration, Duration);
 
-/// What the recorder is handed.
+/// What the relay has encoded and not yet handed over.
 #[derive(Debug)]
-enum Item {
-    Event(Event),
-    /// Bytes of a stream, a slice of the relay's own message (no copy).
-    Data(Stream, axum::body::Bytes),
+struct Pending {
+    writer: CastWriter,
+    buf: Vec<u8>,
+    first: Option<Duration>,
+    last: Duration,
 }
+
+impl Pending {
+    /// Takes the gathered lines, if any.
+    fn take(&mut self) -> Option<Chunk> {
+        let first = self.first.take()?;
+        Some((std::mem::take(&mut self.buf), first, self.last))
+    }
+}
+
 /// Largest manifest or segment read back.
 pub const MAX_OBJECT: u64 = 64 << 20;
 
@@ -57,8 +78,8 @@ pub fn prefix(session: &ExecSession) -> String {
 /// The handle the relay feeds.
 #[derive(Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<Queued>,
-    budget: Arc<tokio::sync::Semaphore>,
+    tx: mpsc::Sender<Chunk>,
+    pending: Arc<Mutex<Pending>>,
     task: tokio::task::JoinHandle<Finished>,
     started: tokio::time::Instant,
     failure: Arc<OnceLock<String>>,
@@ -122,21 +143,31 @@ impl Recorder {
     pub fn start(spool: Arc<Spool>, session: &ExecSession) -> Self {
         let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let header = Header::new(facts(session), timestamp, None);
+        let (writer, head_line) = CastWriter::new(&header);
+        let pending = Arc::new(Mutex::new(Pending {
+            writer,
+            buf: Vec::new(),
+            first: None,
+            last: Duration::ZERO,
+        }));
         let (tx, rx) = mpsc::channel(QUEUE);
         let failure = Arc::new(OnceLock::new());
         let interrupted = Arc::new(OnceLock::new());
         let task = tokio::spawn(run(
-            spool,
-            prefix(session),
-            session_ref(session),
-            header,
+            Task {
+                spool,
+                prefix: prefix(session),
+                session: session_ref(session),
+                pending: pending.clone(),
+                failure: failure.clone(),
+                interrupted: interrupted.clone(),
+            },
+            head_line,
             rx,
-            failure.clone(),
-            interrupted.clone(),
         ));
         Recorder {
             tx,
-            budget: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
+            pending,
             task,
             started: tokio::time::Instant::now(),
             failure,
@@ -147,39 +178,54 @@ impl Recorder {
     /// Records an event now. Waits when the recorder is behind (backpressure). An error says
     /// the recording stopped (the spool is full, or the disk failed): nothing more is recorded.
     pub async fn record(&self, ev: Event) -> Result<(), String> {
-        self.queue(Item::Event(ev)).await
+        self.encode(|w, at, out| {
+            w.event(at, &ev, out);
+        })
+        .await
     }
 
-    /// [`Self::record`] for the bytes of a stream, given as a slice of the relay's own message:
-    /// the recorder holds it until encoded, with no copy.
-    pub async fn record_data(
+    /// [`Self::record`] for the bytes of a stream, encoded straight from the relay's own
+    /// message, with no copy.
+    pub async fn record_data(&self, stream: Stream, bytes: &[u8]) -> Result<(), String> {
+        self.encode(|w, at, out| {
+            w.data_event(at, stream, bytes, out);
+        })
+        .await
+    }
+
+    async fn encode(
         &self,
-        stream: Stream,
-        bytes: axum::body::Bytes,
+        write: impl FnOnce(&mut CastWriter, Duration, &mut Vec<u8>),
     ) -> Result<(), String> {
-        self.queue(Item::Data(stream, bytes)).await
-    }
-
-    async fn queue(&self, item: Item) -> Result<(), String> {
+        if let Some(why) = self.failure.get() {
+            return Err(why.clone());
+        }
         let at = self.started.elapsed();
-        let len = match &item {
-            Item::Event(Event::Output(b) | Event::Error(b) | Event::Input(b)) => b.len(),
-            Item::Data(_, b) => b.len(),
-            Item::Event(_) => 1,
-        };
-        // A frame larger than the whole bound waits until the queue is empty, then goes alone.
-        let share = u32::try_from(len.clamp(1, QUEUE_BYTES)).unwrap_or(1);
-        let stopped = || {
-            self.failure
-                .get()
-                .cloned()
-                .unwrap_or_else(|| "the recorder stopped".into())
-        };
-        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
-            return Err(stopped());
-        };
-        if self.tx.send((at, item, permit)).await.is_err() {
-            return Err(stopped());
+        // The lock is held until a full chunk is queued, so chunks reach the recorder task in
+        // the order they were written (its tick takes the rest only when nobody holds it).
+        let mut p = self.pending.lock().await;
+        let Pending {
+            writer, buf, first, ..
+        } = &mut *p;
+        let before = buf.len();
+        write(writer, at, buf);
+        if buf.len() > before {
+            first.get_or_insert(at);
+            p.last = at;
+        }
+        if p.buf.len() >= CHUNK
+            && let Some(chunk) = p.take()
+        {
+            if self.tx.send(chunk).await.is_err() {
+                return Err(self
+                    .failure
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| "the recorder stopped".into()));
+            }
+            // A session that filled a chunk is likely to fill the next: room for it at once,
+            // rather than growing from nothing (a quiet session's buffer starts empty).
+            p.buf.reserve(CHUNK + CHUNK / 4);
         }
         Ok(())
     }
@@ -192,6 +238,17 @@ impl Recorder {
 
     /// Ends the recording: flushes, seals, and returns what goes into the session's status.
     pub async fn finish(self) -> Finished {
+        let last = self.started.elapsed();
+        {
+            let mut p = self.pending.lock().await;
+            let Pending { writer, buf, .. } = &mut *p;
+            let before = buf.len();
+            writer.finish(last, buf);
+            if buf.len() > before {
+                p.first.get_or_insert(last);
+                p.last = last;
+            }
+        }
         drop(self.tx);
         self.task.await.unwrap_or_else(|e| Finished {
             status: None,
@@ -200,69 +257,95 @@ impl Recorder {
     }
 }
 
-async fn run(
+/// What the recorder task works with.
+struct Task {
     spool: Arc<Spool>,
     prefix: String,
     session: SessionRef,
-    header: Header,
-    mut rx: mpsc::Receiver<Queued>,
+    pending: Arc<Mutex<Pending>>,
     failure: Arc<OnceLock<String>>,
     interrupted: Arc<OnceLock<String>>,
-) -> Finished {
-    let (mut writer, head_line) = CastWriter::new(&header);
+}
+
+/// Pushes a chunk into the segment, cutting before it if it would overflow and after it if the
+/// segment is full or old enough.
+async fn push(
+    t: &Task,
+    seg: &mut Segmenter,
+    metas: &mut Vec<SegmentMeta>,
+    (bytes, first, last): Chunk,
+) -> Result<(), String> {
+    if seg.would_overflow(bytes.len())
+        && let Some(cut) = seg.cut()
+    {
+        write_segment(&t.spool, &t.prefix, metas, cut).await?;
+    }
+    seg.push_span(&bytes, micros(first), micros(last));
+    if seg.should_cut(micros(last))
+        && let Some(cut) = seg.cut()
+    {
+        write_segment(&t.spool, &t.prefix, metas, cut).await?;
+    }
+    Ok(())
+}
+
+async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finished {
     // Segments are stored as zstd frames (level 1): a tenth of the bytes for terminal text and
     // next to nothing for runs of NULs, so less to hash, spool and upload (docs/performance.md).
     let mut seg = Segmenter::new(SegmentLimits::default()).zstd(1);
     seg.push(head_line.as_bytes(), 0);
     let mut metas: Vec<SegmentMeta> = Vec::new();
-    let mut buf = Vec::new();
     let started = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last = Duration::ZERO;
+    let mut tick = tokio::time::interval(TICK);
     let stopped: Result<(), String> = async {
         // The header goes to the spool at once, as segment 0: a replica killed in the first
         // seconds still leaves a recording that says who ran what, where (the output of those
         // seconds is what such a crash can lose: docs/records.md).
         if let Some(cut) = seg.cut() {
-            write_segment(&spool, &prefix, &mut metas, cut).await?;
+            write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
         }
         loop {
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some((at, item, _permit)) => {
-                        last = at;
-                        buf.clear();
-                        match &item {
-                            Item::Event(ev) => writer.event(at, ev, &mut buf),
-                            Item::Data(stream, bytes) => writer.data_event(at, *stream, bytes, &mut buf),
-                        };
-                        let micros = micros(at);
-                        if seg.would_overflow(buf.len()) && let Some(cut) = seg.cut() {
-                            write_segment(&spool, &prefix, &mut metas, cut).await?;
-                        }
-                        seg.push(&buf, micros);
-                        if seg.should_cut(micros) && let Some(cut) = seg.cut() {
-                            write_segment(&spool, &prefix, &mut metas, cut).await?;
-                        }
-                    }
+                chunk = rx.recv() => match chunk {
+                    Some(chunk) => push(&t, &mut seg, &mut metas, chunk).await?,
                     None => break,
                 },
                 _ = tick.tick() => {
+                    // What the relay gathered since, unless it is queueing a chunk right now
+                    // (then the queue is read first, and the rest waits for the next tick).
+                    let gathered = match t.pending.try_lock() {
+                        Ok(mut p) if rx.is_empty() => p.take(),
+                        _ => None,
+                    };
+                    if let Some(chunk) = gathered {
+                        push(&t, &mut seg, &mut metas, chunk).await?;
+                    }
                     if seg.should_cut(micros(started.elapsed())) && let Some(cut) = seg.cut() {
-                        write_segment(&spool, &prefix, &mut metas, cut).await?;
+                        write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
                     }
                 }
             }
         }
-        buf.clear();
-        writer.finish(last, &mut buf);
-        seg.push(&buf, micros(last));
+        // The relay is done (`finish` wrote the writer's last bytes): the rest, then the seal.
+        let rest = t.pending.lock().await.take();
+        if let Some(chunk) = rest {
+            let (bytes, first, last) = chunk;
+            seg.push_span(&bytes, micros(first), micros(last));
+        }
         if let Some(cut) = seg.finish() {
-            write_segment(&spool, &prefix, &mut metas, cut).await?;
+            write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
         }
         Ok(())
     }
     .await;
+    let Task {
+        spool,
+        prefix,
+        session,
+        failure,
+        interrupted,
+        ..
+    } = t;
     let sealed_at = chrono::Utc::now().to_rfc3339();
     let (manifest, failure_msg) = match stopped {
         Ok(()) if interrupted.get().is_some() => {
@@ -878,6 +961,68 @@ mod tests {
         assert_eq!(cast.header.aexec.requester.username, "alice");
         assert_eq!(cast.header.aexec.pod, "web");
         assert!(cast.events.is_empty(), "{:?}", cast.events);
+    }
+
+    #[tokio::test]
+    async fn what_the_relay_gathers_reaches_the_spool_in_order_by_chunk_or_by_tick() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let s = session();
+        let rec = Recorder::start(spool.clone(), &s);
+        // A quiet session: a few bytes, far from a chunk, are in a segment within the segment's
+        // age limit and a tick.
+        rec.record_data(Stream::Out, b"quiet\r\n")
+            .await
+            .expect("record");
+        let sidecar = dir
+            .path()
+            .join("spool/ns/s1-u-1")
+            .join(chain::sidecar_name(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !sidecar.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the quiet output was not spooled within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Bursts that fill chunks, with pauses in which ticks take partial ones: every byte is
+        // recorded once, in order (arbitrary bytes, frames cutting UTF-8 sequences included).
+        let mut expected = b"quiet\r\n".to_vec();
+        let mut x: u32 = 7;
+        for i in 0..300u32 {
+            let len = (i * 997 % 9000 + 1) as usize;
+            let frame: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            rec.record_data(Stream::Out, &frame).await.expect("record");
+            expected.extend_from_slice(&frame);
+            if i % 100 == 50 {
+                tokio::time::sleep(TICK + Duration::from_millis(100)).await;
+            }
+        }
+        rec.record(Event::Exit(0)).await.expect("record");
+        let status = rec.finish().await.status.expect("sealed");
+        assert!(!status.interrupted, "{status:?}");
+        let parsed = cast::CastReader::parse(&cast_of(dir.path())).expect("a valid cast");
+        let mut out = Vec::new();
+        let mut at = Duration::ZERO;
+        for (t, ev) in &parsed.events {
+            assert!(*t >= at, "time went back: {t:?} after {at:?}");
+            at = *t;
+            if let Event::Output(b) = ev {
+                out.extend_from_slice(b);
+            }
+        }
+        assert_eq!(out.len(), expected.len());
+        assert!(
+            out == expected,
+            "the recorded output differs from what was relayed"
+        );
+        assert!(matches!(parsed.events.last(), Some((_, Event::Exit(0)))));
     }
 
     #[tokio::test]

@@ -366,12 +366,19 @@ impl Segmenter {
 
     /// Adds cast bytes written at `at_micros` (time since the session started).
     pub fn push(&mut self, bytes: &[u8], at_micros: u64) {
+        self.push_span(bytes, at_micros, at_micros);
+    }
+
+    /// [`Segmenter::push`] for the lines of several events written from `first_micros` to
+    /// `last_micros`, pushed at once.
+    pub fn push_span(&mut self, bytes: &[u8], first_micros: u64, last_micros: u64) {
         if bytes.is_empty() {
             return;
         }
         if self.first_at.is_none() {
-            self.first_at = Some(at_micros);
+            self.first_at = Some(first_micros);
         }
+        let at_micros = last_micros;
         self.last_at = at_micros;
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
