@@ -246,6 +246,9 @@ pub async fn serve(
                 Err(e) => { warn!(error = %e, "accepting a connection"); continue; }
             },
         };
+        // Small writes (a frame, a status line) go out at once: with Nagle's algorithm on, a
+        // write behind an unacknowledged one waits for the peer's delayed ACK (up to 40 ms).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let allowed = state.front_proxy.allowed_names.clone();

@@ -88,7 +88,7 @@ pub fn lease_client(config: &kube::Config, timing: &Timing) -> kube::Result<Clie
     config.connect_timeout = Some(timing.request_timeout);
     config.read_timeout = Some(timing.request_timeout);
     config.write_timeout = Some(timing.request_timeout);
-    Client::try_from(config)
+    aexec_client::client(config)
 }
 
 /// What the election loop needs from a lease: `kube-lease-manager` in the operator, a script in

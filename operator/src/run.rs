@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use clap::{Parser, ValueEnum};
 use kube::{
-    Client, Config,
+    Config,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{events::Reporter, reflector::Store},
 };
@@ -295,7 +295,7 @@ pub async fn run(args: Args) -> Result<()> {
     // Sessions claimed before this instant belong to an earlier process of this instance.
     let process_started = k8s_openapi::jiff::Timestamp::now();
     let config = config(args.kubeconfig.as_ref()).await?;
-    let client = Client::try_from(config.clone())?;
+    let client = aexec_client::client(config.clone())?;
     let metrics = Metrics::default();
     let spool = Arc::new(
         crate::spool::Spool::open(

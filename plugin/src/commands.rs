@@ -39,14 +39,21 @@ pub async fn exec(c: &Conn, args: &ExecArgs) -> Result<i32> {
     {
         eprintln!("{w}");
     }
-    let pod = target::find_pod(&c.client, &c.namespace, &target).await?;
+    // The pod and who the caller is, asked at once (two round trips in the time of one); the
+    // pod's answer is looked at first, so the error shown does not depend on which came back
+    // first.
+    let (pod, me) = tokio::join!(
+        target::find_pod(&c.client, &c.namespace, &target),
+        connect::whoami(&c.client)
+    );
+    let pod = pod?;
     let (container, notice) = target::resolve_container(&pod, args.container.as_deref())?;
     if let Some(n) = notice
         && !args.quiet
     {
         eprintln!("{n}");
     }
-    let me = connect::whoami(&c.client).await?;
+    let me = me?;
     let spec = ExecSessionSpec {
         pod: pod.metadata.name.clone().unwrap_or_default(),
         container: Some(container),

@@ -81,7 +81,7 @@ pub async fn connect(global: &Global) -> Result<Conn> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(|e| {
+    let client = aexec_client::client(config).map_err(|e| {
         Error::Kubeconfig(format!("cannot build a client from the kubeconfig: {e}"))
     })?;
     Ok(Conn { client, namespace })

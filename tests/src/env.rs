@@ -749,7 +749,7 @@ impl TestEnv {
 pub async fn client_from(path: &Path) -> Result<Client> {
     let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
+    Ok(aexec_client::client(config)?)
 }
 
 /// Server-side applies the CRDs checked in under `crds/` and waits until they are established.
