@@ -2,7 +2,8 @@
 //! against plain exec to the same pod through the same API server, measured side by side in one
 //! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
 //! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run, and
-//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint` (any of them) picks sections.
+//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale` (any of them) picks
+//! sections; `AEXEC_BENCH_CHARTS=DIR` has the scale section draw `DIR/scale.svg`.
 //!
 //! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
 //! (a v5 WebSocket to `pods/exec`), the aexec side a v5 WebSocket to `execsessions/attach`,
@@ -27,6 +28,9 @@ use serde_json::json;
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+#[path = "broker/chart.rs"]
+mod chart;
 
 struct Bench {
     env: &'static TestEnv,
@@ -99,6 +103,9 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
     }
     if run("footprint") {
         b.footprint().await?;
+    }
+    if run("scale") {
+        b.scale().await?;
     }
     Ok(())
 }
@@ -740,6 +747,172 @@ impl Bench {
         Ok(())
     }
 
+    /// How the operator's cost grows: its CPU and RSS with 1, 10, 100 and 1,000 sessions
+    /// attached, idle and then busy (each session echoes `KEY` bytes every `BEAT`: a person
+    /// typing into a shell that answers), and the aggregate throughput of 1, 4 and 16 bulk
+    /// streams at once, plain exec against aexec. Printed as tables, and drawn into
+    /// `$AEXEC_BENCH_CHARTS/scale.svg` when that is set (`./dev bench` sets it to docs/).
+    async fn scale(&mut self) -> Result<()> {
+        const KEY: usize = 1024;
+        const BEAT: Duration = Duration::from_millis(100);
+        let counts: &[usize] = if self.quick {
+            &[1, 10]
+        } else {
+            &[1, 10, 100, 1000]
+        };
+        let busy_for = if self.quick {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        };
+        let base = operator_rss_kib(self.env).await.context("operator RSS")?;
+        println!(
+            "\nHow cost grows with sessions (operator; idle: attached `cat`, nothing typed; busy: each session echoes {KEY} bytes every {} ms)",
+            BEAT.as_millis()
+        );
+        println!("operator RSS with no session: {base} KiB");
+        println!(
+            "| sessions | idle RSS / session | idle CPU | busy RSS / session | busy CPU | busy echo, all sessions | echo p99 |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        let mut rows = Vec::new();
+        let mut held: Vec<Ws> = Vec::new();
+        for &n in counts {
+            while held.len() < n {
+                let name = self.session(&["cat"], true, false).await?;
+                held.push(self.attach(&name).await?);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let idle_rss = operator_rss_kib(self.env).await.context("operator RSS")?;
+            let (c0, t0) = (operator_cpu(self.env).await, Instant::now());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let idle_cpu = cpu_share(c0, operator_cpu(self.env).await, t0);
+            // Busy: every session types and reads its echo, on the same beat.
+            let (c0, t0) = (operator_cpu(self.env).await, Instant::now());
+            let tasks: Vec<_> = held
+                .drain(..)
+                .map(|ws| tokio::spawn(echo_for(ws, KEY, BEAT, busy_for)))
+                .collect();
+            let mut peak = 0u64;
+            while !tasks.iter().all(|t| t.is_finished()) {
+                if let Some(r) = operator_rss_kib(self.env).await {
+                    peak = peak.max(r);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let busy_cpu = cpu_share(c0, operator_cpu(self.env).await, t0);
+            let secs = t0.elapsed().as_secs_f64();
+            let (mut echoed, mut waits) = (0u64, Vec::new());
+            for t in tasks {
+                let (ws, bytes, w) = t.await??;
+                echoed += bytes;
+                waits.extend(w);
+                held.push(ws);
+            }
+            let row = chart::ScaleRow {
+                sessions: n,
+                idle_rss_kib: idle_rss.saturating_sub(base) as f64 / n as f64,
+                idle_cpu,
+                busy_rss_kib: peak.saturating_sub(base) as f64 / n as f64,
+                busy_cpu,
+                echo_kib_s: echoed as f64 / 1024.0 / secs,
+            };
+            println!(
+                "| {n} | {:.1} KiB | {:.1}% | {:.1} KiB | {:.1}% | {:.0} KiB/s (asked {:.0}) | {:.1} ms |",
+                row.idle_rss_kib,
+                row.idle_cpu,
+                row.busy_rss_kib,
+                row.busy_cpu,
+                row.echo_kib_s,
+                (n * KEY) as f64 / 1024.0 / BEAT.as_secs_f64(),
+                if waits.is_empty() {
+                    f64::NAN
+                } else {
+                    percentile(waits, 0.99)
+                },
+            );
+            rows.push(row);
+        }
+        for mut ws in held {
+            let _ = ws.send(Message::Binary(vec![255, 0].into())).await;
+            let _ = ws.close(None).await;
+        }
+        println!(
+            "  CPU is the operator's share of one core (100% = one core of {}); RSS above the operator with no session",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+
+        // Bulk streams at once: the same bytes in all, split among the streams.
+        let total: u64 = if self.quick { 32 } else { 256 };
+        println!(
+            "\nConcurrent bulk streams ({total} MiB of NULs in all, split evenly; medians of 3)"
+        );
+        println!("| streams | plain exec MiB/s | aexec MiB/s | aexec / plain | operator ms/MiB |");
+        println!("|---|---|---|---|---|");
+        let mut streams = Vec::new();
+        let mut short = Shortfalls::default();
+        for k in [1usize, 4, 16] {
+            let each = total / k as u64;
+            let cmd_s = format!("head -c {} /dev/zero", each << 20);
+            let cmd = ["sh", "-c", cmd_s.as_str()];
+            let (mut plain, mut aexec, mut op) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..self.repeats(3) {
+                let start = Instant::now();
+                let mut socks = Vec::new();
+                for _ in 0..k {
+                    socks.push(self.plain(&cmd, false, false).await?);
+                }
+                for d in futures::future::try_join_all(socks.iter_mut().map(drain)).await? {
+                    short.check(&format!("plain exec, {k} streams"), d.bytes, each);
+                }
+                plain.push(total as f64 / start.elapsed().as_secs_f64());
+
+                let mut names = Vec::new();
+                for _ in 0..k {
+                    names.push(self.session(&cmd, false, false).await?);
+                }
+                let c0 = operator_cpu(self.env).await;
+                let start = Instant::now();
+                let mut socks = Vec::new();
+                for name in &names {
+                    socks.push(self.attach(name).await?);
+                }
+                for d in futures::future::try_join_all(socks.iter_mut().map(drain)).await? {
+                    short.check(&format!("aexec, {k} streams"), d.bytes, each);
+                }
+                aexec.push(total as f64 / start.elapsed().as_secs_f64());
+                for name in &names {
+                    wait_phase(&self.admin, &self.t.namespace, name, Phase::Succeeded).await?;
+                }
+                wait_spool_empty(self.env).await?;
+                if let (Some(a), Some(b)) = (c0, operator_cpu(self.env).await) {
+                    op.push((b - a) * 1000.0 / total as f64);
+                }
+            }
+            let row = chart::StreamsRow {
+                streams: k,
+                plain_mib_s: median(plain),
+                aexec_mib_s: median(aexec),
+                operator_ms_per_mib: if op.is_empty() { f64::NAN } else { median(op) },
+            };
+            println!(
+                "| {k} | {:.0} | {:.0} | {:.2}x | {:.2} |",
+                row.plain_mib_s,
+                row.aexec_mib_s,
+                row.aexec_mib_s / row.plain_mib_s,
+                row.operator_ms_per_mib
+            );
+            streams.push(row);
+        }
+        short.print("the concurrent streams");
+        if let Some(dir) = std::env::var_os("AEXEC_BENCH_CHARTS") {
+            let path = std::path::Path::new(&dir).join("scale.svg");
+            chart::scale(&path, &rows, &streams, &machine())?;
+            println!("drawn: {}", path.display());
+        }
+        Ok(())
+    }
+
     /// `kubectl exec` as admin; returns the stdout byte count.
     async fn kubectl(&self, cmd: &[&str], stdin: Option<&[u8]>) -> Result<u64> {
         use tokio::io::AsyncReadExt;
@@ -1098,6 +1271,47 @@ fn cpu_of(stat_path: &str) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// The share of one core the operator used since `c0` (its CPU seconds) at `t0`, in percent.
+fn cpu_share(c0: Option<f64>, c1: Option<f64>, t0: Instant) -> f64 {
+    match (c0, c1) {
+        (Some(a), Some(b)) => (b - a) * 100.0 / t0.elapsed().as_secs_f64(),
+        _ => f64::NAN,
+    }
+}
+
+/// A session that types `key` bytes every `beat` into `cat` and reads them back, for `time`:
+/// returns the connection, the bytes echoed, and how long each echo took (ms).
+async fn echo_for(
+    mut ws: Ws,
+    key: usize,
+    beat: Duration,
+    time: Duration,
+) -> Result<(Ws, u64, Vec<f64>)> {
+    let mut frame = vec![b'k'; key + 1];
+    frame[0] = 0;
+    let mut tick = tokio::time::interval(beat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let until = Instant::now() + time;
+    let (mut echoed, mut waits) = (0u64, Vec::new());
+    while Instant::now() < until {
+        tick.tick().await;
+        let sent = Instant::now();
+        ws.send(Message::Binary(frame.clone().into())).await?;
+        let mut got = 0;
+        while got < key {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&1) => got += b.len() - 1,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("a busy session ended"),
+            }
+        }
+        echoed += got as u64;
+        waits.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok((ws, echoed, waits))
 }
 
 /// The operator's CPU time so far (user + system), in seconds.
