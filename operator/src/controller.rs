@@ -250,12 +250,37 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
 
     // Dereference: only sessions that can still change need the pod and the namespace.
     let live = !before.is_terminal() && before != Phase::Active;
+    // A session's first decision (approve or deny at once are final) is made on the policies
+    // as the API server has them: the cache comes from another watch and may not have seen a
+    // policy created just before the session (right after a start, the session list can be
+    // newer than the policy list), which would deny the session for want of a policy.
+    let from_api = || async {
+        Api::<ExecPolicy>::all(ctx.client.clone())
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|source| Error::Read {
+                what: "the ExecPolicies".into(),
+                source,
+            })
+    };
+    let first = session.status.is_none() && live;
+    let mut listed = None;
     let (pod, ns_labels, pod_labels) = if live {
-        // Both reads at once: they are on the path from a request to its decision.
+        // The reads at once: they are on the path from a request to its decision.
         let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
         let namespaces = Api::<Namespace>::all(ctx.client.clone());
-        let (pod, namespace) =
-            tokio::join!(pods.get_opt(&session.spec.pod), namespaces.get_opt(&ns));
+        let (pod, namespace, policies) = tokio::join!(
+            pods.get_opt(&session.spec.pod),
+            namespaces.get_opt(&ns),
+            async {
+                match first {
+                    true => Some(from_api().await),
+                    false => None,
+                }
+            }
+        );
+        listed = policies;
         let pod = pod.map_err(|source| Error::Read {
             what: format!("pod {ns}/{}", session.spec.pod),
             source,
@@ -276,29 +301,13 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         Ok(Ok(())) => {}
         _ => return Err(Error::PoliciesUnavailable),
     }
-    // A session's first decision (approve or deny at once are final) is made on the policies
-    // as the API server has them: the cache comes from another watch and may not have seen a
-    // policy created just before the session (right after a start, the session list can be
-    // newer than the policy list), which would deny the session for want of a policy.
     let labels = TargetLabels {
         namespace: &ns_labels,
         pod: &pod_labels,
     };
-    let from_api = || async {
-        Api::<ExecPolicy>::all(ctx.client.clone())
-            .list(&Default::default())
-            .await
-            .map(|l| l.items)
-            .map_err(|source| Error::Read {
-                what: "the ExecPolicies".into(),
-                source,
-            })
-    };
-    let first = session.status.is_none() && live;
-    let mut policies: Vec<ExecPolicy> = if first {
-        from_api().await?
-    } else {
-        ctx.policies.state().iter().map(|p| (**p).clone()).collect()
+    let mut policies: Vec<ExecPolicy> = match listed {
+        Some(listed) => listed?,
+        None => ctx.policies.state().iter().map(|p| (**p).clone()).collect(),
     };
     // The same holds later while the session is Pending: a cache that does not (yet) select the
     // policy the session was decided under would move it to another policy's decision (or
