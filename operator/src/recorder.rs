@@ -40,7 +40,8 @@ const CHUNK: usize = 64 << 10;
 /// disk, a busy CPU), which slows its session instead of growing memory.
 const QUEUE: usize = 4;
 /// How often the recorder task takes what the relay gathered when the chunks do not fill: the
-/// most a quiet session's recording lags behind it (docs/records.md: what a crash can lose).
+/// most a quiet session's recording lags behind it (docs/architecture.md, "Crash recovery":
+/// what a crash can lose).
 const TICK: Duration = Duration::from_millis(500);
 
 /// Encoded lines on their way to the recorder task, with the times of their first and last
@@ -300,7 +301,7 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
     let stopped: Result<(), String> = async {
         // The header goes to the spool at once, as segment 0: a replica killed in the first
         // seconds still leaves a recording that says who ran what, where (the output of those
-        // seconds is what such a crash can lose: docs/records.md).
+        // seconds is what such a crash can lose: docs/architecture.md, "Crash recovery").
         if let Some(cut) = seg.cut() {
             write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
         }
