@@ -7,8 +7,9 @@
 //!
 //! The work is split in two. The relay encodes each event itself, into a buffer of its own
 //! ([`Pending`]): a frame costs it the encoding and no hand-over. Every [`CHUNK`] bytes, and at
-//! the latest every [`TICK`], the encoded lines go to the session's recorder task, which cuts,
-//! compresses, hashes and spools them. So the recorder task is woken once per chunk, not once
+//! the latest [`TICK`] after the first write into an empty buffer, the encoded lines go to the
+//! session's recorder task, which cuts, compresses, hashes and spools them; a session that shows
+//! nothing leaves its task asleep. So the recorder task is woken once per chunk, not once
 //! per frame (docs/performance.md: the wake-ups cost more than the encoding).
 //!
 //! The chunks travel over a bounded channel: when storage is slow the relay waits, so memory
@@ -21,7 +22,7 @@ use std::{
 
 use aexec_crds::{ExecSession, RecordingStatus};
 use anyhow::{Context, Result};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc};
 use tracing::warn;
 
 use crate::{
@@ -39,8 +40,9 @@ const CHUNK: usize = 64 << 10;
 /// 5 chunks (320 KiB plus five events) per session wait for a recorder that falls behind (a slow
 /// disk, a busy CPU), which slows its session instead of growing memory.
 const QUEUE: usize = 4;
-/// How often the recorder task takes what the relay gathered when the chunks do not fill: the
-/// most a quiet session's recording lags behind it (docs/architecture.md, "Crash recovery":
+/// How often the recorder task takes what the relay gathered when the chunks do not fill (from
+/// the relay's first write into an empty buffer on): the most a quiet session's recording lags
+/// behind it (docs/architecture.md, "Crash recovery":
 /// what a crash can lose).
 const TICK: Duration = Duration::from_millis(500);
 
@@ -81,6 +83,9 @@ pub fn prefix(session: &ExecSession) -> String {
 pub struct Recorder {
     tx: mpsc::Sender<Chunk>,
     pending: Arc<Mutex<Pending>>,
+    /// Told when the relay writes into an empty buffer: the recorder task looks at the buffer
+    /// only from then until it has taken it, so an idle session's task sleeps.
+    wake: Arc<Notify>,
     task: tokio::task::JoinHandle<Finished>,
     started: tokio::time::Instant,
     failure: Arc<OnceLock<String>>,
@@ -152,6 +157,7 @@ impl Recorder {
             last: Duration::ZERO,
         }));
         let (tx, rx) = mpsc::channel(QUEUE);
+        let wake = Arc::new(Notify::new());
         let failure = Arc::new(OnceLock::new());
         let interrupted = Arc::new(OnceLock::new());
         let task = tokio::spawn(run(
@@ -160,6 +166,7 @@ impl Recorder {
                 prefix: prefix(session),
                 session: session_ref(session),
                 pending: pending.clone(),
+                wake: wake.clone(),
                 failure: failure.clone(),
                 interrupted: interrupted.clone(),
             },
@@ -169,6 +176,7 @@ impl Recorder {
         Recorder {
             tx,
             pending,
+            wake,
             task,
             started: tokio::time::Instant::now(),
             failure,
@@ -211,6 +219,9 @@ impl Recorder {
         let before = buf.len();
         write(writer, at, buf);
         if buf.len() > before {
+            if first.is_none() {
+                self.wake.notify_one();
+            }
             first.get_or_insert(at);
             p.last = at;
         }
@@ -264,6 +275,7 @@ struct Task {
     prefix: String,
     session: SessionRef,
     pending: Arc<Mutex<Pending>>,
+    wake: Arc<Notify>,
     failure: Arc<OnceLock<String>>,
     interrupted: Arc<OnceLock<String>>,
 }
@@ -298,6 +310,11 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
     let mut metas: Vec<SegmentMeta> = Vec::new();
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether the relay wrote lines this task has not taken yet (it says so through `wake`).
+    // The task ticks only then, or while a segment waits to be cut: a session that shows
+    // nothing costs no wake-up at all (1,000 idle sessions woke 2,000 times a second).
+    let mut armed = false;
     let stopped: Result<(), String> = async {
         // The header goes to the spool at once, as segment 0: a replica killed in the first
         // seconds still leaves a recording that says who ran what, where (the output of those
@@ -306,20 +323,30 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
             write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
         }
         loop {
+            let ticking = armed || seg.buffered() > 0;
             tokio::select! {
                 chunk = rx.recv() => match chunk {
                     Some(chunk) => push(&t, &mut seg, &mut metas, chunk).await?,
                     None => break,
                 },
-                _ = tick.tick() => {
+                () = t.wake.notified(), if !ticking => {
+                    // The first tick a whole TICK from now: what the relay writes meanwhile is
+                    // taken in one go.
+                    armed = true;
+                    tick.reset();
+                }
+                _ = tick.tick(), if ticking => {
                     // What the relay gathered since, unless it is queueing a chunk right now
                     // (then the queue is read first, and the rest waits for the next tick).
                     let gathered = match t.pending.try_lock() {
-                        Ok(mut p) if rx.is_empty() => p.take(),
+                        Ok(mut p) if rx.is_empty() => Some(p.take()),
                         _ => None,
                     };
                     if let Some(chunk) = gathered {
-                        push(&t, &mut seg, &mut metas, chunk).await?;
+                        armed = false;
+                        if let Some(chunk) = chunk {
+                            push(&t, &mut seg, &mut metas, chunk).await?;
+                        }
                     }
                     if seg.should_cut(micros(started.elapsed())) && let Some(cut) = seg.cut() {
                         write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
