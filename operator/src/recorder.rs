@@ -70,6 +70,9 @@ impl Pending {
 /// Largest manifest or segment read back.
 pub const MAX_OBJECT: u64 = 64 << 20;
 
+/// How much of a segment's cast is read, converted or sent at a time when a recording is served.
+const PIECE: usize = 64 << 10;
+
 /// Where a session's recording lives in the store.
 pub fn prefix(session: &ExecSession) -> String {
     let ns = session.metadata.namespace.clone().unwrap_or_default();
@@ -609,9 +612,13 @@ pub async fn verify_at(
                 let cast = meta
                     .decode(&bytes)
                     .map_err(|e| ReadError::Verification(e.to_string()))?;
-                r.feed(&cast, &mut events)
-                    .map_err(|e| ReadError::Cast(e.to_string()))?;
-                events.clear();
+                // A piece at a time: the events read are dropped as they come, so a segment's
+                // worth of them (more than the segment) is never held.
+                for piece in cast.chunks(PIECE) {
+                    r.feed(piece, &mut events)
+                        .map_err(|e| ReadError::Cast(e.to_string()))?;
+                    events.clear();
+                }
             }
         }
         verifier
@@ -659,15 +666,43 @@ impl Verified {
             prefix: String,
             segments: std::vec::IntoIter<SegmentMeta>,
             converter: Option<Converter>,
+            /// The segment being sent, as cast, and how much of it was.
+            cast: Vec<u8>,
+            sent: usize,
         }
         let pass = Pass {
             store: self.store,
             prefix: self.prefix,
             segments: self.manifest.segments.into_iter(),
             converter: export.map(Converter::new),
+            cast: Vec::new(),
+            sent: 0,
         };
+        // A segment goes out in pieces of at most PIECE bytes (converted: about as many): the
+        // response's buffers (the body, TLS) hold a piece, not a segment.
         futures::stream::try_unfold(pass, |mut pass| async move {
             loop {
+                if pass.sent < pass.cast.len() {
+                    let end = (pass.sent + PIECE).min(pass.cast.len());
+                    let piece = &pass.cast[pass.sent..end];
+                    let out = match &mut pass.converter {
+                        None => piece.to_vec(),
+                        Some(c) => {
+                            let mut out = Vec::with_capacity(piece.len() + piece.len() / 4);
+                            c.feed(piece, &mut out).map_err(|e| e.to_string())?;
+                            out
+                        }
+                    };
+                    pass.sent = end;
+                    if pass.sent == pass.cast.len() {
+                        pass.cast = Vec::new();
+                        pass.sent = 0;
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Ok(Some((out, pass)));
+                }
                 let Some(meta) = pass.segments.next() else {
                     let mut out = Vec::new();
                     if let Some(c) = pass.converter.take() {
@@ -686,21 +721,10 @@ impl Verified {
                         "the recording changed while it was being sent: {e}"
                     ));
                 }
-                let cast = match meta.encoding {
+                pass.cast = match meta.encoding {
                     None => bytes,
                     Some(_) => meta.decode(&bytes).map_err(|e| e.to_string())?.into_owned(),
                 };
-                match &mut pass.converter {
-                    None => return Ok(Some((cast, pass))),
-                    Some(c) => {
-                        let mut out = Vec::with_capacity(cast.len() + cast.len() / 4);
-                        c.feed(&cast, &mut out).map_err(|e| e.to_string())?;
-                        drop(cast);
-                        if !out.is_empty() {
-                            return Ok(Some((out, pass)));
-                        }
-                    }
-                }
             }
         })
     }
@@ -1108,6 +1132,19 @@ mod tests {
             assert_eq!(err, None);
             assert!(out == expected, "{export:?} differs");
             assert!(chunks >= 3, "{export:?}: {chunks} chunks");
+            // Sent a piece at a time, never a segment at once (the response's buffers hold a
+            // piece): the converted forms may grow a piece by a few bytes per line.
+            let v = verify(spool.clone(), &s, export).await.expect("verifies");
+            let largest = std::pin::pin!(v.stream(export))
+                .fold(
+                    0,
+                    |m, item| async move { m.max(item.expect("piece").len()) },
+                )
+                .await;
+            assert!(
+                largest <= PIECE + PIECE / 4,
+                "{export:?}: a piece of {largest} bytes"
+            );
         }
     }
 
