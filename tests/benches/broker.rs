@@ -589,6 +589,28 @@ impl Bench {
         // Where aexec's time goes: create, the approval seen on a watch, the attach (the
         // operator claims the session and opens the pod's stream), the command to its status.
         let mut phases: [Vec<f64>; 4] = Default::default();
+        // Each session's changes as a watch on the namespace sees them (when, name, finalizer
+        // set, phase): where the approval's time goes.
+        type Seen = Vec<(Instant, String, bool, Phase)>;
+        let seen: std::sync::Arc<std::sync::Mutex<Seen>> = Default::default();
+        let log = seen.clone();
+        let api: Api<ExecSession> = Api::namespaced(self.admin.clone(), &self.t.namespace);
+        let watch = tokio::spawn(async move {
+            let mut events = std::pin::pin!(kube::runtime::watcher(api, Default::default()));
+            while let Some(Ok(ev)) = events.next().await {
+                if let kube::runtime::watcher::Event::Apply(s) = ev
+                    && let Ok(mut log) = log.lock()
+                {
+                    log.push((
+                        Instant::now(),
+                        s.name_any(),
+                        !s.finalizers().is_empty(),
+                        s.phase(),
+                    ));
+                }
+            }
+        });
+        let mut steps: [Vec<f64>; 3] = Default::default();
         for _ in 0..self.repeats(15) {
             let start = Instant::now();
             let mut ws = self.plain(&cmd, false, false).await?;
@@ -618,6 +640,22 @@ impl Bench {
             {
                 phases[i].push((to - from).as_secs_f64() * 1000.0);
             }
+            let at = |want: &dyn Fn(bool, Phase) -> bool| {
+                seen.lock().ok().and_then(|log| {
+                    log.iter()
+                        .find(|(_, n, f, p)| *n == name && want(*f, *p))
+                        .map(|(t, ..)| t.duration_since(start).as_secs_f64() * 1000.0)
+                })
+            };
+            if let (Some(a), Some(f), Some(p)) = (
+                at(&|_, _| true),
+                at(&|f, _| f),
+                at(&|_, p| p == Phase::Approved),
+            ) {
+                steps[0].push(a);
+                steps[1].push(f - a);
+                steps[2].push(p - f);
+            }
 
             let start = Instant::now();
             self.kubectl(&cmd, None).await?;
@@ -634,10 +672,17 @@ impl Bench {
             "time to exit status of `true`, API calls: plain {p:.1} ms, aexec {a:.1} ms (create + auto-approve + attach), ratio {:.2}x",
             a / p,
         );
+        watch.abort();
         let [c, ap, at, run] = phases.map(median);
         println!(
             "  aexec's time: create {c:.1} ms, approval seen on a watch {ap:.1} ms, attach (claim, pod's stream opened) {at:.1} ms, command to exit status {run:.1} ms"
         );
+        if steps.iter().all(|v| !v.is_empty()) {
+            let [added, finalizer, approved] = steps.map(median);
+            println!(
+                "  the approval, on a watch of the namespace: the session seen {added:.1} ms after the create began, its finalizer {finalizer:.1} ms later, Approved {approved:.1} ms after that"
+            );
+        }
         let k = median(kubectl);
         if kubectl_aexec.is_empty() {
             println!(
