@@ -958,6 +958,21 @@ mod tests {
         (out, None, chunks)
     }
 
+    /// Waits (at most 5 s) until segment `index`'s sidecar is in the spool.
+    async fn wait_for_sidecar(root: &Path, index: u64) {
+        let sidecar = root
+            .join("spool/ns/s1-u-1")
+            .join(chain::sidecar_name(index));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !sidecar.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no segment {index} in the spool after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn cast_of(root: &Path) -> Vec<u8> {
         let dir = root.join("spool/ns/s1-u-1");
         let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -986,18 +1001,7 @@ mod tests {
         let mut s = session();
         let rec = Recorder::start(spool.clone(), &s);
         // No event, no tick: only the start writes segment 0 (and its sidecar).
-        let sidecar = dir
-            .path()
-            .join("spool/ns/s1-u-1")
-            .join(chain::sidecar_name(0));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !sidecar.exists() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no segment 0 after 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_sidecar(dir.path(), 0).await;
         // The replica dies here: the recorder never finishes.
         rec.task.abort();
         let status = seal_interrupted(&spool, &s, "the replica stopped")
@@ -1026,18 +1030,7 @@ mod tests {
         rec.record_data(Stream::Out, b"quiet\r\n")
             .await
             .expect("record");
-        let sidecar = dir
-            .path()
-            .join("spool/ns/s1-u-1")
-            .join(chain::sidecar_name(1));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !sidecar.exists() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the quiet output was not spooled within 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_sidecar(dir.path(), 1).await;
         // Bursts that fill chunks, with pauses in which ticks take partial ones: every byte is
         // recorded once, in order (arbitrary bytes, frames cutting UTF-8 sequences included).
         let mut expected = b"quiet\r\n".to_vec();

@@ -775,11 +775,7 @@ impl Bench {
         println!("operator RSS, no session attached: {} KiB", base);
         let mut held: Vec<Ws> = Vec::new();
         for &n in counts {
-            while held.len() < n {
-                let name = self.session(&["cat"], true, false).await?;
-                held.push(self.attach(&name).await?);
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.hold_idle(&mut held, n).await?;
             let rss = operator_rss_kib(self.env).await.context("operator RSS")?;
             println!(
                 "operator RSS with {n} idle sessions: {rss} KiB, {:.1} KiB per session above the idle operator (target <= 64 KiB at 1,000)",
@@ -790,6 +786,16 @@ impl Bench {
             let _ = ws.send(Message::Binary(vec![255, 0].into())).await;
             let _ = ws.close(None).await;
         }
+        Ok(())
+    }
+
+    /// Attaches sessions running `cat` until `held` has `n`, then lets them settle (2 s).
+    async fn hold_idle(&mut self, held: &mut Vec<Ws>, n: usize) -> Result<()> {
+        while held.len() < n {
+            let name = self.session(&["cat"], true, false).await?;
+            held.push(self.attach(&name).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
         Ok(())
     }
 
@@ -825,11 +831,7 @@ impl Bench {
         let mut rows = Vec::new();
         let mut held: Vec<Ws> = Vec::new();
         for &n in counts {
-            while held.len() < n {
-                let name = self.session(&["cat"], true, false).await?;
-                held.push(self.attach(&name).await?);
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.hold_idle(&mut held, n).await?;
             let idle_rss = operator_rss_kib(self.env).await.context("operator RSS")?;
             let (c0, t0) = (operator_cpu(self.env).await, Instant::now());
             tokio::time::sleep(Duration::from_secs(5)).await;

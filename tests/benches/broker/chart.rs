@@ -182,6 +182,22 @@ pub fn scale(
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let sessions: Vec<f64> = rows.iter().map(|r| r.sessions as f64).collect();
+    // An idle and a busy series of one measure, by session count.
+    let idle_busy =
+        |busy_name: &'static str, idle: fn(&ScaleRow) -> f64, busy: fn(&ScaleRow) -> f64| {
+            [
+                Series {
+                    name: "idle",
+                    colour: BLUE,
+                    points: rows.iter().map(|r| (r.sessions as f64, idle(r))).collect(),
+                },
+                Series {
+                    name: busy_name,
+                    colour: ORANGE,
+                    points: rows.iter().map(|r| (r.sessions as f64, busy(r))).collect(),
+                },
+            ]
+        };
     if !sessions.is_empty() {
         panel(
             &mut svg,
@@ -190,24 +206,11 @@ pub fn scale(
             ("attached sessions", "KiB per session"),
             &sessions,
             true,
-            &[
-                Series {
-                    name: "idle",
-                    colour: BLUE,
-                    points: rows
-                        .iter()
-                        .map(|r| (r.sessions as f64, r.idle_rss_kib))
-                        .collect(),
-                },
-                Series {
-                    name: "busy (1 KiB echoed / 100 ms)",
-                    colour: ORANGE,
-                    points: rows
-                        .iter()
-                        .map(|r| (r.sessions as f64, r.busy_rss_kib))
-                        .collect(),
-                },
-            ],
+            &idle_busy(
+                "busy (1 KiB echoed / 100 ms)",
+                |r| r.idle_rss_kib,
+                |r| r.busy_rss_kib,
+            ),
         );
         panel(
             &mut svg,
@@ -216,24 +219,7 @@ pub fn scale(
             ("attached sessions", "% of one core"),
             &sessions,
             true,
-            &[
-                Series {
-                    name: "idle",
-                    colour: BLUE,
-                    points: rows
-                        .iter()
-                        .map(|r| (r.sessions as f64, r.idle_cpu))
-                        .collect(),
-                },
-                Series {
-                    name: "busy",
-                    colour: ORANGE,
-                    points: rows
-                        .iter()
-                        .map(|r| (r.sessions as f64, r.busy_cpu))
-                        .collect(),
-                },
-            ],
+            &idle_busy("busy", |r| r.idle_cpu, |r| r.busy_cpu),
         );
     }
     let ks: Vec<f64> = streams.iter().map(|r| r.streams as f64).collect();
