@@ -7,13 +7,14 @@ pub mod policy;
 pub mod session;
 
 pub use policy::{
-    ApprovalRule, ExecPolicy, ExecPolicySpec, ModerationRule, OnModeratorLeave, PolicyDecision,
-    PolicyLimits,
+    AllowCopy, ApprovalRule, ExecPolicy, ExecPolicySpec, ModerationRule, OnModeratorLeave,
+    PolicyDecision, PolicyLimits,
 };
 pub use session::{
-    Decision, ExecSession, ExecSessionSpec, ExecSessionStatus, MAX_COMMAND_URL_BYTES,
-    ModerationState, ModerationStatus, Phase, RecordingStatus, SessionLimits, SessionRecordStatus,
-    UserRef, WatchMode, WatcherEntry, command_too_long, command_url_bytes,
+    CopyDirection, CopySpec, Decision, ExecSession, ExecSessionSpec, ExecSessionStatus,
+    MAX_COMMAND_URL_BYTES, ModerationState, ModerationStatus, Phase, RecordingStatus,
+    SessionLimits, SessionRecordStatus, UserRef, WatchMode, WatcherEntry, clean_path,
+    command_too_long, command_url_bytes, copy_command,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -219,6 +219,38 @@ pub struct PolicyLimits {
     /// (default true: fail closed).
     #[serde(default = "yes")]
     pub recording_required: bool,
+
+    /// File copies (`kubectl aexec cp`) this policy allows: `None` (the default), `Download`
+    /// (out of the pod), `Upload` (into it) or `Both`. A copy is governed by this alone, not by
+    /// `allowedCommands` or `allowStdin`: its command is the `tar` the copy needs.
+    #[serde(default)]
+    pub allow_copy: AllowCopy,
+}
+
+/// Which file copies a policy allows.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AllowCopy {
+    /// No copies.
+    #[default]
+    None,
+    /// Copies out of the pod only.
+    Download,
+    /// Copies into the pod only.
+    Upload,
+    /// Both ways.
+    Both,
+}
+
+impl AllowCopy {
+    /// Whether copies going `direction` are allowed.
+    pub fn allows(self, direction: crate::CopyDirection) -> bool {
+        matches!(
+            (self, direction),
+            (AllowCopy::Both, _)
+                | (AllowCopy::Download, crate::CopyDirection::Download)
+                | (AllowCopy::Upload, crate::CopyDirection::Upload)
+        )
+    }
 }
 
 fn yes() -> bool {
@@ -236,6 +268,7 @@ impl Default for PolicyLimits {
             allow_stdin: true,
             allowed_commands: None,
             recording_required: true,
+            allow_copy: AllowCopy::None,
         }
     }
 }

@@ -113,6 +113,99 @@ pub struct ExecSessionSpec {
     /// Who asked. Must equal the authenticated user creating the object; the admission policy
     /// shipped next to this CRD rejects anything else.
     pub requester: UserRef,
+
+    /// A file copy (`kubectl aexec cp`) rather than a command of the requester's choosing: the
+    /// command is then the `tar` that `kubectl cp` runs for it ([`copy_command`]), policies
+    /// allow it with `limits.allowCopy` instead of `allowedCommands`, and the recording keeps
+    /// the transferred tar stream and a list of its files with their SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopySpec>,
+}
+
+/// What a copy moves, and where.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CopySpec {
+    /// `Download` copies out of the pod, `Upload` into it.
+    pub direction: CopyDirection,
+
+    /// The path in the container: what is copied out (a file or a directory), or where the
+    /// upload lands (its last element names the file or directory written).
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
+
+    /// The path on the requester's machine, as they gave it: for the people reading the
+    /// session, not checked by anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub local: Option<String>,
+}
+
+/// Which way a copy goes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CopyDirection {
+    /// Out of the pod, to the requester.
+    Download,
+    /// From the requester, into the pod.
+    Upload,
+}
+
+impl CopyDirection {
+    /// The direction as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyDirection::Download => "Download",
+            CopyDirection::Upload => "Upload",
+        }
+    }
+}
+
+/// `path` cleaned as a slash-separated path (Go's `path.Clean`): repeated slashes, `.` and
+/// `..` elements resolved lexically; `..` above the root of an absolute path is dropped; an
+/// empty result is `.`.
+pub fn clean_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|p| *p != "..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push("..");
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_owned(),
+        (false, false) => joined,
+    }
+}
+
+/// The command a copy runs in the container, exactly as `kubectl cp` builds it: `tar cf -
+/// PATH` to copy out; `tar -xmf - -C DIR`, `DIR` being the destination's directory (Go's
+/// `path.Dir`: `.` for a bare name), to copy in (the uploaded tar's entries are named after the
+/// destination's last element).
+pub fn copy_command(copy: &CopySpec) -> Vec<String> {
+    let mut argv: Vec<String> = match copy.direction {
+        CopyDirection::Download => vec!["tar".into(), "cf".into(), "-".into(), copy.path.clone()],
+        CopyDirection::Upload => vec!["tar".into(), "-xmf".into(), "-".into()],
+    };
+    if copy.direction == CopyDirection::Upload {
+        let dest = clean_path(&copy.path);
+        let dir = match dest.rfind('/') {
+            Some(0) => "/",
+            Some(i) => &dest[..i],
+            None => ".",
+        };
+        argv.extend(["-C".to_owned(), dir.to_owned()]);
+    }
+    argv
 }
 
 /// The most bytes a session's command may take in the URL of the exec request the operator
@@ -494,5 +587,57 @@ impl ExecSession {
             .as_ref()
             .and_then(|s| s.phase)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_cleaned_like_go_path_clean() {
+        for (p, want) in [
+            ("/tmp//a/./b/", "/tmp/a/b"),
+            ("a/../../b", "../b"),
+            ("/../x", "/x"),
+            ("", "."),
+            ("./", "."),
+            ("/", "/"),
+            ("a/b/..", "a"),
+        ] {
+            assert_eq!(clean_path(p), want, "{p:?}");
+        }
+    }
+
+    fn copy(direction: CopyDirection, path: &str) -> Vec<String> {
+        copy_command(&CopySpec {
+            direction,
+            path: path.into(),
+            local: None,
+        })
+    }
+
+    #[test]
+    fn copy_commands_are_the_tar_kubectl_cp_runs() {
+        assert_eq!(
+            copy(CopyDirection::Download, "/var/log"),
+            ["tar", "cf", "-", "/var/log"]
+        );
+        assert_eq!(
+            copy(CopyDirection::Upload, "/tmp/x/file.txt"),
+            ["tar", "-xmf", "-", "-C", "/tmp/x"]
+        );
+        assert_eq!(
+            copy(CopyDirection::Upload, "/file.txt"),
+            ["tar", "-xmf", "-", "-C", "/"]
+        );
+        assert_eq!(
+            copy(CopyDirection::Upload, "file.txt"),
+            ["tar", "-xmf", "-", "-C", "."]
+        );
+        assert_eq!(
+            copy(CopyDirection::Upload, "a//b/../c"),
+            ["tar", "-xmf", "-", "-C", "a"]
+        );
     }
 }

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use aexec_crds::{
-    ApprovalRule, Decision, ExecPolicy, ExecPolicySpec, ExecSession, ExecSessionSpec,
-    ExecSessionStatus, ModerationRule, OnModeratorLeave, Phase, PolicyDecision, PolicyLimits,
-    UserRef,
+    AllowCopy, ApprovalRule, CopyDirection, CopySpec, Decision, ExecPolicy, ExecPolicySpec,
+    ExecSession, ExecSessionSpec, ExecSessionStatus, ModerationRule, OnModeratorLeave, Phase,
+    PolicyDecision, PolicyLimits, UserRef,
 };
 use arbitrary::{Arbitrary, Result, Unstructured};
 use chrono::{DateTime, Utc};
@@ -99,6 +99,12 @@ fn policy(u: &mut Unstructured<'_>) -> Result<ExecPolicy> {
             None
         },
         recording_required: u.arbitrary()?,
+        allow_copy: *u.choose(&[
+            AllowCopy::None,
+            AllowCopy::Download,
+            AllowCopy::Upload,
+            AllowCopy::Both,
+        ])?,
     };
     let spec = ExecPolicySpec {
         namespace_selector: selector(u)?,
@@ -171,6 +177,15 @@ impl<'a> Arbitrary<'a> for PolicyInput {
             tty: u.arbitrary()?,
             reason: u.arbitrary()?,
             requester: user(u)?,
+            copy: if u.arbitrary()? {
+                Some(CopySpec {
+                    direction: *u.choose(&[CopyDirection::Download, CopyDirection::Upload])?,
+                    path: Name::arbitrary(u)?.0,
+                    local: None,
+                })
+            } else {
+                None
+            },
         };
         let mut session = ExecSession::new(&Name::arbitrary(u)?.0, spec);
         session.metadata.namespace = Some(Name::arbitrary(u)?.0);

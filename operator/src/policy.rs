@@ -224,6 +224,9 @@ pub fn evaluate(
     if let Some(why) = aexec_crds::command_too_long(&spec.command) {
         return refuse(why);
     }
+    if let Some(why) = spec.copy.as_ref().and_then(|c| copy_shape(spec, c)) {
+        return refuse(why);
+    }
     let Some(policy) = policy else {
         return match default {
             DefaultPolicy::Deny => {
@@ -234,6 +237,12 @@ pub fn evaluate(
     };
     let name = policy_name(policy);
     let limits = &policy.spec.limits;
+    if let Some(copy) = &spec.copy {
+        if !limits.allow_copy.allows(copy.direction) {
+            return refuse(copy_refused(name, copy.direction, limits.allow_copy));
+        }
+        return decide(policy, spec);
+    }
     if spec.tty && !limits.allow_tty {
         return refuse(format!("policy {name} does not allow a terminal (-t)"));
     }
@@ -252,6 +261,59 @@ pub fn evaluate(
             )
         });
     }
+    decide(policy, spec)
+}
+
+/// Why a copy's session is not the copy it says it is, if it is not: its command must be the
+/// `tar` the copy needs ([`aexec_crds::copy_command`]), with standard input for an upload
+/// only, and no terminal (a terminal would mangle the tar stream).
+fn copy_shape(spec: &ExecSessionSpec, copy: &aexec_crds::CopySpec) -> Option<String> {
+    let want = aexec_crds::copy_command(copy);
+    if spec.command != want {
+        return Some(format!(
+            "a copy's command must be the tar the copy runs ({}), not {}; use kubectl aexec cp",
+            want.join(" "),
+            spec.command.join(" ")
+        ));
+    }
+    if spec.tty {
+        return Some("a copy cannot have a terminal (-t): it would alter the bytes copied".into());
+    }
+    let upload = copy.direction == aexec_crds::CopyDirection::Upload;
+    if spec.stdin != upload {
+        return Some(format!(
+            "a copy {} standard input: an upload sends the files on it, a download sends none",
+            if upload { "needs" } else { "takes no" }
+        ));
+    }
+    None
+}
+
+/// The refusal of a copy the policy does not allow.
+fn copy_refused(
+    name: &str,
+    direction: aexec_crds::CopyDirection,
+    allowed: aexec_crds::AllowCopy,
+) -> String {
+    let what = match direction {
+        aexec_crds::CopyDirection::Download => "copying files out of the pod",
+        aexec_crds::CopyDirection::Upload => "copying files into the pod",
+    };
+    let has = match allowed {
+        aexec_crds::AllowCopy::None => "no copies".to_owned(),
+        other => format!("only {other:?} copies"),
+    };
+    format!(
+        "policy {name} does not allow {what} (its limits.allowCopy allows {has}); ask the \
+         policy's owners to set limits.allowCopy to {} or Both",
+        direction.as_str()
+    )
+}
+
+/// The policy's decision, once the session's shape is allowed: the reason it requires, then
+/// approve, deny or wait for approvals.
+fn decide(policy: &ExecPolicy, spec: &ExecSessionSpec) -> Verdict {
+    let name = policy_name(policy);
     if policy.spec.reason_required && spec.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
         return refuse(format!(
             "policy {name} requires a reason (kubectl aexec -r ...)"
@@ -726,6 +788,97 @@ mod tests {
             DefaultPolicy::from_str("deny", false),
             Ok(DefaultPolicy::Deny)
         );
+    }
+
+    fn copy_spec(direction: &str, command: &[&str], stdin: bool) -> ExecSessionSpec {
+        spec(json!({
+            "command": command,
+            "stdin": stdin,
+            "copy": {"direction": direction, "path": "/data/x"},
+        }))
+    }
+
+    #[test]
+    fn copies_are_allowed_by_allow_copy_alone() {
+        let down = copy_spec("Download", &["tar", "cf", "-", "/data/x"], false);
+        let up = copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data"], true);
+        // allowedCommands and allowStdin do not govern copies; allowCopy does.
+        let p = |allow: &str| {
+            policy(
+                "files",
+                json!({"decision": "AutoApprove", "limits": {
+                    "allowCopy": allow, "allowedCommands": ["ls"], "allowStdin": false}}),
+            )
+        };
+        for (allow, down_ok, up_ok) in [
+            ("Both", true, true),
+            ("Download", true, false),
+            ("Upload", false, true),
+            ("None", false, false),
+        ] {
+            let pol = p(allow);
+            let verdict = |s| evaluate(Some(&pol), DefaultPolicy::Deny, s);
+            assert_eq!(
+                verdict(&down) == Verdict::Approve,
+                down_ok,
+                "{allow} download"
+            );
+            assert_eq!(verdict(&up) == Verdict::Approve, up_ok, "{allow} upload");
+        }
+        let m = denied(evaluate(Some(&p("Download")), DefaultPolicy::Deny, &up));
+        assert_eq!(
+            m,
+            "policy files does not allow copying files into the pod (its limits.allowCopy \
+             allows only Download copies); ask the policy's owners to set limits.allowCopy to \
+             Upload or Both"
+        );
+        // Omitted: no copies (fail closed).
+        let plain = policy("plain", json!({"decision": "AutoApprove"}));
+        let m = denied(evaluate(Some(&plain), DefaultPolicy::Deny, &down));
+        assert!(m.contains("allows no copies"), "{m}");
+        // Approvals still apply to an allowed copy.
+        let gated = policy(
+            "gated",
+            json!({"decision": "RequireApproval", "approval": {"users": ["bob"]},
+                   "limits": {"allowCopy": "Both"}}),
+        );
+        assert_eq!(
+            evaluate(Some(&gated), DefaultPolicy::Deny, &down),
+            Verdict::NeedApprovals { required: 1 }
+        );
+    }
+
+    #[test]
+    fn a_copy_must_run_exactly_its_tar_whatever_the_policy() {
+        let both = policy(
+            "files",
+            json!({"decision": "AutoApprove", "limits": {"allowCopy": "Both"}}),
+        );
+        for (s, want) in [
+            (
+                copy_spec("Download", &["sh", "-c", "cat /etc/shadow"], false),
+                "a copy's command must be the tar the copy runs (tar cf - /data/x), not sh -c \
+                 cat /etc/shadow; use kubectl aexec cp",
+            ),
+            (
+                copy_spec("Download", &["tar", "cf", "-", "/data/x"], true),
+                "a copy takes no standard input: an upload sends the files on it, a download \
+                 sends none",
+            ),
+            (
+                copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data"], false),
+                "a copy needs standard input: an upload sends the files on it, a download \
+                 sends none",
+            ),
+        ] {
+            assert_eq!(denied(evaluate(Some(&both), DefaultPolicy::Deny, &s)), want);
+            // The operator's default applies the same check when no policy governs the pod.
+            assert_eq!(denied(evaluate(None, DefaultPolicy::AutoApprove, &s)), want);
+        }
+        let mut tty = copy_spec("Download", &["tar", "cf", "-", "/data/x"], false);
+        tty.tty = true;
+        let m = denied(evaluate(Some(&both), DefaultPolicy::Deny, &tty));
+        assert!(m.contains("terminal"), "{m}");
     }
 
     #[test]
