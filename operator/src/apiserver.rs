@@ -805,7 +805,7 @@ pub async fn get_session(
         })
 }
 
-/// `?format=v3|v2|text` of `recording`.
+/// `?format=v3|v2|text|tar|files` of `recording` (`tar` and `files`: a copy's files).
 #[derive(Debug, Deserialize)]
 struct RecordingQuery {
     #[serde(default)]
@@ -838,6 +838,28 @@ async fn recording(
         if let Some(object) = q.object.as_deref() {
             return raw_object(&state, &crate::recorder::prefix(&session), object).await;
         }
+        match q.format.as_deref() {
+            Some("files") => {
+                let list = crate::recorder::file_list(&state.recordings, &session)
+                    .await
+                    .map_err(read_error)?;
+                return Ok(Json(list).into_response());
+            }
+            Some("tar") => {
+                if session.spec.copy.is_none() {
+                    return Err(status_error(
+                        404,
+                        "NotFound",
+                        "the session is not a copy (kubectl aexec cp): it has no files",
+                    ));
+                }
+                let verified = crate::recorder::verify(state.recordings.clone(), &session, None)
+                    .await
+                    .map_err(read_error)?;
+                return Ok(stream_tar(verified));
+            }
+            _ => {}
+        }
         let (export, ctype) = export_format(q.format.as_deref())?;
         // Two passes, so that memory does not grow with the recording: verify everything
         // first (a failure is still a Status), then stream it, checking each segment again.
@@ -863,7 +885,9 @@ fn export_format(
             return Err(status_error(
                 400,
                 "BadRequest",
-                format!("unknown format {other:?}: use v3, v2 or text"),
+                format!(
+                    "unknown format {other:?}: use v3, v2 or text (or, for a copy, tar or files)"
+                ),
             ));
         }
     })
@@ -908,6 +932,26 @@ fn stream_verified(
     resp
 }
 
+/// A copy's tar stream, verified (with the rest of its recording) and then streamed.
+fn stream_tar(verified: crate::recorder::Verified) -> Response {
+    use futures::TryStreamExt as _;
+    let length = verified.tar_bytes();
+    let body = axum::body::Body::from_stream(
+        verified
+            .stream_tar()
+            .map_ok(Bytes::from)
+            .map_err(std::io::Error::other),
+    );
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        body,
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(axum::http::header::CONTENT_LENGTH, length.into());
+    resp
+}
+
 /// One stored object of a session's recording (under `prefix`), byte for byte.
 async fn raw_object(state: &AppState, prefix: &str, object: &str) -> Result<Response, StatusError> {
     if crate::recording::chain::parse_file_name(object).is_none()
@@ -917,7 +961,7 @@ async fn raw_object(state: &AppState, prefix: &str, object: &str) -> Result<Resp
             400,
             "BadRequest",
             format!(
-                "unknown recording object {object:?}: use record.json, manifest.json, seg-NNNNNN.cast or seg-NNNNNN.json"
+                "unknown recording object {object:?}: use record.json, manifest.json, seg-NNNNNN.cast, seg-NNNNNN.tar, seg-NNNNNN.files.json or seg-NNNNNN.json"
             ),
         ));
     }

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use aexec_crds::{ExecSession, RecordingStatus};
+use aexec_crds::{CopyDirection, ExecSession, RecordingStatus};
 use anyhow::{Context, Result};
 use tokio::sync::{Mutex, Notify, mpsc};
 use tracing::warn;
@@ -28,7 +28,8 @@ use tracing::warn;
 use crate::{
     recording::{
         cast::{CastReader, CastWriter, Converter, Event, Export, Header, SessionFacts, Stream},
-        chain::{self, SegmentLimits, SegmentMeta, Segmenter, SessionRef},
+        chain::{self, Content, SegmentLimits, SegmentMeta, Segmenter, SessionRef},
+        transfer::{self, FileList},
     },
     spool::Spool,
 };
@@ -46,24 +47,57 @@ const QUEUE: usize = 4;
 /// what a crash can lose).
 const TICK: Duration = Duration::from_millis(500);
 
-/// Encoded lines on their way to the recorder task, with the times of their first and last
-/// events.
-type Chunk = (Vec<u8>, Duration, Duration);
+/// Bytes on their way to the recorder task, with the times of their first and last events.
+type Span = (Vec<u8>, Duration, Duration);
 
-/// What the relay has encoded and not yet handed over.
+/// What the relay hands the recorder task: encoded cast lines, or the bytes of a copy's tar
+/// stream (which are kept in segments of their own, not in the cast).
 #[derive(Debug)]
-struct Pending {
-    writer: CastWriter,
+enum Chunk {
+    Cast(Span),
+    Tar(Span),
+}
+
+/// Bytes the relay gathered and has not handed over yet, with when they came.
+#[derive(Debug, Default)]
+struct Gathered {
     buf: Vec<u8>,
     first: Option<Duration>,
     last: Duration,
 }
 
-impl Pending {
-    /// Takes the gathered lines, if any.
-    fn take(&mut self) -> Option<Chunk> {
+impl Gathered {
+    /// Notes that bytes were added at `at`; says whether the buffer was empty before.
+    fn wrote(&mut self, at: Duration) -> bool {
+        let was_empty = self.first.is_none();
+        self.first.get_or_insert(at);
+        self.last = at;
+        was_empty
+    }
+
+    /// Takes the gathered bytes, if any.
+    fn take(&mut self) -> Option<Span> {
         let first = self.first.take()?;
         Some((std::mem::take(&mut self.buf), first, self.last))
+    }
+}
+
+/// What the relay has encoded and not yet handed over.
+#[derive(Debug)]
+struct Pending {
+    writer: CastWriter,
+    cast: Gathered,
+    /// A copy's tar stream, when the session is a copy.
+    tar: Gathered,
+}
+
+impl Pending {
+    /// Takes everything gathered: the cast lines, then the tar bytes.
+    fn take(&mut self) -> [Option<Chunk>; 2] {
+        [
+            self.cast.take().map(Chunk::Cast),
+            self.tar.take().map(Chunk::Tar),
+        ]
     }
 }
 
@@ -85,6 +119,9 @@ pub fn prefix(session: &ExecSession) -> String {
 #[derive(Debug)]
 pub struct Recorder {
     tx: mpsc::Sender<Chunk>,
+    /// The stream whose bytes are a copy's tar stream (stdout for a download, stdin for an
+    /// upload): kept as they are in segments of their own, not as cast events.
+    tar_stream: Option<Stream>,
     pending: Arc<Mutex<Pending>>,
     /// Told when the relay writes into an empty buffer: the recorder task looks at the buffer
     /// only from then until it has taken it, so an idle session's task sleeps.
@@ -155,10 +192,13 @@ impl Recorder {
         let (writer, head_line) = CastWriter::new(&header);
         let pending = Arc::new(Mutex::new(Pending {
             writer,
-            buf: Vec::new(),
-            first: None,
-            last: Duration::ZERO,
+            cast: Gathered::default(),
+            tar: Gathered::default(),
         }));
+        let tar_stream = session.spec.copy.as_ref().map(|c| match c.direction {
+            CopyDirection::Download => Stream::Out,
+            CopyDirection::Upload => Stream::In,
+        });
         let (tx, rx) = mpsc::channel(QUEUE);
         let wake = Arc::new(Notify::new());
         let failure = Arc::new(OnceLock::new());
@@ -172,12 +212,14 @@ impl Recorder {
                 wake: wake.clone(),
                 failure: failure.clone(),
                 interrupted: interrupted.clone(),
+                copy: tar_stream.is_some(),
             },
             head_line,
             rx,
         ));
         Recorder {
             tx,
+            tar_stream,
             pending,
             wake,
             task,
@@ -197,8 +239,17 @@ impl Recorder {
     }
 
     /// [`Self::record`] for the bytes of a stream, encoded straight from the relay's own
-    /// message, with no copy.
+    /// message, with no copy. A copy's tar stream is kept as it is instead, apart from the
+    /// cast.
     pub async fn record_data(&self, stream: Stream, bytes: &[u8]) -> Result<(), String> {
+        if self.tar_stream == Some(stream) {
+            return self
+                .gather(|_, at, _, tar| {
+                    tar.buf.extend_from_slice(bytes);
+                    tar.wrote(at)
+                })
+                .await;
+        }
         self.encode(|w, at, out| {
             w.data_event(at, stream, bytes, out);
         })
@@ -209,6 +260,20 @@ impl Recorder {
         &self,
         write: impl FnOnce(&mut CastWriter, Duration, &mut Vec<u8>),
     ) -> Result<(), String> {
+        self.gather(|writer, at, cast, _| {
+            let before = cast.buf.len();
+            write(writer, at, &mut cast.buf);
+            cast.buf.len() > before && cast.wrote(at)
+        })
+        .await
+    }
+
+    /// Adds to what the relay gathered (`add` says whether it wrote into an empty buffer, which
+    /// wakes the recorder task), and hands a buffer over once it holds a chunk.
+    async fn gather(
+        &self,
+        add: impl FnOnce(&mut CastWriter, Duration, &mut Gathered, &mut Gathered) -> bool,
+    ) -> Result<(), String> {
         if let Some(why) = self.failure.get() {
             return Err(why.clone());
         }
@@ -216,21 +281,24 @@ impl Recorder {
         // The lock is held until a full chunk is queued, so chunks reach the recorder task in
         // the order they were written (its tick takes the rest only when nobody holds it).
         let mut p = self.pending.lock().await;
-        let Pending {
-            writer, buf, first, ..
-        } = &mut *p;
-        let before = buf.len();
-        write(writer, at, buf);
-        if buf.len() > before {
-            if first.is_none() {
-                self.wake.notify_one();
-            }
-            first.get_or_insert(at);
-            p.last = at;
+        let Pending { writer, cast, tar } = &mut *p;
+        if add(writer, at, cast, tar) {
+            self.wake.notify_one();
         }
-        if p.buf.len() >= CHUNK
-            && let Some(chunk) = p.take()
-        {
+        // A session that filled a chunk is likely to fill the next: room for it at once,
+        // rather than growing from nothing (a quiet session's buffer starts empty).
+        let full = |g: &mut Gathered| {
+            (g.buf.len() >= CHUNK).then(|| {
+                let span = g.take();
+                g.buf.reserve(CHUNK + CHUNK / 4);
+                span
+            })
+        };
+        let chunks = [
+            full(cast).flatten().map(Chunk::Cast),
+            full(tar).flatten().map(Chunk::Tar),
+        ];
+        for chunk in chunks.into_iter().flatten() {
             if self.tx.send(chunk).await.is_err() {
                 return Err(self
                     .failure
@@ -238,9 +306,6 @@ impl Recorder {
                     .cloned()
                     .unwrap_or_else(|| "the recorder stopped".into()));
             }
-            // A session that filled a chunk is likely to fill the next: room for it at once,
-            // rather than growing from nothing (a quiet session's buffer starts empty).
-            p.buf.reserve(CHUNK + CHUNK / 4);
         }
         Ok(())
     }
@@ -256,12 +321,11 @@ impl Recorder {
         let last = self.started.elapsed();
         {
             let mut p = self.pending.lock().await;
-            let Pending { writer, buf, .. } = &mut *p;
-            let before = buf.len();
-            writer.finish(last, buf);
-            if buf.len() > before {
-                p.first.get_or_insert(last);
-                p.last = last;
+            let Pending { writer, cast, .. } = &mut *p;
+            let before = cast.buf.len();
+            writer.finish(last, &mut cast.buf);
+            if cast.buf.len() > before {
+                cast.wrote(last);
             }
         }
         drop(self.tx);
@@ -281,6 +345,112 @@ struct Task {
     wake: Arc<Notify>,
     failure: Arc<OnceLock<String>>,
     interrupted: Arc<OnceLock<String>>,
+    /// The session is a copy: its tar stream is kept, and its files listed.
+    copy: bool,
+}
+
+/// The recorder task's state: the segmenter and the metas of the segments stored, and, for a
+/// copy, the tar bytes gathered for the next tar segment and the lister of its files.
+struct Recording {
+    seg: Segmenter,
+    metas: Vec<SegmentMeta>,
+    tar: Gathered,
+    lister: Option<Lister>,
+}
+
+/// Lists a copy's files as its tar stream goes by, on a thread of its own (the tar crate reads
+/// from a blocking `Read`), fed over a bounded channel: a lister that falls behind slows the
+/// copy, it never grows memory.
+struct Lister {
+    tx: mpsc::Sender<Vec<u8>>,
+    thread: tokio::task::JoinHandle<FileList>,
+}
+
+impl Lister {
+    fn start() -> Self {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let reader = channel_reader(rx);
+        let thread = tokio::task::spawn_blocking(move || transfer::list_files(reader));
+        Lister { tx, thread }
+    }
+
+    /// The list, once the stream has ended.
+    async fn finish(self) -> FileList {
+        drop(self.tx);
+        self.thread.await.unwrap_or_else(|e| FileList {
+            error: Some(format!("the listing of the copied files failed: {e}")),
+            ..FileList::default()
+        })
+    }
+}
+
+/// A blocking `Read` over the chunks of a channel, for a thread of its own: what the tar crate
+/// needs, fed by the async relay.
+fn channel_reader(rx: mpsc::Receiver<Vec<u8>>) -> impl std::io::Read {
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk)), rx))
+    });
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(chunks)))
+}
+
+impl Recording {
+    /// Takes a chunk from the relay.
+    async fn push(&mut self, t: &Task, chunk: Chunk) -> Result<(), String> {
+        match chunk {
+            Chunk::Cast(span) => push(t, &mut self.seg, &mut self.metas, span).await,
+            Chunk::Tar(span) => self.push_tar(t, span).await,
+        }
+    }
+
+    /// Adds tar bytes: to the lister, and to the next tar segment, which is stored first
+    /// if they would take it past a segment's size.
+    async fn push_tar(&mut self, t: &Task, (bytes, first, last): Span) -> Result<(), String> {
+        if let Some(l) = &self.lister {
+            // A lister gone (it never stops before its input ends) is seen at the end.
+            let _ = l.tx.send(bytes.clone()).await;
+        }
+        if self.tar.buf.len() + bytes.len() > chain::DEFAULT_MAX_BYTES {
+            self.store_tar(t).await?;
+        }
+        self.tar.buf.extend_from_slice(&bytes);
+        self.tar.wrote(first);
+        self.tar.last = last;
+        Ok(())
+    }
+
+    /// Stores the tar bytes gathered as the next segment.
+    async fn store_tar(&mut self, t: &Task) -> Result<(), String> {
+        let Some((bytes, first, last)) = self.tar.take() else {
+            return Ok(());
+        };
+        let cut = self
+            .seg
+            .emit_content(bytes, Content::Tar, micros(first), micros(last));
+        write_segment(&t.spool, &t.prefix, &mut self.metas, cut).await
+    }
+
+    /// Whether the tar bytes gathered are as old as a segment may be (what a crash can lose
+    /// is bounded as for the cast).
+    fn tar_due(&self, now: Duration) -> bool {
+        self.tar
+            .first
+            .is_some_and(|f| micros(now.saturating_sub(f)) >= chain::DEFAULT_MAX_AGE_MICROS)
+    }
+
+    /// At the end of a copy: the last tar bytes, then the list of the files, each as a
+    /// segment.
+    async fn finish_copy(&mut self, t: &Task, now: Duration) -> Result<(), String> {
+        self.store_tar(t).await?;
+        let Some(lister) = self.lister.take() else {
+            return Ok(());
+        };
+        let list = lister.finish().await;
+        let json = serde_json::to_vec(&list).map_err(|e| e.to_string())?;
+        let at = micros(now);
+        let cut = self.seg.emit_content(json, Content::Files, at, at);
+        write_segment(&t.spool, &t.prefix, &mut self.metas, cut).await
+    }
 }
 
 /// Pushes a chunk into the segment, cutting before it if it would overflow and after it if the
@@ -289,7 +459,7 @@ async fn push(
     t: &Task,
     seg: &mut Segmenter,
     metas: &mut Vec<SegmentMeta>,
-    (bytes, first, last): Chunk,
+    (bytes, first, last): Span,
 ) -> Result<(), String> {
     if seg.would_overflow(bytes.len())
         && let Some(cut) = seg.cut()
@@ -310,7 +480,12 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
     // next to nothing for runs of NULs, so less to hash, spool and upload (docs/performance.md).
     let mut seg = Segmenter::new(SegmentLimits::default()).zstd(1);
     seg.push(head_line.as_bytes(), 0);
-    let mut metas: Vec<SegmentMeta> = Vec::new();
+    let mut r = Recording {
+        seg,
+        metas: Vec::new(),
+        tar: Gathered::default(),
+        lister: t.copy.then(Lister::start),
+    };
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,14 +497,14 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
         // The header goes to the spool at once, as segment 0: a replica killed in the first
         // seconds still leaves a recording that says who ran what, where (the output of those
         // seconds is what such a crash can lose: docs/architecture.md, "Crash recovery").
-        if let Some(cut) = seg.cut() {
-            write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
+        if let Some(cut) = r.seg.cut() {
+            write_segment(&t.spool, &t.prefix, &mut r.metas, cut).await?;
         }
         loop {
-            let ticking = armed || seg.buffered() > 0;
+            let ticking = armed || r.seg.buffered() > 0 || r.tar.first.is_some();
             tokio::select! {
                 chunk = rx.recv() => match chunk {
-                    Some(chunk) => push(&t, &mut seg, &mut metas, chunk).await?,
+                    Some(chunk) => r.push(&t, chunk).await?,
                     None => break,
                 },
                 () = t.wake.notified(), if !ticking => {
@@ -345,30 +520,40 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
                         Ok(mut p) if rx.is_empty() => Some(p.take()),
                         _ => None,
                     };
-                    if let Some(chunk) = gathered {
+                    if let Some(chunks) = gathered {
                         armed = false;
-                        if let Some(chunk) = chunk {
-                            push(&t, &mut seg, &mut metas, chunk).await?;
+                        for chunk in chunks.into_iter().flatten() {
+                            r.push(&t, chunk).await?;
                         }
                     }
-                    if seg.should_cut(micros(started.elapsed())) && let Some(cut) = seg.cut() {
-                        write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
+                    let now = started.elapsed();
+                    if r.seg.should_cut(micros(now)) && let Some(cut) = r.seg.cut() {
+                        write_segment(&t.spool, &t.prefix, &mut r.metas, cut).await?;
+                    }
+                    if r.tar_due(now) {
+                        r.store_tar(&t).await?;
                     }
                 }
             }
         }
         // The relay is done (`finish` wrote the writer's last bytes): the rest, then the seal.
         let rest = t.pending.lock().await.take();
-        if let Some(chunk) = rest {
-            let (bytes, first, last) = chunk;
-            seg.push_span(&bytes, micros(first), micros(last));
+        for chunk in rest.into_iter().flatten() {
+            match chunk {
+                Chunk::Cast((bytes, first, last)) => {
+                    r.seg.push_span(&bytes, micros(first), micros(last));
+                }
+                tar @ Chunk::Tar(_) => r.push(&t, tar).await?,
+            }
         }
-        if let Some(cut) = seg.finish() {
-            write_segment(&t.spool, &t.prefix, &mut metas, cut).await?;
+        r.finish_copy(&t, started.elapsed()).await?;
+        if let Some(cut) = r.seg.finish() {
+            write_segment(&t.spool, &t.prefix, &mut r.metas, cut).await?;
         }
         Ok(())
     }
     .await;
+    let metas = r.metas;
     let Task {
         spool,
         prefix,
@@ -458,11 +643,7 @@ async fn write_segment(
     (meta, bytes): (SegmentMeta, Vec<u8>),
 ) -> Result<(), String> {
     spool
-        .put(
-            &format!("{prefix}/{}", chain::segment_name(meta.index)),
-            &bytes,
-            true,
-        )
+        .put(&format!("{prefix}/{}", meta.file_name()), &bytes, true)
         .await
         .map_err(|e| e.to_string())?;
     let sidecar = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
@@ -601,13 +782,36 @@ pub async fn verify_at(
         }
         let mut reader = export.map(|_| CastReader::new());
         let mut events = Vec::new();
+        // A copy's tar bytes are checked against its file list as they go by.
+        let mut tar_check = read_file_list(&store, &prefix, &manifest)
+            .await
+            .map_err(ReadError::Verification)?
+            .map(TarCheck::start);
         for meta in &manifest.segments {
-            let bytes = read_segment(&store, &prefix, meta.index)
+            let bytes = read_segment(&store, &prefix, meta)
                 .await
                 .map_err(ReadError::Verification)?;
             verifier
                 .segment(meta.index, &bytes, None)
                 .map_err(|e| ReadError::Verification(e.to_string()))?;
+            if meta.content == Some(Content::Tar) {
+                let Some(check) = &tar_check else {
+                    return Err(ReadError::Verification(format!(
+                        "segment {} holds copied files, and the recording has no list of them",
+                        meta.index
+                    )));
+                };
+                let tar = meta
+                    .decode(&bytes)
+                    .map_err(|e| ReadError::Verification(e.to_string()))?;
+                // The checker stops reading only at the end of the tar stream; what follows
+                // is still read (and counted).
+                let _ = check.tx.send(tar.into_owned()).await;
+                continue;
+            }
+            if !meta.is_cast() {
+                continue;
+            }
             if let Some(r) = &mut reader {
                 let cast = meta
                     .decode(&bytes)
@@ -624,6 +828,13 @@ pub async fn verify_at(
         verifier
             .finish()
             .map_err(|e| ReadError::Verification(e.to_string()))?;
+        if let Some(check) = tar_check.take() {
+            check.finish().await.map_err(|e| {
+                ReadError::Verification(format!(
+                    "the copied files do not match the recording's list of them: {e}"
+                ))
+            })?;
+        }
         if let Some(r) = reader {
             r.finish(&mut events)
                 .map_err(|e| ReadError::Cast(e.to_string()))?;
@@ -636,14 +847,99 @@ pub async fn verify_at(
     })
 }
 
-async fn read_segment(store: &Spool, prefix: &str, index: u64) -> Result<Vec<u8>, String> {
+async fn read_segment(store: &Spool, prefix: &str, meta: &SegmentMeta) -> Result<Vec<u8>, String> {
     store
-        .get(
-            &format!("{prefix}/{}", chain::segment_name(index)),
-            MAX_OBJECT,
-        )
+        .get(&format!("{prefix}/{}", meta.file_name()), MAX_OBJECT)
         .await
-        .map_err(|e| format!("reading segment {index}: {e:#}"))
+        .map_err(|e| {
+            format!(
+                "reading segment {} ({}): {e:#}",
+                meta.index,
+                meta.file_name()
+            )
+        })
+}
+
+/// The list of the files a copy moved, from its recording: the manifest is checked against the
+/// chain head in the session's status, and the list's segment against the manifest (the tar
+/// bytes themselves are not read: `verify` and `files` do that).
+pub async fn file_list(store: &Spool, session: &ExecSession) -> Result<FileList, ReadError> {
+    let head = session
+        .status
+        .as_ref()
+        .and_then(|s| s.recording.as_ref())
+        .and_then(|r| r.sha256.clone())
+        .ok_or_else(|| ReadError::Verification("the session has no recording yet".into()))?;
+    let prefix = prefix(session);
+    let manifest_bytes = store
+        .get(&format!("{prefix}/{}", chain::MANIFEST_NAME), MAX_OBJECT)
+        .await
+        .map_err(|e| ReadError::Verification(format!("reading the manifest: {e:#}")))?;
+    let manifest: chain::Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| ReadError::Verification(format!("the manifest is unreadable: {e}")))?;
+    chain::Verifier::new(&manifest, Some(&head))
+        .map_err(|e| ReadError::Verification(e.to_string()))?;
+    read_file_list(store, &prefix, &manifest)
+        .await
+        .map_err(ReadError::Verification)?
+        .ok_or_else(|| {
+            ReadError::Empty(if session.spec.copy.is_some() {
+                "the copy's recording has no list of files: it ended before the list was stored \
+                 (see the session's status and Events)"
+                    .into()
+            } else {
+                "the session is not a copy (kubectl aexec cp): it has no files".into()
+            })
+        })
+}
+
+/// A copy's file list, from its segment (checked against the verified manifest's meta).
+async fn read_file_list(
+    store: &Spool,
+    prefix: &str,
+    manifest: &chain::Manifest,
+) -> Result<Option<FileList>, String> {
+    let Some(meta) = manifest
+        .segments
+        .iter()
+        .find(|m| m.content == Some(Content::Files))
+    else {
+        return Ok(None);
+    };
+    let bytes = read_segment(store, prefix, meta).await?;
+    meta.check(&bytes).map_err(|e| e.to_string())?;
+    let json = meta.decode(&bytes).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&json).map(Some).map_err(|e| {
+        format!(
+            "the copy's file list ({}) is unreadable: {e}",
+            meta.file_name()
+        )
+    })
+}
+
+/// Checks a copy's tar segments against its file list as they are read: the list is re-made
+/// from the tar bytes on a thread of its own and compared at the end.
+struct TarCheck {
+    tx: mpsc::Sender<Vec<u8>>,
+    thread: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl TarCheck {
+    fn start(list: FileList) -> Self {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let reader = channel_reader(rx);
+        let thread = tokio::task::spawn_blocking(move || {
+            transfer::check(&list, reader).map_err(|e| e.to_string())
+        });
+        TarCheck { tx, thread }
+    }
+
+    async fn finish(self) -> Result<(), String> {
+        drop(self.tx);
+        self.thread
+            .await
+            .map_err(|e| format!("checking the copied files failed: {e}"))?
+    }
 }
 
 impl Verified {
@@ -661,6 +957,32 @@ impl Verified {
         self,
         export: Option<Export>,
     ) -> impl futures::Stream<Item = Result<Vec<u8>, String>> + Send + 'static {
+        self.stream_part(None, export)
+    }
+
+    /// The size of a copy's tar stream (its tar segments decompressed).
+    pub fn tar_bytes(&self) -> u64 {
+        self.manifest
+            .segments
+            .iter()
+            .filter(|m| m.content == Some(Content::Tar))
+            .map(SegmentMeta::cast_len)
+            .sum()
+    }
+
+    /// [`Self::stream`] of a copy's tar stream: the files as they were copied.
+    pub fn stream_tar(
+        self,
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, String>> + Send + 'static {
+        self.stream_part(Some(Content::Tar), None)
+    }
+
+    /// The segments holding `content` (`None`: the cast), streamed as [`Self::stream`] does.
+    fn stream_part(
+        self,
+        content: Option<Content>,
+        export: Option<Export>,
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, String>> + Send + 'static {
         struct Pass {
             store: Arc<Spool>,
             prefix: String,
@@ -673,7 +995,14 @@ impl Verified {
         let pass = Pass {
             store: self.store,
             prefix: self.prefix,
-            segments: self.manifest.segments.into_iter(),
+            // One part only: the cast, or a copy's tar bytes.
+            segments: self
+                .manifest
+                .segments
+                .into_iter()
+                .filter(|m| m.content == content)
+                .collect::<Vec<_>>()
+                .into_iter(),
             converter: export.map(Converter::new),
             cast: Vec::new(),
             sent: 0,
@@ -714,7 +1043,7 @@ impl Verified {
                         Some((out, pass))
                     });
                 };
-                let bytes = read_segment(&pass.store, &pass.prefix, meta.index).await?;
+                let bytes = read_segment(&pass.store, &pass.prefix, &meta).await?;
                 if let Err(e) = meta.check(&bytes) {
                     warn!(error = %e, "a recording changed while it was being sent; the transfer is cut");
                     return Err(format!(

@@ -67,9 +67,32 @@ pub enum Encoding {
     Zstd,
 }
 
-/// `seg-NNNNNN.cast`: the file holding segment `index`.
+/// `seg-NNNNNN.cast`: the file holding segment `index` of the cast.
 pub fn segment_name(index: u64) -> String {
     format!("seg-{index:06}.cast")
+}
+
+/// What a segment holds besides the cast. A copy (`kubectl aexec cp`) keeps the files it moved
+/// in the same chain as its cast, in their own format rather than inside the cast: the tar
+/// stream itself, cut into segments in order, then one segment listing its files
+/// ([`crate::transfer::FileList`]). So the chain's head, which the session's status and signed
+/// record hold, commits to every byte copied and to the list.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Content {
+    /// A slice of the copy's tar stream (`seg-NNNNNN.tar`).
+    Tar,
+    /// The copy's file list, as JSON (`seg-NNNNNN.files.json`).
+    Files,
+}
+
+/// The file holding segment `index` with `content` (`None`: cast).
+pub fn content_file_name(index: u64, content: Option<Content>) -> String {
+    match content {
+        None => segment_name(index),
+        Some(Content::Tar) => format!("seg-{index:06}.tar"),
+        Some(Content::Files) => format!("seg-{index:06}.files.json"),
+    }
 }
 
 /// `seg-NNNNNN.json`: the sidecar holding segment `index`'s [`SegmentMeta`].
@@ -80,7 +103,7 @@ pub fn sidecar_name(index: u64) -> String {
 /// What a file of a recording is, from its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordingFile {
-    /// `seg-NNNNNN.cast`.
+    /// `seg-NNNNNN.cast`, `.tar` or `.files.json`.
     Segment(u64),
     /// `seg-NNNNNN.json`.
     Sidecar(u64),
@@ -104,7 +127,7 @@ pub fn parse_file_name(name: &str) -> Option<RecordingFile> {
         return None;
     }
     match ext {
-        "cast" => Some(RecordingFile::Segment(index)),
+        "cast" | "tar" | "files.json" => Some(RecordingFile::Segment(index)),
         "json" => Some(RecordingFile::Sidecar(index)),
         _ => None,
     }
@@ -133,9 +156,13 @@ pub struct SegmentMeta {
     /// How the file is encoded; absent for plain cast bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<Encoding>,
-    /// The size of the cast bytes the file decodes to, for an encoded segment.
+    /// The size of the cast bytes the file decodes to, for an encoded segment (of the tar or
+    /// list bytes, for a segment with `content`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cast_bytes: Option<u64>,
+    /// What the segment holds, when it is not cast (a copy's tar stream or file list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
 }
 
 impl SegmentMeta {
@@ -172,9 +199,20 @@ impl SegmentMeta {
         Ok(std::borrow::Cow::Owned(out))
     }
 
-    /// The size of the segment's cast: `cast_bytes` when encoded, else its file's size.
+    /// The size of the segment's bytes decoded: `cast_bytes` when encoded, else its file's
+    /// size.
     pub fn cast_len(&self) -> u64 {
         self.cast_bytes.unwrap_or(self.bytes)
+    }
+
+    /// Whether the segment is part of the cast (not a copy's tar stream or file list).
+    pub fn is_cast(&self) -> bool {
+        self.content.is_none()
+    }
+
+    /// The segment's file name.
+    pub fn file_name(&self) -> String {
+        content_file_name(self.index, self.content)
     }
 
     /// The meta of the segment that follows `prev` (or of segment 0) and holds `bytes`. The
@@ -266,6 +304,7 @@ fn link_hashed(
         last_event_at_micros,
         encoding: None,
         cast_bytes: None,
+        content: None,
     }
 }
 
@@ -443,6 +482,23 @@ impl Segmenter {
         Some((meta, bytes))
     }
 
+    /// Chains on a segment that is not cast (a copy's tar bytes or file list), between the
+    /// cast's segments: it takes the next index; the cast's buffered bytes wait for theirs.
+    /// Stored compressed like the cast's segments.
+    pub fn emit_content(
+        &mut self,
+        bytes: Vec<u8>,
+        content: Content,
+        first: u64,
+        last: u64,
+    ) -> (SegmentMeta, Vec<u8>) {
+        let before = self.cast_total;
+        let (mut meta, stored) = self.emit(bytes, first, last);
+        self.cast_total = before;
+        meta.content = Some(content);
+        (meta, stored)
+    }
+
     /// The stored form of a cut segment (compressed if asked) and its meta, chained on.
     fn emit(&mut self, cast: Vec<u8>, first: u64, last: u64) -> (SegmentMeta, Vec<u8>) {
         let cast_len = cast.len() as u64;
@@ -537,9 +593,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The size of the recording's cast (its segments decompressed).
+    /// The size of the recording's cast (its cast segments decompressed).
     pub fn cast_bytes(&self) -> u64 {
-        self.segments.iter().map(SegmentMeta::cast_len).sum()
+        self.segments
+            .iter()
+            .filter(|m| m.is_cast())
+            .map(SegmentMeta::cast_len)
+            .sum()
     }
 }
 
@@ -936,7 +996,7 @@ impl<'m> Verifier<'m> {
 }
 
 fn first_difference(a: &SegmentMeta, b: &SegmentMeta) -> Option<(&'static str, String, String)> {
-    let fields: [(&'static str, String, String); 9] = [
+    let fields: [(&'static str, String, String); 10] = [
         ("index", a.index.to_string(), b.index.to_string()),
         ("bytes", a.bytes.to_string(), b.bytes.to_string()),
         ("sha256", a.sha256.clone(), b.sha256.clone()),
@@ -965,6 +1025,11 @@ fn first_difference(a: &SegmentMeta, b: &SegmentMeta) -> Option<(&'static str, S
             "cast_bytes",
             format!("{:?}", a.cast_bytes),
             format!("{:?}", b.cast_bytes),
+        ),
+        (
+            "content",
+            format!("{:?}", a.content),
+            format!("{:?}", b.content),
         ),
     ];
     fields.into_iter().find(|(_, x, y)| x != y)
