@@ -74,6 +74,31 @@ pub struct Ended {
     pub message: Option<String>,
 }
 
+/// Where an attached session's input comes from and its output goes: the process's own stdin
+/// and stdout, or, for a copy, the tar stream being written or unpacked.
+pub struct Io {
+    /// Read on a thread of its own (reads block) and sent as stdin, when the session has it.
+    pub stdin: Box<dyn Read + Send>,
+    /// Receives the command's stdout.
+    pub stdout: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+}
+
+impl Io {
+    /// The process's stdin and stdout.
+    pub fn process() -> Self {
+        Io {
+            stdin: Box::new(std::io::stdin()),
+            stdout: Box::new(tokio::io::stdout()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io").finish_non_exhaustive()
+    }
+}
+
 /// Attaches to session `name` and relays until the command ends. Returns the exit code as
 /// kubectl exec would (and the line kubectl prints for a non-zero exit).
 pub async fn attach(
@@ -81,6 +106,17 @@ pub async fn attach(
     namespace: &str,
     name: &str,
     spec: &ExecSessionSpec,
+) -> Result<Ended> {
+    attach_with(client, namespace, name, spec, Io::process()).await
+}
+
+/// [`attach`] with the session's input and output given.
+pub async fn attach_with(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: &ExecSessionSpec,
+    io: Io,
 ) -> Result<Ended> {
     let req = http::Request::get(subresource_path(namespace, name, "attach"))
         .body(Vec::new())
@@ -91,6 +127,13 @@ pub async fn attach(
         .map_err(|e| explain(&e, &format!("attaching to session {name}"), Doing::Request))?;
     let v5 = conn.supports_stream_close();
     let ws = conn.into_stream();
+    if spec.copy.is_some() && spec.stdin && !v5 {
+        return Err(Error::Api(
+            "the aexec operator did not offer the v5 exec protocol, without which the end of an \
+             upload cannot be signalled; upgrade the operator"
+                .into(),
+        ));
+    }
 
     // Raw mode only when the session has a terminal and ours is one.
     let raw = if spec.tty && terminal::stdin_is_terminal() {
@@ -101,12 +144,12 @@ pub async fn attach(
     } else {
         None
     };
-    let result = relay(ws, spec, v5, raw.is_some()).await;
+    let result = relay(ws, spec, v5, raw.is_some(), io).await;
     drop(raw);
     result
 }
 
-async fn relay<S>(ws: S, spec: &ExecSessionSpec, v5: bool, raw: bool) -> Result<Ended>
+async fn relay<S>(ws: S, spec: &ExecSessionSpec, v5: bool, raw: bool, io: Io) -> Result<Ended>
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
         + futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
@@ -134,8 +177,12 @@ where
             .send(Message::Binary(resize_frame(cols, rows).into()))
             .await;
     }
+    let Io {
+        stdin,
+        stdout: mut out,
+    } = io;
     if spec.stdin {
-        spawn_stdin_reader(tx.clone(), v5);
+        spawn_stdin_reader(stdin, tx.clone(), v5);
     }
     let mut winch = signal(SignalKind::window_change()).map_err(Error::from)?;
     let mut term = signal(SignalKind::terminate()).map_err(Error::from)?;
@@ -144,7 +191,7 @@ where
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
 
-    let mut stdout = tokio::io::stdout();
+    let stdout = &mut out;
     let mut stderr = tokio::io::stderr();
     let ended = loop {
         tokio::select! {
@@ -242,11 +289,10 @@ fn closed(frame: Option<&CloseFrame>) -> Ended {
 
 /// Reads stdin on a thread of its own (reads block) and sends it as channel 0 frames; at end of
 /// input sends the v5 close of stdin. The bounded channel stops reading while the socket is slow.
-fn spawn_stdin_reader(tx: mpsc::Sender<Message>, v5: bool) {
+fn spawn_stdin_reader(mut stdin: Box<dyn Read + Send>, tx: mpsc::Sender<Message>, v5: bool) {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            let mut stdin = std::io::stdin();
             let mut buf = vec![0u8; STDIN_CHUNK];
             loop {
                 match stdin.read(&mut buf) {
@@ -346,7 +392,9 @@ mod tests {
             "pod": "web", "command": ["cat"], "requester": {"username": "alice"}
         }))
         .expect("spec");
-        let ended = relay(ws, &spec, true, false).await.expect("relay");
+        let ended = relay(ws, &spec, true, false, Io::process())
+            .await
+            .expect("relay");
         assert_eq!(ended.code, 1);
         let m = ended.message.unwrap_or_default();
         assert!(

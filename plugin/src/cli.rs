@@ -147,6 +147,9 @@ pub enum Command {
     Withdraw(DecideArgs),
     /// Attach to a session created with --no-wait, waiting for its approval first.
     Attach(AttachArgs),
+    /// Copy files and directories to and from a container, after approval, recorded (like
+    /// kubectl cp: the files themselves and their SHA-256 are kept with the recording).
+    Cp(CpArgs),
     /// End a running session.
     Terminate(NameArg),
     /// Watch a running session's terminal live, read-only: what it showed so far, then what it
@@ -167,6 +170,51 @@ pub enum Command {
     /// Completion candidates for the words given (kubectl's plugin completion protocol).
     #[command(name = "__complete", hide = true)]
     Complete(CompleteArgs),
+}
+
+const CP_EXAMPLES: &str = "\
+Examples:
+  # Copy /var/log/app out of pod api-7f9c into ./app-logs (a directory is copied whole)
+  kubectl aexec cp -r INC-1234 api-7f9c:/var/log/app ./app-logs
+
+  # The same pod in namespace prod, container app
+  kubectl aexec cp prod/api-7f9c:/etc/app/config.yaml ./config.yaml -c app
+
+  # Copy a local file into the pod (the pod path names the file written)
+  kubectl aexec cp ./fix.sql db-0:/tmp/fix.sql
+
+  # What was copied, and the exact files, for an auditor
+  kubectl aexec describe cp-8x2k1
+  kubectl aexec export cp-8x2k1 --files ./evidence
+
+The copy is a session like any other: the ExecPolicy governing the pod must allow it
+(limits.allowCopy: Download, Upload or Both) and may require approvals. The container needs tar,
+as for kubectl cp. Entries of a downloaded tar that would land outside the destination
+(.., absolute paths, links pointing out) are refused, and symbolic links are not created.";
+
+/// `kubectl aexec cp`: kubectl cp's arguments.
+#[derive(Debug, Args)]
+#[command(after_help = CP_EXAMPLES)]
+pub struct CpArgs {
+    /// What to copy: a local path, or [NAMESPACE/]POD:PATH in a container.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Where to: a local path, or [NAMESPACE/]POD:PATH in a container.
+    #[arg(value_name = "DEST")]
+    pub dst: String,
+    /// The container (default: the pod's default container, or its only one).
+    #[arg(short = 'c', long, value_name = "CONTAINER")]
+    pub container: Option<String>,
+    /// Why you need this copy (a ticket or incident); shown to approvers, kept with the
+    /// recording.
+    #[arg(short = 'r', long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Give up waiting for approval after this long (like 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<kube::core::Duration>,
+    /// Print no progress or notices, only errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +344,10 @@ pub struct ExportArgs {
     /// The format.
     #[arg(long, value_enum, default_value_t = Format::V3)]
     pub format: Format,
+    /// For a copy (kubectl aexec cp): write the files it moved into this directory instead,
+    /// exactly as they were copied, after checking them against the recording.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "format"])]
+    pub files: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

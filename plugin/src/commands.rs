@@ -26,7 +26,7 @@ const MAX_REPLAY_BYTES: u64 = 256 << 20;
 /// Largest single stored object `verify` reads (segments are cut at 1 MiB plus one line).
 const MAX_OBJECT_BYTES: u64 = 64 << 20;
 
-fn sessions(c: &Conn) -> Api<ExecSession> {
+pub(crate) fn sessions(c: &Conn) -> Api<ExecSession> {
     Api::namespaced(c.client.clone(), &c.namespace)
 }
 
@@ -62,6 +62,7 @@ pub async fn exec(c: &Conn, args: &ExecArgs) -> Result<i32> {
         tty,
         reason: args.reason.clone(),
         requester: me,
+        copy: None,
     };
     let mut s = ExecSession::new("", spec);
     s.metadata.name = None;
@@ -110,7 +111,7 @@ async fn run_attached(c: &Conn, name: &str, spec: &ExecSessionSpec) -> Result<i3
 /// Watches session `name` until it is Approved, printing progress; a denial or expiry is an
 /// error saying why. On Ctrl-C (or SIGTERM) the request is withdrawn when `withdraw` (it stays,
 /// in phase Withdrawn: the requester cannot delete it).
-async fn wait_approved(
+pub(crate) async fn wait_approved(
     c: &Conn,
     name: &str,
     limit: Option<Duration>,
@@ -395,7 +396,14 @@ pub async fn list(c: &Conn, l: &cli::ListArgs) -> Result<i32> {
 /// `describe NAME`: the ExecSession, or its signed record in the store once it is gone.
 pub async fn describe(c: &Conn, name: &str) -> Result<i32> {
     match get_opt(c, name, Doing::Audit).await? {
-        Some(s) => out(&table::describe(&s, chrono::Utc::now()))?,
+        Some(s) => {
+            out(&table::describe(&s, chrono::Utc::now()))?;
+            match crate::copy::files_of(c, &s).await {
+                Some(Ok(list)) => out(&crate::copy::files_section(&list))?,
+                Some(Err(e)) => out(&format!("Files:\t<cannot be read: {e}>\n"))?,
+                None => {}
+            }
+        }
         None => {
             let r = find_recording(c, name).await?;
             out(&records::describe(&r, false))?;
@@ -404,7 +412,7 @@ pub async fn describe(c: &Conn, name: &str) -> Result<i32> {
     Ok(0)
 }
 
-fn recording_path(c: &Conn, name: &str, query: &str) -> String {
+pub(crate) fn recording_path(c: &Conn, name: &str, query: &str) -> String {
     format!(
         "{}?{query}",
         subresource_path(&c.namespace, name, "recording")
@@ -429,7 +437,12 @@ async fn recording_source(c: &Conn, name: &str, query: &str) -> Result<String> {
 }
 
 /// GETs `path` and reads at most `limit` bytes of the answer (more is an error, never buffered).
-async fn get_bounded(client: &Client, path: &str, limit: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) async fn get_bounded(
+    client: &Client,
+    path: &str,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
     let req = http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| Error::Api(e.to_string()))?;
@@ -709,7 +722,7 @@ impl records::Objects for ClusterObjects {
 /// Before the session's record is written (it is still going on, or ended a moment ago): the
 /// chain against the head in the session's status.
 async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<i32> {
-    use aexec_recording::chain::{Manifest, SegmentMeta, Verifier, segment_name, sidecar_name};
+    use aexec_recording::chain::{Manifest, SegmentMeta, Verifier, sidecar_name};
     let name = s.metadata.name.clone().unwrap_or_default();
     let name = name.as_str();
     let rec = s
@@ -754,12 +767,12 @@ async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<i32> {
     let fail = |e: aexec_recording::chain::VerifyError| Error::Verify(format!("FAILED: {e}"));
     let mut v = Verifier::new(&manifest, Some(&expected)).map_err(fail)?;
     for meta in &manifest.segments {
-        let bytes = fetch(segment_name(meta.index)).await.map_err(|e| match e {
+        let bytes = fetch(meta.file_name()).await.map_err(|e| match e {
             Error::Api(m) if m.contains("cannot be read") || m.contains("not found") => {
                 Error::Verify(format!(
                     "FAILED: segment {} ({}) is missing: {m}",
                     meta.index,
-                    segment_name(meta.index)
+                    meta.file_name()
                 ))
             }
             other => other,

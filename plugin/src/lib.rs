@@ -10,6 +10,8 @@ pub mod cli;
 pub mod commands;
 pub mod complete;
 pub mod connect;
+pub mod copy;
+pub mod cp;
 pub mod error;
 pub mod progress;
 pub mod records;
@@ -115,9 +117,11 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         Some(Command::Withdraw(d)) => commands::withdraw(&conn, d).await,
         Some(Command::Keys(k)) => commands::keys(&conn, k).await,
         Some(Command::Attach(a)) => commands::attach_existing(&conn, a).await,
+        Some(Command::Cp(a)) => copy::cp(&conn, a).await,
         Some(Command::Terminate(n)) => commands::terminate(&conn, &n.name).await,
         Some(Command::Watch(w)) => watch::watch(&conn, w).await,
         Some(Command::Replay(r)) => commands::replay(&conn, r).await,
+        Some(Command::Export(e)) if e.files.is_some() => copy::export_files(&conn, e).await,
         Some(Command::Export(e)) => commands::export(&conn, e).await,
         Some(Command::Verify(v)) => commands::verify(&conn, v).await,
         Some(Command::Completion(_)) | Some(Command::Complete(_)) => Ok(0),

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use aexec_recording::{
     cast::display_command,
-    chain::{MANIFEST_NAME, SegmentMeta, Verifier, segment_name, sidecar_name},
+    chain::{MANIFEST_NAME, SegmentMeta, Verifier, sidecar_name},
     record::{self, KeyRing, RECORD_NAME, SessionRecord},
 };
 use chrono::{DateTime, Utc};
@@ -381,17 +381,14 @@ pub async fn verify(objects: &impl Objects, keys: &KeyRing) -> Result<Verified> 
     let manifest = record.check_manifest(&manifest_bytes).map_err(failed)?;
     let mut v = Verifier::new(&manifest, Some(&rec.head)).map_err(failed)?;
     for meta in &manifest.segments {
-        let bytes = objects
-            .get(&segment_name(meta.index))
-            .await?
-            .ok_or_else(|| {
-                failed(format!(
-                    "segment {} ({}) is missing from {}",
-                    meta.index,
-                    segment_name(meta.index),
-                    objects.source()
-                ))
-            })?;
+        let bytes = objects.get(&meta.file_name()).await?.ok_or_else(|| {
+            failed(format!(
+                "segment {} ({}) is missing from {}",
+                meta.index,
+                meta.file_name(),
+                objects.source()
+            ))
+        })?;
         // A missing sidecar is allowed (a crash may lose the newest); a present one must agree.
         let sidecar: Option<SegmentMeta> = match objects.get(&sidecar_name(meta.index)).await? {
             Some(b) => Some(serde_json::from_slice(&b).map_err(|e| {

@@ -15,4 +15,5 @@ mod operator;
 mod plugin;
 mod pty;
 mod storage;
+mod transfer;
 mod watch;
