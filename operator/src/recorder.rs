@@ -1312,9 +1312,13 @@ mod tests {
         names.sort();
         // Each segment as its sidecar says it is stored (a zstd frame).
         let mut cast = Vec::new();
-        for (i, n) in names.iter().enumerate() {
+        for n in &names {
+            // A copy's tar and list segments take indices between the cast's.
+            let Some(chain::RecordingFile::Segment(i)) = chain::parse_file_name(n) else {
+                panic!("{n} is not a segment");
+            };
             let meta: SegmentMeta = serde_json::from_slice(
-                &std::fs::read(dir.join(chain::sidecar_name(i as u64))).expect("sidecar"),
+                &std::fs::read(dir.join(chain::sidecar_name(i))).expect("sidecar"),
             )
             .expect("meta");
             let stored = std::fs::read(dir.join(n)).expect("segment");
@@ -1468,6 +1472,128 @@ mod tests {
                 "{export:?}: a piece of {largest} bytes"
             );
         }
+    }
+
+    /// A tar stream of `files` (name, content), as `tar cf -` would write it.
+    fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_slice())
+                .expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[tokio::test]
+    async fn a_copys_tar_stream_is_kept_apart_from_the_cast_listed_and_verified() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let mut s = session();
+        s.spec.copy = Some(aexec_crds::CopySpec {
+            direction: CopyDirection::Download,
+            path: "/data".into(),
+            local: None,
+        });
+        // 2.5 MiB of a file that does not compress, then a small one: several tar segments.
+        let big: Vec<u8> = (0..(5u32 << 19))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let tar = tar_of(&[
+            ("data/big.bin", big.clone()),
+            ("data/a.txt", b"hello\n".to_vec()),
+        ]);
+        let rec = Recorder::start(spool.clone(), &s);
+        for frame in tar.chunks(30_000) {
+            rec.record_data(Stream::Out, frame).await.expect("record");
+        }
+        rec.record_data(Stream::Err, b"tar: removing leading /\n")
+            .await
+            .expect("record");
+        rec.record(Event::Exit(0)).await.expect("record");
+        let status = rec.finish().await.status.expect("sealed");
+        with_recording(&mut s, status);
+
+        // The cast holds the stderr and the exit, not the tar bytes.
+        let cast = cast_of(dir.path());
+        let text = String::from_utf8_lossy(&cast);
+        assert!(text.contains("removing leading"), "{text}");
+        assert!(!text.contains("hello"), "tar bytes leaked into the cast");
+        assert!(cast.len() < 4096, "{} bytes of cast", cast.len());
+
+        // The tar segments hold the stream byte for byte, in order; the list is right.
+        let v = verify(spool.clone(), &s, None).await.expect("verifies");
+        assert_eq!(v.tar_bytes(), tar.len() as u64);
+        let tars = v
+            .manifest
+            .segments
+            .iter()
+            .filter(|m| m.content == Some(Content::Tar))
+            .count();
+        assert!(tars >= 3, "{tars} tar segments");
+        let (out, err, _) = collect(v.stream_tar()).await;
+        assert_eq!(err, None);
+        assert!(out == tar, "the served tar differs from the relayed one");
+        let list = file_list(&spool, &s).await.expect("listed");
+        assert_eq!(list.tar_bytes, tar.len() as u64);
+        assert_eq!(list.error, None);
+        let names: Vec<_> = list.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["data/big.bin", "data/a.txt"]);
+        use sha2::Digest as _;
+        assert_eq!(
+            list.files[0].sha256.as_deref(),
+            Some(hex::encode(sha2::Sha256::digest(&big)).as_str())
+        );
+        // The cast, served, is the cast alone.
+        let v = verify(spool.clone(), &s, None).await.expect("verifies");
+        let (served, _, _) = collect(v.stream(None)).await;
+        assert!(served == cast);
+    }
+
+    #[tokio::test]
+    async fn a_file_list_that_does_not_match_the_tar_fails_verification() {
+        // A well-chained recording whose list was written wrong (the operator's bug, or a forger
+        // with the signing key who re-chained it): the chain holds, the listing check does not.
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = spool(dir.path()).await;
+        let mut s = session();
+        let tar = tar_of(&[("data/a.txt", b"hello\n".to_vec())]);
+        let mut list = transfer::list_files(tar.as_slice());
+        list.files[0].sha256 = Some("0".repeat(64));
+        let mut seg = Segmenter::new(SegmentLimits::default()).zstd(1);
+        let mut metas = Vec::new();
+        seg.push(b"{}\n", 0);
+        let cast = seg.cut().expect("cast segment");
+        let tar_seg = seg.emit_content(tar, Content::Tar, 1, 1);
+        let files = seg.emit_content(
+            serde_json::to_vec(&list).expect("json"),
+            Content::Files,
+            2,
+            2,
+        );
+        for cut in [cast, tar_seg, files] {
+            write_segment(&spool, &prefix(&s), &mut metas, cut)
+                .await
+                .expect("stored");
+        }
+        let manifest = chain::seal(session_ref(&s), metas, "now".into()).expect("sealed");
+        let key = format!("{}/{}", prefix(&s), chain::MANIFEST_NAME);
+        spool
+            .put(&key, &serde_json::to_vec(&manifest).expect("json"), false)
+            .await
+            .expect("manifest");
+        with_recording(&mut s, status_of(&spool, &key, &manifest));
+        let e = verify(spool.clone(), &s, None).await.expect_err("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("do not match the recording's list") && msg.contains("data/a.txt"),
+            "{msg}"
+        );
+        // The list alone is still served (its segment is the chain's): describe shows it.
+        assert_eq!(file_list(&spool, &s).await.expect("list").files.len(), 1);
     }
 
     #[tokio::test]

@@ -79,11 +79,11 @@ pub async fn cp(c: &Conn, a: &cli::CpArgs) -> Result<i32> {
     let approved =
         commands::wait_approved(&c, &name, a.wait.map(Into::into), a.quiet, true).await?;
     let started = Instant::now();
-    let moved = Arc::new(AtomicU64::new(0));
-    let shown = progress(moved.clone(), a.quiet);
+    let counts = Counts::default();
+    let shown = progress(counts.clone(), a.quiet);
     let result = match plan.direction {
-        Direction::Download => download(&c, &name, &approved.spec, &plan, moved).await,
-        Direction::Upload => upload(&c, &name, &approved.spec, &plan, moved).await,
+        Direction::Download => download(&c, &name, &approved.spec, &plan, counts).await,
+        Direction::Upload => upload(&c, &name, &approved.spec, &plan, counts).await,
     };
     shown.abort();
     if !a.quiet && console::is_terminal() {
@@ -137,17 +137,18 @@ async fn download(
     name: &str,
     spec: &ExecSessionSpec,
     plan: &cp::Plan,
-    moved: Arc<AtomicU64>,
+    counts: Counts,
 ) -> Result<(attach::Ended, Summary)> {
     let (w, r) = tokio::io::duplex(PIPE);
     let prefix = cp::download_prefix(&plan.pod_path);
     let dest = plan.local.clone();
     let reader = Counting {
         inner: tokio_util::io::SyncIoBridge::new(r),
-        n: moved,
+        n: counts.bytes.clone(),
     };
-    let unpack =
-        tokio::task::spawn_blocking(move || cp::untar(reader, &prefix, &dest, &mut |e| warn(&e)));
+    let unpack = tokio::task::spawn_blocking(move || {
+        cp::untar(reader, &prefix, &dest, &mut |e| counts.event(&e))
+    });
     let io = Io {
         stdin: Box::new(std::io::empty()),
         stdout: Box::new(w),
@@ -166,14 +167,15 @@ async fn upload(
     name: &str,
     spec: &ExecSessionSpec,
     plan: &cp::Plan,
-    moved: Arc<AtomicU64>,
+    counts: Counts,
 ) -> Result<(attach::Ended, Summary)> {
     let (r, w) = std::io::pipe().map_err(|e| Error::Io(format!("cannot make a pipe: {e}")))?;
     let local = plan.local.clone();
     let (base, _) = cp::upload_target(&plan.local, &plan.pod_path);
-    let pack = std::thread::spawn(move || cp::mktar(&local, &base, w, &mut |e| warn(&e)));
+    let bytes = counts.bytes.clone();
+    let pack = std::thread::spawn(move || cp::mktar(&local, &base, w, &mut |e| counts.event(&e)));
     let io = Io {
-        stdin: Box::new(Counting { inner: r, n: moved }),
+        stdin: Box::new(Counting { inner: r, n: bytes }),
         stdout: Box::new(tokio::io::sink()),
     };
     let ended = attach::attach_with(&c.client, &c.namespace, name, spec, io).await;
@@ -198,6 +200,25 @@ fn finish(
     }
 }
 
+/// What a running copy has moved so far: bytes of tar stream, and files.
+#[derive(Clone, Debug, Default)]
+struct Counts {
+    bytes: Arc<AtomicU64>,
+    files: Arc<AtomicU64>,
+}
+
+impl Counts {
+    /// Counts a file copied; prints a warning (kubectl's form).
+    fn event(&self, e: &Event) {
+        match e {
+            Event::File { .. } => {
+                self.files.fetch_add(1, Ordering::Relaxed);
+            }
+            w @ Event::Warning(_) => warn(w),
+        }
+    }
+}
+
 fn warn(e: &Event) {
     if let Event::Warning(w) = e {
         eprintln!("warning: {w}");
@@ -218,9 +239,9 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Redraws `copied 12.3 MiB (4.1 MiB/s)` on stderr while a copy runs, when stderr is a
-/// terminal.
-fn progress(moved: Arc<AtomicU64>, quiet: bool) -> tokio::task::JoinHandle<()> {
+/// Redraws `copied 3 files, 12.3 MiB (4.1 MiB/s)` on stderr while a copy runs, when stderr is
+/// a terminal.
+fn progress(counts: Counts, quiet: bool) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if quiet || !console::is_terminal() {
             return;
@@ -230,9 +251,11 @@ fn progress(moved: Arc<AtomicU64>, quiet: bool) -> tokio::task::JoinHandle<()> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let n = moved.load(Ordering::Relaxed);
+            let n = counts.bytes.load(Ordering::Relaxed);
+            let files = counts.files.load(Ordering::Relaxed);
             eprint!(
-                "\r\x1b[Kcopied {} of tar stream ({}/s)",
+                "\r\x1b[Kcopied {files} file{}, {} of tar stream ({}/s)",
+                if files == 1 { "" } else { "s" },
                 human_bytes(n),
                 human_bytes(rate(n, started.elapsed()))
             );
@@ -409,4 +432,105 @@ pub fn files_section(list: &FileList) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aexec_recording::transfer::FileEntry;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn the_last_line_says_what_went_where_and_the_session() {
+        let plan = cp::plan("web-0:/var/log/app", "./logs").expect("plan");
+        let s = Summary {
+            files: 3,
+            dirs: 1,
+            bytes: 3 << 20,
+        };
+        assert_eq!(
+            done_line(&plan, &s, Duration::from_secs(2), "cp-x1"),
+            "copied 3 files (3.0 MiB) from web-0:/var/log/app to ./logs in 2.0s (1.5 MiB/s); \
+             recorded as session cp-x1"
+        );
+        let up = cp::plan("./a.txt", "web-0:/tmp/a.txt").expect("plan");
+        let one = Summary {
+            files: 1,
+            dirs: 0,
+            bytes: 6,
+        };
+        assert!(
+            done_line(&up, &one, Duration::from_secs(1), "cp-x2")
+                .starts_with("copied 1 file (6 B) from ./a.txt to web-0:/tmp/a.txt")
+        );
+    }
+
+    #[test]
+    fn an_upload_names_the_file_it_writes_in_the_pod() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("fix.sql");
+        std::fs::write(&f, b"select 1;\n").expect("write");
+        let local = f.display().to_string();
+        for (dest, path) in [
+            ("db-0:/tmp/x.sql", "/tmp/x.sql"),
+            ("db-0:/tmp/", "/tmp/fix.sql"),
+            ("db-0:rel.sql", "rel.sql"),
+        ] {
+            let spec = copy_spec(&cp::plan(&local, dest).expect("plan")).expect("spec");
+            assert_eq!(spec.direction, CopyDirection::Upload);
+            assert_eq!(spec.path, path, "{dest}");
+        }
+        let missing = dir.path().join("nope").display().to_string();
+        let e = copy_spec(&cp::plan(&missing, "db-0:/tmp/").expect("plan")).expect_err("missing");
+        assert!(
+            e.to_string()
+                .contains("doesn't exist in the local filesystem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn describe_lists_each_entry_with_its_digest() {
+        let entry = |path: &str, kind: FileKind, size: u64, sha: Option<&str>, link| FileEntry {
+            path: path.into(),
+            lossy_name: false,
+            kind,
+            size,
+            mode: 0o644,
+            sha256: sha.map(str::to_owned),
+            link,
+            offset: 0,
+        };
+        let list = FileList {
+            files: vec![
+                entry("data/", FileKind::Directory, 0, None, None),
+                entry("data/a.txt", FileKind::File, 6, Some("5891b5b5"), None),
+                entry(
+                    "data/l",
+                    FileKind::Symlink,
+                    0,
+                    None,
+                    Some("/etc/passwd".into()),
+                ),
+            ],
+            tar_bytes: 10240,
+            error: None,
+            truncated: false,
+        };
+        let out = files_section(&list);
+        assert!(
+            out.starts_with("Files:\t3 entries, 10.0 KiB of tar stream\n"),
+            "{out}"
+        );
+        assert!(out.contains("5891b5b5"), "{out}");
+        assert!(out.contains("data/l -> /etc/passwd"), "{out}");
+        assert!(out.contains("KIND"), "{out}");
+    }
 }

@@ -2,7 +2,7 @@
 //! against plain exec to the same pod through the same API server, measured side by side in one
 //! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
 //! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run, and
-//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale` (any of them) picks
+//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale,cp` (any of them) picks
 //! sections; `AEXEC_BENCH_CHARTS=DIR` has the scale section draw `DIR/scale.svg`.
 //!
 //! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
@@ -62,7 +62,8 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
         &admin,
         &t,
         json!({"decision": "AutoApprove",
-               "limits": {"maxDuration": "2h", "idleTimeout": "1h", "recordingRequired": true}}),
+               "limits": {"maxDuration": "2h", "idleTimeout": "1h", "recordingRequired": true,
+                          "allowCopy": "Both"}}),
     )
     .await?;
     let mut b = Bench {
@@ -106,6 +107,9 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
     }
     if run("scale") {
         b.scale().await?;
+    }
+    if run("cp") {
+        b.copy().await?;
     }
     Ok(())
 }
@@ -959,6 +963,126 @@ impl Bench {
             let path = std::path::Path::new(&dir).join("scale.svg");
             chart::scale(&path, &rows, &streams, &machine())?;
             println!("drawn: {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// `kubectl aexec cp` (recorded: the tar stream and its file list stored with the session)
+    /// against `kubectl cp`, both ways, on one file of random bytes (so that compression saves
+    /// nothing), timed as whole processes: medians of interleaved repeats.
+    async fn copy(&mut self) -> Result<()> {
+        let mib: u64 = if self.quick { 16 } else { 256 };
+        let plugin = std::env::var_os("AEXEC_PLUGIN_BIN")
+            .map(std::path::PathBuf::from)
+            .context("AEXEC_PLUGIN_BIN: the plugin to time (./dev bench sets it)")?;
+        let dir = tempfile::tempdir()?;
+        let src = dir.path().join("src.bin");
+        {
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&src)?);
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut block = vec![0u8; 1 << 20];
+            for _ in 0..mib {
+                for b in block.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+                }
+                f.write_all(&block)?;
+            }
+        }
+        let src_s = src.to_str().context("path")?;
+        let ns = self.t.namespace.clone();
+        let remote = |p: &std::path::Path| format!("{ns}/{}:{}", self.t.pod, p.display());
+        let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for i in 0..self.repeats(3) {
+            let down_k = dir.path().join(format!("down-k-{i}"));
+            let down_a = dir.path().join(format!("down-a-{i}"));
+            let up_k = dir.path().join(format!("up-k-{i}"));
+            let up_a = dir.path().join(format!("up-a-{i}"));
+            let runs: [(&str, bool, Vec<String>); 4] = [
+                (
+                    "download kubectl cp",
+                    false,
+                    vec![remote(&src), down_k.display().to_string()],
+                ),
+                (
+                    "download aexec cp",
+                    true,
+                    vec![remote(&src), down_a.display().to_string()],
+                ),
+                (
+                    "upload kubectl cp",
+                    false,
+                    vec![src_s.to_owned(), remote(&up_k)],
+                ),
+                (
+                    "upload aexec cp",
+                    true,
+                    vec![src_s.to_owned(), remote(&up_a)],
+                ),
+            ];
+            for (label, aexec, args) in runs {
+                let start = Instant::now();
+                self.kubectl_cp(&plugin, aexec, &args).await?;
+                times
+                    .entry(label)
+                    .or_default()
+                    .push(start.elapsed().as_secs_f64());
+            }
+            for out in [&down_k, &down_a, &up_k, &up_a] {
+                let len = std::fs::metadata(out)?.len();
+                if len != mib << 20 {
+                    bail!("{} holds {len} bytes, not {} MiB", out.display(), mib);
+                }
+                std::fs::remove_file(out)?;
+            }
+        }
+        println!(
+            "\n## cp: {mib} MiB of random bytes, whole processes (kubectl aexec cp records the tar stream)"
+        );
+        println!("| direction | kubectl cp MiB/s | kubectl aexec cp MiB/s | aexec / kubectl |");
+        println!("|---|---|---|---|");
+        for dir in ["download", "upload"] {
+            let k = mib as f64 / median(times[format!("{dir} kubectl cp").as_str()].clone());
+            let a = mib as f64 / median(times[format!("{dir} aexec cp").as_str()].clone());
+            println!("| {dir} | {k:.1} | {a:.1} | {:.2}x |", a / k);
+        }
+        Ok(())
+    }
+
+    /// `kubectl cp ARGS`, or `kubectl aexec cp ARGS` with the plugin found on PATH, as admin.
+    async fn kubectl_cp(
+        &self,
+        plugin: &std::path::Path,
+        aexec: bool,
+        args: &[String],
+    ) -> Result<()> {
+        let dir = plugin.parent().context("the plugin's directory")?;
+        let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ))?;
+        let out = tokio::process::Command::new(&self.env.upstream.kubectl)
+            .env("PATH", path)
+            .env("KUBECONFIG", self.env.kubeconfig(User::Admin))
+            .args(if aexec {
+                vec!["aexec", "cp", "-q"]
+            } else {
+                vec!["cp"]
+            })
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "{}cp {} ended with {}: {}",
+                if aexec { "kubectl aexec " } else { "kubectl " },
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
