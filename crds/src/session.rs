@@ -187,10 +187,12 @@ pub fn clean_path(path: &str) -> String {
     }
 }
 
-/// The command a copy runs in the container, exactly as `kubectl cp` builds it: `tar cf -
-/// PATH` to copy out; `tar -xmf - -C DIR`, `DIR` being the destination's directory (Go's
-/// `path.Dir`: `.` for a bare name), to copy in (the uploaded tar's entries are named after the
-/// destination's last element).
+/// The command a copy runs in the container, as `kubectl cp` builds it: `tar cf - PATH` to
+/// copy out; to copy in, `tar -xmf - -C DIR NAME`, `DIR` being the destination's directory
+/// (Go's `path.Dir`: `.` for a bare name) and `NAME` its last element. The uploaded tar's
+/// entries are named after `NAME` (`NAME`, `NAME/...`); kubectl passes no member, and so lets
+/// its tar write anything under `DIR`: naming `NAME` as the only member to extract keeps an
+/// upload to what was approved (a requester's own client could send other names).
 pub fn copy_command(copy: &CopySpec) -> Vec<String> {
     let mut argv: Vec<String> = match copy.direction {
         CopyDirection::Download => vec!["tar".into(), "cf".into(), "-".into(), copy.path.clone()],
@@ -203,7 +205,8 @@ pub fn copy_command(copy: &CopySpec) -> Vec<String> {
             Some(i) => &dest[..i],
             None => ".",
         };
-        argv.extend(["-C".to_owned(), dir.to_owned()]);
+        let name = dest.rsplit('/').next().unwrap_or(&dest);
+        argv.extend(["-C".to_owned(), dir.to_owned(), name.to_owned()]);
     }
     argv
 }
@@ -625,19 +628,19 @@ mod tests {
         );
         assert_eq!(
             copy(CopyDirection::Upload, "/tmp/x/file.txt"),
-            ["tar", "-xmf", "-", "-C", "/tmp/x"]
+            ["tar", "-xmf", "-", "-C", "/tmp/x", "file.txt"]
         );
         assert_eq!(
             copy(CopyDirection::Upload, "/file.txt"),
-            ["tar", "-xmf", "-", "-C", "/"]
+            ["tar", "-xmf", "-", "-C", "/", "file.txt"]
         );
         assert_eq!(
             copy(CopyDirection::Upload, "file.txt"),
-            ["tar", "-xmf", "-", "-C", "."]
+            ["tar", "-xmf", "-", "-C", ".", "file.txt"]
         );
         assert_eq!(
             copy(CopyDirection::Upload, "a//b/../c"),
-            ["tar", "-xmf", "-", "-C", "a"]
+            ["tar", "-xmf", "-", "-C", "a", "c"]
         );
     }
 }

@@ -268,6 +268,16 @@ pub fn evaluate(
 /// `tar` the copy needs ([`aexec_crds::copy_command`]), with standard input for an upload
 /// only, and no terminal (a terminal would mangle the tar stream).
 fn copy_shape(spec: &ExecSessionSpec, copy: &aexec_crds::CopySpec) -> Option<String> {
+    let operand = match copy.direction {
+        aexec_crds::CopyDirection::Download => copy.path.as_str(),
+        aexec_crds::CopyDirection::Upload => copy.path.rsplit('/').next().unwrap_or(&copy.path),
+    };
+    if operand.starts_with('-') {
+        return Some(format!(
+            "a copy's path may not start with '-', which tar would read as an option \
+             ({operand:?}); write it as ./{operand}"
+        ));
+    }
     let want = aexec_crds::copy_command(copy);
     if spec.command != want {
         return Some(format!(
@@ -801,7 +811,7 @@ mod tests {
     #[test]
     fn copies_are_allowed_by_allow_copy_alone() {
         let down = copy_spec("Download", &["tar", "cf", "-", "/data/x"], false);
-        let up = copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data"], true);
+        let up = copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data", "x"], true);
         // allowedCommands and allowStdin do not govern copies; allowCopy does.
         let p = |allow: &str| {
             policy(
@@ -866,7 +876,7 @@ mod tests {
                  sends none",
             ),
             (
-                copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data"], false),
+                copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data", "x"], false),
                 "a copy needs standard input: an upload sends the files on it, a download \
                  sends none",
             ),
@@ -875,6 +885,17 @@ mod tests {
             // The operator's default applies the same check when no policy governs the pod.
             assert_eq!(denied(evaluate(None, DefaultPolicy::AutoApprove, &s)), want);
         }
+        // The tar kubectl cp runs, without the member that keeps an upload to its path.
+        let loose = copy_spec("Upload", &["tar", "-xmf", "-", "-C", "/data"], true);
+        let m = denied(evaluate(Some(&both), DefaultPolicy::Deny, &loose));
+        assert!(m.contains("tar -xmf - -C /data x"), "{m}");
+        // A path tar would read as an option.
+        let dash = spec(json!({
+            "command": ["tar", "cf", "-", "-T/etc/list"],
+            "copy": {"direction": "Download", "path": "-T/etc/list"},
+        }));
+        let m = denied(evaluate(Some(&both), DefaultPolicy::Deny, &dash));
+        assert!(m.contains("may not start with '-'"), "{m}");
         let mut tty = copy_spec("Download", &["tar", "cf", "-", "/data/x"], false);
         tty.tty = true;
         let m = denied(evaluate(Some(&both), DefaultPolicy::Deny, &tty));

@@ -232,7 +232,15 @@ where
     // to the caller after the terminal is restored.
     let _ = tx.try_send(Message::Close(None));
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        // Still sending (a stdin thread keeps the queue full): the connection goes, and the
+        // thread's next send fails, which stops it.
+        writer.abort();
+    }
     Ok(ended)
 }
 

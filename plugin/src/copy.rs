@@ -142,12 +142,18 @@ async fn download(
     let (w, r) = tokio::io::duplex(PIPE);
     let prefix = cp::download_prefix(&plan.pod_path);
     let dest = plan.local.clone();
-    let reader = Counting {
+    let mut reader = Counting {
         inner: tokio_util::io::SyncIoBridge::new(r),
         n: counts.bytes.clone(),
     };
     let unpack = tokio::task::spawn_blocking(move || {
-        cp::untar(reader, &prefix, &dest, &mut |e| counts.event(&e))
+        let unpacked = cp::untar(&mut reader, &prefix, &dest, &mut |e| counts.event(&e));
+        // The archive ends before the stream does (tar pads it to 10 KiB): read the rest, so
+        // the relay never writes into a closed pipe.
+        if unpacked.is_ok() {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        }
+        unpacked
     });
     let io = Io {
         stdin: Box::new(std::io::empty()),
@@ -187,13 +193,20 @@ async fn upload(
     finish(ended, packed)
 }
 
-/// The end of a copy: the local side's error first (it is why the stream broke, if it did),
-/// then the session's.
+/// The end of a copy. A session that ended badly is the cause when the local side only saw
+/// its stream break (cut off, or never started); otherwise the local side's error is why the
+/// stream broke (a hostile entry, a full disk), and comes first.
 fn finish(
     ended: Result<attach::Ended>,
     local: std::result::Result<Summary, cp::CpError>,
 ) -> Result<(attach::Ended, Summary)> {
+    let broken_stream =
+        |e: &cp::CpError| matches!(e, cp::CpError::Stream(_) | cp::CpError::Send(_));
     match (ended, local) {
+        (Ok(ended), Err(e)) if ended.code != 0 && broken_stream(&e) => {
+            Ok((ended, Summary::default()))
+        }
+        (Err(session), Err(e)) if broken_stream(&e) => Err(session),
         (_, Err(e)) => Err(Error::Session(e.to_string())),
         (Err(e), Ok(_)) => Err(e),
         (Ok(ended), Ok(summary)) => Ok((ended, summary)),
@@ -343,7 +356,14 @@ pub async fn export_files(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
         tokio::task::spawn_blocking(move || cp::untar(reader, "", &dest, &mut |e| warn(&e)))
             .await
             .map_err(|err| Error::Io(format!("writing the files failed: {err}")))?
-            .map_err(|err| Error::Session(err.to_string()))?;
+            .map_err(|err| {
+                Error::Session(format!(
+                    "the recorded files of {} could not all be written (they are the recording \
+                     as the operator verified and served it; an upload's came from its \
+                     requester): {err}",
+                    e.name
+                ))
+            })?;
     eprintln!(
         "wrote {} file{} ({}) of session {} into {}",
         summary.files,

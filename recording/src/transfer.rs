@@ -29,10 +29,12 @@ use tar::EntryType;
 
 /// The most entries one list holds; the entries after them are not listed
 /// ([`FileList::truncated`]), though their bytes are still read and counted.
-pub const MAX_FILES: usize = 100_000;
+pub const MAX_FILES: usize = 50_000;
 /// The most bytes of names and link targets one list holds, in total; the entries after them
-/// are not listed ([`FileList::truncated`]).
-pub const MAX_NAME_BYTES: usize = 32 << 20;
+/// are not listed ([`FileList::truncated`]). With [`MAX_FILES`], this keeps the list's JSON
+/// (a name's byte may take 6 there, escaped) well under the 64 MiB a segment may hold
+/// (`chain::MAX_SEGMENT_CAST_BYTES`).
+pub const MAX_NAME_BYTES: usize = 4 << 20;
 /// The most bytes read for one entry's headers (its GNU long name and link, PAX extensions and
 /// header). A stream that needs more is not listed further: no real file's headers are that
 /// large, and the `tar` crate holds them in memory.
@@ -347,20 +349,34 @@ fn list_entries<R: Read>(
             ));
         }
 
-        let mut hasher = (listed && (kind == FileKind::File || size > 0)).then(Sha256::new);
-        let mut got = 0u64;
-        loop {
-            match entry.read(buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Some(hasher) = hasher.as_mut() {
-                        hasher.update(&buf[..n]);
+        // A GNU sparse entry's holes are expanded on read: its 512-byte header can claim
+        // exabytes of zeros. `tar cf -` never writes one (only with -S); it is listed without
+        // a digest, its stored bytes skipped, and the list says so.
+        let sparse = entry_type.is_gnu_sparse();
+        if sparse {
+            problems.push(format!(
+                "entry {path:?} at byte {offset} is a GNU sparse file, which `tar cf -` never \
+                 writes: its content is not read (its holes would expand without bound), so it \
+                 has no digest"
+            ));
+        }
+        let mut hasher =
+            (listed && !sparse && (kind == FileKind::File || size > 0)).then(Sha256::new);
+        let mut got = if sparse { size } else { 0 };
+        if !sparse {
+            loop {
+                match entry.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Some(hasher) = hasher.as_mut() {
+                            hasher.update(&buf[..n]);
+                        }
+                        got += n as u64;
                     }
-                    got += n as u64;
-                }
-                Err(e) => {
-                    problems.push(read_failed(progress, &e));
-                    return None;
+                    Err(e) => {
+                        problems.push(read_failed(progress, &e));
+                        return None;
+                    }
                 }
             }
         }
@@ -1117,5 +1133,40 @@ mod tests {
         let mut other = list.clone();
         other.tar_bytes += 1;
         assert_ne!(digest(&other), d);
+    }
+
+    #[test]
+    fn a_sparse_entry_is_listed_without_expanding_its_holes() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_size(0);
+        h.set_mode(0o644);
+        // A terabyte of holes, claimed in 512 bytes: never expanded.
+        if let Some(gnu) = h.as_gnu_mut() {
+            gnu.set_real_size(1 << 40);
+            gnu.sparse[0].set_offset(1 << 40);
+            gnu.sparse[0].set_length(0);
+        }
+        h.set_cksum();
+        b.append_data(&mut h, "holes", std::io::empty())
+            .expect("sparse");
+        let mut f = tar::Header::new_gnu();
+        f.set_size(2);
+        f.set_mode(0o644);
+        f.set_cksum();
+        b.append_data(&mut f, "after", &b"ok"[..]).expect("file");
+        let bytes = b.into_inner().expect("tar");
+        let list = list_files(bytes.as_slice());
+        let error = list.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("\"holes\"") && error.contains("GNU sparse"),
+            "{error}"
+        );
+        assert_eq!(list.files.len(), 2, "{list:?}");
+        assert_eq!(list.files[0].sha256, None);
+        assert_eq!(list.files[1].path, "after");
+        assert!(list.files[1].sha256.is_some());
+        assert_eq!(list.tar_bytes, bytes.len() as u64);
     }
 }

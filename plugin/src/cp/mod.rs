@@ -19,7 +19,8 @@
 //! never lets the `tar` crate unpack; a name that would land outside the destination (`..`, an
 //! absolute name, a NUL, an entry outside the requested path) stops the copy with an error
 //! naming it; links are never created (kubectl skips them too), and one pointing outside is
-//! refused; nothing is written through a symlink already on the local disk below the
+//! refused with a warning saying so; a GNU sparse entry (whose holes would expand without
+//! bound, and which `tar cf -` never writes) stops the copy; nothing is written through a symlink already on the local disk below the
 //! destination. File contents are streamed, never held in memory.
 //!
 //! Errors say whose side failed: the pod's stream ([`CpError::Hostile`], [`CpError::Stream`]),
@@ -80,19 +81,6 @@ pub enum CpError {
     Hostile {
         entry: String,
         reason: String,
-        dest: PathBuf,
-    },
-    /// A symbolic link in the download points outside the destination. Links are never created;
-    /// one pointing outside is refused rather than skipped.
-    #[error(
-        "entry {entry:?} is a symbolic link to {target:?}, which points outside {}: links are \
-         never created, and one pointing outside the copy is refused, so the copy stopped \
-         there; copy the link's target, or the directories beside the link, separately",
-        .dest.display()
-    )]
-    LinkOutside {
-        entry: String,
-        target: String,
         dest: PathBuf,
     },
     /// The tar stream from the pod could not be read (connection dropped, `tar` failed in the

@@ -90,7 +90,16 @@ impl Extract<'_> {
         if kind.is_dir() || (kind.is_file() && name.ends_with(b"/")) {
             self.make_dir(&rest)?;
             summary.dirs += 1;
-        } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
+        } else if kind.is_gnu_sparse() {
+            // `tar cf -` never writes one (only with -S), and its holes are expanded on read:
+            // a 512-byte header can claim exabytes of zeros.
+            return Err(self.hostile(
+                &name,
+                "is a GNU sparse file, which `tar cf -` never writes (its holes would be \
+                 expanded into zeros without bound)"
+                    .into(),
+            ));
+        } else if kind.is_file() || kind.is_contiguous() {
             let mut file = self.create_file(&rest, &name)?;
             let bytes = copy(entry, &mut file, &path, buf)?;
             summary.files += 1;
@@ -99,11 +108,15 @@ impl Extract<'_> {
         } else if kind.is_symlink() {
             let target = link_name(entry);
             if !link_stays_inside(&rest, &target) {
-                return Err(CpError::LinkOutside {
-                    entry: lossy(&name),
-                    target: lossy(&target),
-                    dest: self.dest.to_path_buf(),
-                });
+                // Refused: links are never created, so this one cannot lead anything outside;
+                // the copy goes on, as kubectl's does past every link.
+                events(Event::Warning(format!(
+                    "refused symlink: \"{}\" -> \"{}\" points outside {}; it is not created",
+                    path.display(),
+                    lossy(&target),
+                    self.dest.display()
+                )));
+                return Ok(());
             }
             events(Event::Warning(format!(
                 "skipping symlink: \"{}\" -> \"{}\"",
@@ -654,13 +667,17 @@ mod tests {
             raw(b, b"data/link", EntryType::Symlink, b"../../outside", b"");
             file(b, "data/link/evil", b"x");
         });
-        let m = err(run(&tar, "data", &d.dest).0);
-        assert!(
-            m.contains("entry \"data/link\" is a symbolic link to \"../../outside\""),
-            "{m}"
-        );
-        assert!(m.contains("points outside"), "{m}");
-        assert!(fs::symlink_metadata(d.dest.join("link")).is_err());
+        let (r, seen) = run(&tar, "data", &d.dest);
+        r.expect("the copy goes on past a refused link");
+        let warned = seen.iter().any(|e| {
+            matches!(e, Event::Warning(w) if w.starts_with("refused symlink")
+                && w.contains("../../outside") && w.contains("points outside"))
+        });
+        assert!(warned, "{seen:?}");
+        // The link was not created: what came through it is a plain directory under dest.
+        let link = fs::symlink_metadata(d.dest.join("link")).unwrap();
+        assert!(link.is_dir() && !link.file_type().is_symlink());
+        assert_eq!(fs::read(d.dest.join("link/evil")).unwrap(), b"x");
         d.assert_outside_untouched();
     }
 
@@ -677,12 +694,37 @@ mod tests {
                 b"",
             );
         });
-        let m = err(run(&tar, "data", &d.dest).0);
+        let (r, seen) = run(&tar, "data", &d.dest);
+        r.expect("refused, not fatal");
         assert!(
-            m.contains(&format!("is a symbolic link to {target:?}")),
-            "{m}"
+            seen.iter().any(|e| matches!(e, Event::Warning(w)
+                if w.contains(&format!("-> \"{target}\" points outside")))),
+            "{seen:?}"
         );
+        assert!(fs::symlink_metadata(d.dest.join("sub/link")).is_err());
         d.assert_outside_untouched();
+    }
+
+    #[test]
+    fn cp_refuses_path_escape_sparse() {
+        let d = dirs();
+        let tar = archive(|b| {
+            let mut h = Header::new_gnu();
+            h.as_old_mut().name[..10].copy_from_slice(b"data/holes");
+            h.set_entry_type(EntryType::GNUSparse);
+            h.set_size(0);
+            h.set_mode(0o644);
+            // A terabyte of holes, claimed in 512 bytes: never expanded onto the disk.
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.set_real_size(1 << 40);
+            gnu.sparse[0].set_offset(1 << 40);
+            gnu.sparse[0].set_length(0);
+            h.set_cksum();
+            b.append(&h, &b""[..]).unwrap();
+        });
+        let m = err(run(&tar, "data", &d.dest).0);
+        assert!(m.contains("GNU sparse"), "{m}");
+        assert!(fs::symlink_metadata(d.dest.join("holes")).is_err());
     }
 
     #[test]
