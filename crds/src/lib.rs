@@ -11,10 +11,10 @@ pub use policy::{
     PolicyDecision, PolicyLimits,
 };
 pub use session::{
-    CopyDirection, CopySpec, Decision, ExecSession, ExecSessionSpec, ExecSessionStatus,
+    CopyDirection, CopySpec, DebugSpec, Decision, ExecSession, ExecSessionSpec, ExecSessionStatus,
     MAX_COMMAND_URL_BYTES, ModerationState, ModerationStatus, Phase, RecordingStatus,
     SessionLimits, SessionRecordStatus, UserRef, WatchMode, WatcherEntry, clean_path,
-    command_too_long, command_url_bytes, copy_command,
+    command_too_long, command_url_bytes, copy_command, debug_container_name,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

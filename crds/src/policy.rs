@@ -225,6 +225,13 @@ pub struct PolicyLimits {
     /// `allowedCommands` or `allowStdin`: its command is the `tar` the copy needs.
     #[serde(default)]
     pub allow_copy: AllowCopy,
+
+    /// Images a debug session (`kubectl aexec debug`) may run as an ephemeral container, by
+    /// exact reference (`registry/name:tag` or `name@sha256:...`). Omitted or empty: no
+    /// debugging. The command, terminal and stdin limits apply to debug sessions too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    pub debug_images: Option<Vec<String>>,
 }
 
 /// Which file copies a policy allows.
@@ -269,6 +276,7 @@ impl Default for PolicyLimits {
             allowed_commands: None,
             recording_required: true,
             allow_copy: AllowCopy::None,
+            debug_images: None,
         }
     }
 }

@@ -120,6 +120,30 @@ pub struct ExecSessionSpec {
     /// the transferred tar stream and a list of its files with their SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopySpec>,
+
+    /// Debugging (`kubectl aexec debug`): after approval the operator adds an ephemeral
+    /// container of this image to the pod, sharing the process namespace of `container` (the
+    /// target), runs `command` in it, and attaches to it; policies allow the image with
+    /// `limits.debugImages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugSpec>,
+}
+
+/// What a debug session runs its command in.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugSpec {
+    /// The image of the ephemeral container, as the policy's `limits.debugImages` names it.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+}
+
+/// The name of the ephemeral container a debug session adds to its pod: `aexec-` and the
+/// session's name, cut to the 63 characters a container name may have.
+pub fn debug_container_name(session: &str) -> String {
+    let mut name = format!("aexec-{session}");
+    name.truncate(63);
+    name.trim_end_matches(['-', '.']).to_owned()
 }
 
 /// What a copy moves, and where.
@@ -642,5 +666,14 @@ mod tests {
             copy(CopyDirection::Upload, "a//b/../c"),
             ["tar", "-xmf", "-", "-C", "a", "c"]
         );
+    }
+
+    #[test]
+    fn debug_containers_are_named_after_their_session_within_63_characters() {
+        assert_eq!(debug_container_name("debug-x7k2p"), "aexec-debug-x7k2p");
+        let long = format!("{}-{}", "a".repeat(56), "bcdef");
+        let n = debug_container_name(&long);
+        assert!(n.len() <= 63 && n.starts_with("aexec-aaa"), "{n}");
+        assert!(!n.ends_with('-'), "{n}");
     }
 }

@@ -105,6 +105,11 @@ fn policy(u: &mut Unstructured<'_>) -> Result<ExecPolicy> {
             AllowCopy::Upload,
             AllowCopy::Both,
         ])?,
+        debug_images: if u.arbitrary()? {
+            Some(strings(bounded_vec(u, 2)?))
+        } else {
+            None
+        },
     };
     let spec = ExecPolicySpec {
         namespace_selector: selector(u)?,
@@ -186,6 +191,7 @@ impl<'a> Arbitrary<'a> for PolicyInput {
             } else {
                 None
             },
+            debug: None,
         };
         let mut session = ExecSession::new(&Name::arbitrary(u)?.0, spec);
         session.metadata.namespace = Some(Name::arbitrary(u)?.0);

@@ -195,6 +195,7 @@ pub fn sample_record() -> aexec_recording::record::SessionRecord {
             tty: true,
             stdin: true,
             reason: Some("INC-1234".into()),
+            ..Default::default()
         },
         requester: Person {
             username: "alice".into(),

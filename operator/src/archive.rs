@@ -228,6 +228,16 @@ pub fn build_record(
             tty: session.spec.tty,
             stdin: session.spec.stdin,
             reason: session.spec.reason.clone(),
+            copy: session
+                .spec
+                .copy
+                .as_ref()
+                .map(|c| crate::recording::record::RecordCopy {
+                    direction: c.direction.as_str().to_owned(),
+                    path: c.path.clone(),
+                    local: c.local.clone(),
+                }),
+            debug_image: session.spec.debug.as_ref().map(|d| d.image.clone()),
         },
         requester: person(requester),
         policy: RecordPolicy {

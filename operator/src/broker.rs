@@ -586,10 +586,10 @@ async fn prepare(
                         (None, None) => Err(End::NotStarted("no exec stream was opened".into())),
                     };
                     let end = match started {
-                        Ok((pod_ws, held, announcer)) => {
+                        Ok((pod_leg, held, announcer)) => {
                             relay(
                                 client_ws,
-                                pod_ws,
+                                pod_leg,
                                 &session_for_relay,
                                 stop,
                                 &recorder,
@@ -664,7 +664,7 @@ async fn start_moderated(
     hub: &std::sync::Arc<Hub>,
     stop: &mut tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
-) -> Result<(Ws, Held, Option<Announcer>), End> {
+) -> Result<(PodLeg, Held, Option<Announcer>), End> {
     let announcer = Announcer::start(state, session, hub.clone());
     let fail = match moderated::await_moderators(
         client_ws, session, rule, hub, stop, recorder, &announcer,
@@ -712,14 +712,28 @@ struct StartFailure {
     message: String,
 }
 
+/// The pod's leg, and, for a debug session, where its exit code is read.
+type PodLeg = (Ws, Option<crate::debug::Exit>);
+
 /// Opens the exec stream to the approved pod with the approved spec (command, container,
-/// stdin, tty), never anything from the client.
+/// stdin, tty), never anything from the client; for a debug session, the attach stream of the
+/// ephemeral container it adds (`debug`).
 async fn open_pod_leg(
     client: &Client,
     namespace: &str,
     session: &ExecSession,
-) -> Result<Ws, StartFailure> {
+) -> Result<PodLeg, StartFailure> {
     let spec = &session.spec;
+    if let Some(debug) = &spec.debug {
+        return crate::debug::open_leg(client, namespace, session, debug)
+            .await
+            .map(|(ws, exit)| (ws, Some(exit)))
+            .map_err(|message| StartFailure {
+                code: 502,
+                reason: "BadGateway",
+                message,
+            });
+    }
     let ap = AttachParams {
         container: session.status.as_ref().and_then(|s| s.container.clone()),
         stdin: spec.stdin,
@@ -740,6 +754,7 @@ async fn open_pod_leg(
         })?;
     crate::podleg::connect(client, exec_req)
         .await
+        .map(|ws| (ws, None))
         .map_err(|e| StartFailure {
             code: 502,
             reason: "BadGateway",
@@ -1056,7 +1071,7 @@ struct Moderation<'a> {
 /// Relays frames both ways until the command's status arrives or a side goes away.
 async fn relay(
     client: Ws,
-    pod: Ws,
+    (pod, debug_exit): PodLeg,
     session: &ExecSession,
     stop: tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
@@ -1194,6 +1209,16 @@ async fn relay(
             m = pod_rx.next() => { pod_traffic = tokio::time::Instant::now(); match m {
                 Some(Ok(Message::Binary(data))) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    // A debug container's attach ends with `Success` whatever its command did:
+                    // the status relayed and recorded is the container's own, from the pod.
+                    let data = match (&debug_exit, frames::parse(&data, usize::MAX)) {
+                        (Some(exit), Ok(Frame::Status(_))) => {
+                            let mut doc = vec![3u8];
+                            doc.extend(frames::status_doc(&exit.outcome().await));
+                            doc.into()
+                        }
+                        _ => data,
+                    };
                     let frame = frames::parse(&data, usize::MAX);
                     // A status that cannot be read ends the session as a stream without one,
                     // not as a command that "could not run".

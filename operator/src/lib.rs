@@ -15,6 +15,8 @@ pub mod archive;
 pub mod broker;
 #[cfg(feature = "runtime")]
 pub mod controller;
+#[cfg(feature = "runtime")]
+pub mod debug;
 pub mod frames;
 #[cfg(feature = "runtime")]
 pub mod leader;

@@ -227,7 +227,17 @@ pub fn evaluate(
     if let Some(why) = spec.copy.as_ref().and_then(|c| copy_shape(spec, c)) {
         return refuse(why);
     }
+    if spec.debug.is_some() && spec.copy.is_some() {
+        return refuse("a session is a copy or a debug session, not both");
+    }
     let Some(policy) = policy else {
+        if let Some(debug) = &spec.debug {
+            return refuse(format!(
+                "no ExecPolicy governs this pod, and debugging needs one that lists the image \
+                 {} in limits.debugImages",
+                debug.image
+            ));
+        }
         return match default {
             DefaultPolicy::Deny => {
                 refuse("no ExecPolicy governs this pod and the operator's default is to deny")
@@ -242,6 +252,25 @@ pub fn evaluate(
             return refuse(copy_refused(name, copy.direction, limits.allow_copy));
         }
         return decide(policy, spec);
+    }
+    if let Some(debug) = &spec.debug {
+        let allowed = limits.debug_images.as_deref().unwrap_or_default();
+        if !allowed.iter().any(|i| i == &debug.image) {
+            return refuse(if allowed.is_empty() {
+                format!(
+                    "policy {name} allows no debugging (limits.debugImages is empty); ask the \
+                     policy's owners to list the debug image {} there",
+                    debug.image
+                )
+            } else {
+                format!(
+                    "policy {name} does not allow debugging with image {}: its \
+                     limits.debugImages allows {}; use one of those with --image",
+                    debug.image,
+                    allowed.join(", ")
+                )
+            });
+        }
     }
     if spec.tty && !limits.allow_tty {
         return refuse(format!("policy {name} does not allow a terminal (-t)"));
@@ -856,6 +885,56 @@ mod tests {
             evaluate(Some(&gated), DefaultPolicy::Deny, &down),
             Verdict::NeedApprovals { required: 1 }
         );
+    }
+
+    #[test]
+    fn debug_images_come_from_the_policys_list_and_the_other_limits_still_apply() {
+        let debug = |image: &str, command: &[&str]| {
+            spec(json!({"command": command, "debug": {"image": image}}))
+        };
+        let p = policy(
+            "dbg",
+            json!({"decision": "AutoApprove", "limits": {
+                "debugImages": ["busybox:1.36"], "allowedCommands": ["sh"]}}),
+        );
+        assert_eq!(
+            evaluate(
+                Some(&p),
+                DefaultPolicy::Deny,
+                &debug("busybox:1.36", &["sh"])
+            ),
+            Verdict::Approve
+        );
+        assert_eq!(
+            denied(evaluate(
+                Some(&p),
+                DefaultPolicy::Deny,
+                &debug("evil:latest", &["sh"])
+            )),
+            "policy dbg does not allow debugging with image evil:latest: its limits.debugImages \
+             allows busybox:1.36; use one of those with --image"
+        );
+        let m = denied(evaluate(
+            Some(&p),
+            DefaultPolicy::Deny,
+            &debug("busybox:1.36", &["nc"]),
+        ));
+        assert!(m.contains("allows only these commands: sh"), "{m}");
+        // No policy: the operator's default never approves an image nobody listed.
+        let m = denied(evaluate(
+            None,
+            DefaultPolicy::AutoApprove,
+            &debug("busybox:1.36", &["sh"]),
+        ));
+        assert!(m.contains("needs one that lists the image"), "{m}");
+        // No list: no debugging, fail closed.
+        let plain = policy("plain", json!({"decision": "AutoApprove"}));
+        let m = denied(evaluate(
+            Some(&plain),
+            DefaultPolicy::Deny,
+            &debug("busybox:1.36", &["sh"]),
+        ));
+        assert!(m.contains("allows no debugging"), "{m}");
     }
 
     #[test]

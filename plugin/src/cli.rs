@@ -19,6 +19,10 @@ Examples:
   kubectl aexec --no-wait api-7f9c -it -- bash
   kubectl aexec attach exec-7xk2p
 
+  # Copy files out of (or into) a pod, recorded; debug a pod that has no shell
+  kubectl aexec cp -r INC-1234 api-7f9c:/var/log/app ./app-logs
+  kubectl aexec debug api-7f9c -it --image busybox:1.36 --target app -- sh
+
   # Review: list, describe, approve or deny, replay, export, verify
   kubectl aexec list -A --phase Pending
   kubectl aexec approve exec-7xk2p -m 'ok for INC-1234'
@@ -150,6 +154,9 @@ pub enum Command {
     /// Copy files and directories to and from a container, after approval, recorded (like
     /// kubectl cp: the files themselves and their SHA-256 are kept with the recording).
     Cp(CpArgs),
+    /// Debug a pod in a container of your image (like kubectl debug with an ephemeral
+    /// container), after approval, recorded: for images with no shell.
+    Debug(DebugArgs),
     /// End a running session.
     Terminate(NameArg),
     /// Watch a running session's terminal live, read-only: what it showed so far, then what it
@@ -191,6 +198,54 @@ The copy is a session like any other: the ExecPolicy governing the pod must allo
 (limits.allowCopy: Download, Upload or Both) and may require approvals. The container needs tar,
 as for kubectl cp. Entries of a downloaded tar that would land outside the destination
 (.., absolute paths, links pointing out) are refused, and symbolic links are not created.";
+
+const DEBUG_EXAMPLES: &str = "\
+Examples:
+  # A shell beside container app of pod api-7f9c, whose image has none
+  kubectl aexec debug api-7f9c -it --image registry.example/debug:1.0 --target app -- sh
+
+  # One command, its input piped
+  echo 'ls /proc/1/root/etc' | kubectl aexec debug api-7f9c -i --image busybox:1.36 -- sh
+
+The operator adds an ephemeral container of IMAGE to the pod once the session is approved,
+sharing the process namespace of the target container (--target, else the pod's default
+container): /proc/1/root is the target's filesystem when the target runs as PID 1. The ExecPolicy
+must list IMAGE in limits.debugImages. An ephemeral container stays in the pod (stopped) after
+the session; a pod can have any number of them.";
+
+/// `kubectl aexec debug`: kubectl debug's flags for ephemeral containers.
+#[derive(Debug, Args)]
+#[command(after_help = DEBUG_EXAMPLES)]
+pub struct DebugArgs {
+    /// The pod to debug.
+    #[arg(value_name = "POD")]
+    pub pod: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND", required = true)]
+    pub command: Vec<String>,
+    /// The image of the debug container (as the policy's limits.debugImages names it).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: String,
+    /// The container whose processes the debug container sees (default: the pod's default
+    /// container).
+    #[arg(long, value_name = "CONTAINER")]
+    pub target: Option<String>,
+    /// Pass stdin to the command.
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Allocate a terminal (needs -i in practice, as with kubectl).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Why you need this session (a ticket or incident); shown to approvers.
+    #[arg(short = 'r', long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Give up waiting for approval after this long (like 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<kube::core::Duration>,
+    /// Print no progress or notices, only errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
 
 /// `kubectl aexec cp`: kubectl cp's arguments.
 #[derive(Debug, Args)]

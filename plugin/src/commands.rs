@@ -63,6 +63,7 @@ pub async fn exec(c: &Conn, args: &ExecArgs) -> Result<i32> {
         reason: args.reason.clone(),
         requester: me,
         copy: None,
+        debug: None,
     };
     let mut s = ExecSession::new("", spec);
     s.metadata.name = None;
@@ -86,6 +87,54 @@ pub async fn exec(c: &Conn, args: &ExecArgs) -> Result<i32> {
         eprintln!("execsession {name} created in namespace {}", c.namespace);
     }
     let approved = wait_approved(c, &name, args.wait.map(Into::into), args.quiet, true).await?;
+    run_attached(c, &name, &approved.spec).await
+}
+
+/// `kubectl aexec debug POD --image IMAGE -- COMMAND`: asks for a debug session (an ephemeral
+/// container of IMAGE beside the target container, added by the operator once approved), waits,
+/// then attaches like the exec form.
+pub async fn debug(c: &Conn, a: &cli::DebugArgs) -> Result<i32> {
+    let (tty, warning) = target::tty_decision(a.stdin, a.tty, terminal::stdin_is_terminal());
+    if let Some(w) = warning
+        && !a.quiet
+    {
+        eprintln!("{w}");
+    }
+    let pod_target = target::Target {
+        kind: target::Kind::Pod,
+        name: a.pod.clone(),
+    };
+    let (pod, me) = tokio::join!(
+        target::find_pod(&c.client, &c.namespace, &pod_target),
+        connect::whoami(&c.client)
+    );
+    let pod = pod?;
+    let (container, _) = target::resolve_container(&pod, a.target.as_deref())?;
+    let spec = ExecSessionSpec {
+        pod: a.pod.clone(),
+        container: Some(container),
+        command: a.command.clone(),
+        stdin: a.stdin,
+        tty,
+        reason: a.reason.clone(),
+        requester: me?,
+        copy: None,
+        debug: Some(aexec_crds::DebugSpec {
+            image: a.image.clone(),
+        }),
+    };
+    let mut s = ExecSession::new("", spec);
+    s.metadata.name = None;
+    s.metadata.generate_name = Some("debug-".into());
+    let created = sessions(c)
+        .create(&PostParams::default(), &s)
+        .await
+        .map_err(|e| explain(&e, "creating the ExecSession for debugging", Doing::Request))?;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    if !a.quiet {
+        eprintln!("execsession {name} created in namespace {}", c.namespace);
+    }
+    let approved = wait_approved(c, &name, a.wait.map(Into::into), a.quiet, true).await?;
     run_attached(c, &name, &approved.spec).await
 }
 

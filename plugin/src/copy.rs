@@ -64,6 +64,7 @@ pub async fn cp(c: &Conn, a: &cli::CpArgs) -> Result<i32> {
         reason: a.reason.clone(),
         requester: me?,
         copy: Some(copy),
+        debug: None,
     };
     let mut s = ExecSession::new("", spec);
     s.metadata.name = None;

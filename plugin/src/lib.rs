@@ -118,6 +118,7 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         Some(Command::Keys(k)) => commands::keys(&conn, k).await,
         Some(Command::Attach(a)) => commands::attach_existing(&conn, a).await,
         Some(Command::Cp(a)) => copy::cp(&conn, a).await,
+        Some(Command::Debug(a)) => commands::debug(&conn, a).await,
         Some(Command::Terminate(n)) => commands::terminate(&conn, &n.name).await,
         Some(Command::Watch(w)) => watch::watch(&conn, w).await,
         Some(Command::Replay(r)) => commands::replay(&conn, r).await,

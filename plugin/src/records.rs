@@ -223,6 +223,20 @@ pub fn describe(item: &Recording, object_exists: bool) -> String {
     );
     kv("Container", none(r.spec.container.clone()));
     kv("Command", display_command(&r.spec.command));
+    if let Some(c) = &r.spec.copy {
+        kv(
+            "Copy",
+            format!(
+                "{} of {} (local: {})",
+                c.direction,
+                c.path,
+                c.local.as_deref().unwrap_or("not given")
+            ),
+        );
+    }
+    if let Some(image) = &r.spec.debug_image {
+        kv("Debug", format!("ephemeral container of image {image}"));
+    }
     kv("Stdin", r.spec.stdin.to_string());
     kv("TTY", r.spec.tty.to_string());
     kv("Reason", none(r.spec.reason.clone()));

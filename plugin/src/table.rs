@@ -217,6 +217,27 @@ pub fn describe(s: &ExecSession, now: DateTime<Utc>) -> String {
         or_none(st.container.clone().or_else(|| s.spec.container.clone())),
     );
     kv("Command", display_command(&s.spec.command));
+    if let Some(c) = &s.spec.copy {
+        kv(
+            "Copy",
+            format!(
+                "{} of {} (local: {})",
+                c.direction.as_str(),
+                c.path,
+                c.local.as_deref().unwrap_or("not given")
+            ),
+        );
+    }
+    if let Some(d) = &s.spec.debug {
+        kv(
+            "Debug",
+            format!(
+                "ephemeral container {} of image {}",
+                aexec_crds::debug_container_name(s.metadata.name.as_deref().unwrap_or_default()),
+                d.image
+            ),
+        );
+    }
     kv("Stdin", s.spec.stdin.to_string());
     kv("TTY", s.spec.tty.to_string());
     kv("Reason", or_none(s.spec.reason.clone()));

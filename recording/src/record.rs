@@ -98,6 +98,25 @@ pub struct RecordSpec {
     pub stdin: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a copy (`kubectl aexec cp`): which way, and the paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<RecordCopy>,
+    /// For a debug session (`kubectl aexec debug`): the ephemeral container's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_image: Option<String>,
+}
+
+/// What a copy moved, as its session asked.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecordCopy {
+    /// `Download` or `Upload`.
+    pub direction: String,
+    /// The path in the container.
+    pub path: String,
+    /// The local path, as the requester gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
 }
 
 /// The policy that governed the session and what it decided.

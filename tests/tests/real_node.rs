@@ -992,3 +992,159 @@ async fn real_node_container_restart_mid_session() {
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(text(&again.stdout), "after-restart\n");
 }
+
+/// A pod whose image has no shell (the pause image: one static binary), running.
+async fn distroless_pod(t: &Target) -> String {
+    let admin = env().client(User::Admin).await.expect("admin");
+    let pods: Api<Pod> = Api::namespaced(admin, &t.namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "distroless"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app",
+                "image": aexec_testenv::images::PAUSE.reference(),
+                "imagePullPolicy": "Never",
+            }]
+        }
+    }))
+    .expect("pod");
+    pods.create(&Default::default(), &pod)
+        .await
+        .expect("created");
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        kube::runtime::wait::await_condition(
+            pods,
+            "distroless",
+            kube::runtime::conditions::is_pod_running(),
+        ),
+    )
+    .await
+    .expect("the distroless pod runs within 90s")
+    .expect("watch");
+    "distroless".into()
+}
+
+/// The ephemeral containers of pod `name`: (name, image).
+async fn ephemeral_containers(t: &Target, name: &str) -> Vec<(String, String)> {
+    let admin = env().client(User::Admin).await.expect("admin");
+    Api::<Pod>::namespaced(admin, &t.namespace)
+        .get(name)
+        .await
+        .expect("pod")
+        .spec
+        .and_then(|s| s.ephemeral_containers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.name, c.image.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn real_node_debug_ephemeral_container_recorded() {
+    let busybox = aexec_testenv::images::BUSYBOX.reference();
+    let t = target_auto(json!({"debugImages": [busybox]})).await;
+    let ns = t.namespace.as_str();
+    let pod = distroless_pod(&t).await;
+    // Nothing to exec into: the image has no shell.
+    let plain = kubectl(
+        User::Admin,
+        &["exec", "-n", ns, &pod, "--", "sh", "-c", "true"],
+        None,
+    )
+    .await;
+    assert!(
+        !plain.status.success(),
+        "the pod was expected to have no shell"
+    );
+
+    // alice debugs it beside its container: her shell sees the target's processes.
+    let script = b"echo debug-marker; tr '\\0' ' ' < /proc/1/cmdline; echo; exit 3\n";
+    let out = aexec(
+        User::Alice,
+        &[
+            "debug",
+            "-n",
+            ns,
+            &pod,
+            "--image",
+            &busybox,
+            "--target",
+            "app",
+            "-i",
+            "-r",
+            "INC-DEBUG",
+            "--",
+            "sh",
+        ],
+        Some(script),
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("debug-marker"), "{stdout}");
+    assert!(
+        stdout.contains("/pause"),
+        "PID 1 is not the target's: {stdout}"
+    );
+    assert!(
+        stderr.contains("command terminated with exit code 3"),
+        "{stderr}"
+    );
+
+    let s = session_by_reason(&t, "INC-DEBUG").await;
+    let name = s.metadata.name.clone().expect("name");
+    let s = ended(&t, &name, 60).await;
+    assert_eq!(s.phase(), Phase::Failed, "{:#?}", s.status);
+    assert_eq!(s.status.as_ref().and_then(|st| st.exit_code), Some(3));
+    // The operator added exactly the approved container.
+    assert_eq!(
+        ephemeral_containers(&t, &pod).await,
+        [(aexec_crds::debug_container_name(&name), busybox.clone())]
+    );
+    // Recorded like an exec: what was typed, what was shown, the exit code.
+    let rec = recorded(&t, &name).await;
+    assert!(
+        text(&rec.out).contains("debug-marker"),
+        "{:?}",
+        text(&rec.out)
+    );
+    assert!(
+        text(&rec.input).contains("echo debug-marker"),
+        "{:?}",
+        text(&rec.input)
+    );
+    assert_eq!(rec.exit, Some(3));
+    // describe says what ran where.
+    let d = text(
+        &aexec(User::Carol, &["describe", &name, "-n", ns], None)
+            .await
+            .stdout,
+    );
+    assert!(d.contains(&format!("of image {busybox}")), "{d}");
+}
+
+#[tokio::test]
+async fn real_node_debug_image_not_allowed() {
+    let busybox = aexec_testenv::images::BUSYBOX.reference();
+    let t = target_auto(json!({"debugImages": [busybox]})).await;
+    let ns = t.namespace.as_str();
+    let pod = distroless_pod(&t).await;
+    let other = aexec_testenv::images::PAUSE.reference();
+    let out = aexec(
+        User::Alice,
+        &["debug", "-n", ns, &pod, "--image", &other, "-i", "--", "sh"],
+        Some(b"exit 0\n"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("does not allow debugging with image {other}"))
+            && err.contains(&busybox),
+        "{err}"
+    );
+    // Denied before anything touched the pod.
+    assert!(ephemeral_containers(&t, &pod).await.is_empty());
+}
