@@ -48,7 +48,11 @@ pub fn untar<R: Read>(
     events: &mut dyn FnMut(Event),
 ) -> Result<Summary, CpError> {
     let prefix_parts: Vec<&[u8]> = split(prefix.as_bytes()).collect();
-    let mut archive = tar::Archive::new(reader);
+    let budget = std::rc::Rc::new(std::cell::Cell::new(u64::MAX));
+    let mut archive = tar::Archive::new(HeaderBudget {
+        inner: reader,
+        left: budget.clone(),
+    });
     let mut summary = Summary::default();
     let mut buf = vec![0u8; BUF];
     let x = Extract {
@@ -56,11 +60,44 @@ pub fn untar<R: Read>(
         prefix_parts: &prefix_parts,
         dest,
     };
-    for entry in archive.entries().map_err(stream_error)? {
+    let mut entries = archive.entries().map_err(stream_error)?;
+    loop {
+        // The `tar` crate reads an entry's headers (GNU long names, PAX records) whole into
+        // memory: a hostile stream's are cut at MAX_HEADERS.
+        budget.set(MAX_HEADERS);
+        let Some(entry) = entries.next() else { break };
+        budget.set(u64::MAX);
         let mut entry = entry.map_err(stream_error)?;
         x.entry(&mut entry, &mut buf, events, &mut summary)?;
     }
     Ok(summary)
+}
+
+/// The most bytes one entry's headers may take (real ones take a few KiB).
+const MAX_HEADERS: u64 = 1 << 20;
+
+/// The stream, refusing to read past what `left` allows (while an entry's headers are read).
+struct HeaderBudget<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for HeaderBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other(format!(
+                "an entry's headers take more than {MAX_HEADERS} bytes (a long name or PAX \
+                 record no real file has)"
+            )));
+        }
+        let len = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..len])?;
+        if left != u64::MAX {
+            self.left.set(left - n as u64);
+        }
+        Ok(n)
+    }
 }
 
 /// What every entry is extracted against.
@@ -993,5 +1030,16 @@ mod tests {
         );
         assert!(ok("var/log/a/../../x").unwrap_err().contains("`..`"));
         assert!(ok("/var/log/a").unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn cp_refuses_path_escape_giant_long_name() {
+        let d = dirs();
+        // A GNU long name of 3 MiB: refused before the tar crate holds it all.
+        let mut name = vec![b'a'; 3 << 20];
+        name.push(0);
+        let tar = archive(|b| raw(b, b"././@LongLink", EntryType::GNULongName, b"", &name));
+        let m = err(run(&tar, "", &d.dest).0);
+        assert!(m.contains("headers take more than"), "{m}");
     }
 }
