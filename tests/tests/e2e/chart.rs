@@ -938,6 +938,9 @@ async fn operator_runs_with_chart_rbac() {
     for (verb, what, where_) in [
         ("create", "pods#exec", ns),
         ("get", "pods#exec", ns),
+        // Debug sessions: the approved ephemeral container, then the attach to it.
+        ("patch", "pods#ephemeralcontainers", ns),
+        ("create", "pods#attach", ns),
         ("watch", "pods", ns),
         ("delete", "execsessions.aexec.dev", ns),
         ("patch", "execsessions.aexec.dev", ns),
@@ -965,7 +968,7 @@ async fn operator_runs_with_chart_rbac() {
     for (verb, what, where_) in [
         ("create", "pods", ns),
         ("delete", "pods", ns),
-        ("create", "pods#attach", ns),
+        ("update", "pods#ephemeralcontainers", ns),
         ("create", "pods#portforward", ns),
         ("get", "secrets", NAMESPACE),
         ("get", "secrets/aexec-operator-tls", NAMESPACE),
