@@ -27,6 +27,8 @@ pub mod metrics;
 pub mod moderated;
 pub mod moderation;
 #[cfg(feature = "runtime")]
+pub mod notify;
+#[cfg(feature = "runtime")]
 pub mod observe;
 #[cfg(feature = "runtime")]
 pub mod peer;

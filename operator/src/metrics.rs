@@ -45,6 +45,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Session records written to the store, by `result` (`written`, `failed`).
     pub records: Family<ResultLabel, Counter>,
+    /// Webhook notifications, by `result` (`delivered`, `retried`, `failed`, `dropped`).
+    pub notifications: Family<ResultLabel, Counter>,
 }
 
 /// Label set with one `result` label.
@@ -107,8 +109,15 @@ impl Default for Metrics {
             "Signed session records written to the store (written) or not (failed, retried)",
             records.clone(),
         );
+        let notifications = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Webhook notifications: delivered, retried (a try failed), failed (given up), dropped (queue full)",
+            notifications.clone(),
+        );
         Metrics {
             records,
+            notifications,
             registry: Arc::new(Mutex::new(registry)),
             spool_bytes,
             storage_errors,

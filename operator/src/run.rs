@@ -38,6 +38,12 @@ pub struct Args {
     #[arg(long, env = "AEXEC_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Webhooks to notify of sessions requested, approved, denied, expired, started, ended and
+    /// terminated (YAML: `webhooks: [{name, url, format: slack|cloudevents, secret, events,
+    /// namespaces}]`; the chart mounts it from a Secret). docs/architecture.md, "Notifications".
+    #[arg(long, env = "AEXEC_NOTIFICATIONS", value_name = "FILE")]
+    pub notifications: Option<PathBuf>,
+
     /// What to do with a session no ExecPolicy selects.
     #[arg(long, value_enum, default_value_t = DefaultPolicy::Deny, env = "AEXEC_DEFAULT_POLICY")]
     pub default_policy: DefaultPolicy,
@@ -307,6 +313,19 @@ pub async fn run(args: Args) -> Result<()> {
         .await?,
     );
     let front_proxy = Arc::new(FrontProxy::load(&client).await?);
+    // A notifications file that cannot be read stops the start: a typo is said at once, not
+    // discovered when nobody hears of a request.
+    let notifier = match &args.notifications {
+        Some(path) => {
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("reading the notifications file {}", path.display()))?;
+            let config = crate::notify::parse(&text).map_err(anyhow::Error::msg)?;
+            info!(webhooks = config.webhooks.len(), "notifications configured");
+            Some(crate::notify::Notifier::start(config, metrics.clone())?)
+        }
+        None => None,
+    };
     // The operator's own namespace: its Lease, its signing keys.
     let namespace = args
         .leader_election_namespace
@@ -443,6 +462,13 @@ pub async fn run(args: Args) -> Result<()> {
         let spool = spool.clone();
         let (signer, instance) = (signer.clone(), args.instance.clone());
         let lead = move |stop_leading: leader::StopLeading| {
+            // The leader notifies (once, whichever replica leads), beside its controller.
+            let notifying = notifier.clone().map(|n| {
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::notify::watch(
+                    client.clone(),
+                    n,
+                )))
+            });
             let (client, metrics, reporter, sessions, recordings, replica_pods, signer, instance) = (
                 client.clone(),
                 metrics.clone(),
@@ -478,6 +504,7 @@ pub async fn run(args: Args) -> Result<()> {
                 if let Ok(mut s) = sessions.lock() {
                     *s = None;
                 }
+                drop(notifying);
             }
         };
         async move {

@@ -53,6 +53,8 @@ pub const INSTANCE: &str = "aexec-operator-0";
 pub struct Operator {
     process: Mutex<Option<Component>>,
     storage: std::sync::Mutex<RecordingStore>,
+    /// `--notifications` for operators started from now on.
+    notifications: std::sync::Mutex<Option<PathBuf>>,
     lock: RwLock<()>,
     registered: tokio::sync::OnceCell<()>,
     credentials: tokio::sync::OnceCell<Credentials>,
@@ -137,6 +139,7 @@ impl Default for Operator {
         Operator {
             process: Mutex::new(None),
             storage: std::sync::Mutex::new(RecordingStore::default()),
+            notifications: std::sync::Mutex::new(None),
             lock: RwLock::new(()),
             registered: tokio::sync::OnceCell::new(),
             credentials: tokio::sync::OnceCell::new(),
@@ -184,6 +187,14 @@ impl TestEnv {
     pub fn set_recording_store(&self, store: RecordingStore) {
         if let Ok(mut s) = self.operator.storage.lock() {
             *s = store;
+        }
+    }
+
+    /// Makes operators started from now on notify the webhooks of `file` (`None`: none). Hold
+    /// [`Self::operator_exclusive`] and restart the operator for it to take effect.
+    pub fn set_notifications(&self, file: Option<PathBuf>) {
+        if let Ok(mut n) = self.operator.notifications.lock() {
+            *n = file;
         }
     }
 
@@ -339,6 +350,15 @@ impl TestEnv {
                 env_u64("AEXEC_TEST_SPOOL_MAX_BYTES").unwrap_or(SPOOL_MAX_BYTES)
             ),
         ];
+        if let Some(file) = self
+            .operator
+            .notifications
+            .lock()
+            .ok()
+            .and_then(|n| n.clone())
+        {
+            args.push(format!("--notifications={}", file.display()));
+        }
         args.extend(match self.recording_store() {
             RecordingStore::S3 => vec![
                 "--storage=s3".into(),

@@ -11,6 +11,7 @@ mod edges;
 mod evidence;
 mod ground;
 mod moderation;
+mod notify;
 mod operator;
 mod plugin;
 mod pty;
