@@ -1465,7 +1465,12 @@ async fn recording_content(
         if let Some(object) = q.object.as_deref() {
             return raw_object(&state, &dir.key(), object).await;
         }
-        let (export, ctype) = export_format(q.format.as_deref())?;
+        // A copy's files (`export --files`), verified with the rest of the recording.
+        let tar = q.format.as_deref() == Some("tar");
+        let (export, ctype) = match tar {
+            true => (None, "application/x-tar"),
+            false => export_format(q.format.as_deref())?,
+        };
         let keys = public_keys(&state).await?;
         let verified = crate::recording::record::open(&bytes, &keys).map_err(|e| {
             status_error(
@@ -1485,6 +1490,13 @@ async fn recording_content(
                 ),
             ));
         };
+        if tar && record.spec.copy.is_none() {
+            return Err(status_error(
+                404,
+                "NotFound",
+                "the session was not a copy (kubectl aexec cp): it has no files",
+            ));
+        }
         let verified = crate::recorder::verify_at(
             state.recordings.clone(),
             dir.key(),
@@ -1494,7 +1506,10 @@ async fn recording_content(
         )
         .await
         .map_err(read_error)?;
-        Ok::<_, StatusError>(stream_verified(verified, export, ctype))
+        Ok::<_, StatusError>(match tar {
+            true => stream_tar(verified),
+            false => stream_verified(verified, export, ctype),
+        })
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)

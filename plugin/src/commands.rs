@@ -470,7 +470,7 @@ pub(crate) fn recording_path(c: &Conn, name: &str, query: &str) -> String {
 
 /// Where a session's recording is read from: the ExecSession's `recording` subresource while
 /// it exists, else the `content` of its signed record in the store (and the user is told).
-async fn recording_source(c: &Conn, name: &str, query: &str) -> Result<String> {
+pub(crate) async fn recording_source(c: &Conn, name: &str, query: &str) -> Result<String> {
     if get_opt(c, name, Doing::Audit).await?.is_some() {
         return Ok(recording_path(c, name, query));
     }

@@ -340,7 +340,8 @@ pub async fn export_files(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
     };
     check_empty_dir(dir)?;
     let what = format!("reading the files of {}", e.name);
-    let path = commands::recording_path(c, &e.name, "format=tar");
+    // From the ExecSession while it exists, else from its signed record in the store.
+    let path = commands::recording_source(c, &e.name, "format=tar").await?;
     let req = http::Request::get(path)
         .body(Vec::new())
         .map_err(|err| Error::Api(err.to_string()))?;

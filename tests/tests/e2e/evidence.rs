@@ -71,7 +71,7 @@ async fn ran(t: &Target, name: &str, command: &[&str]) -> ExecSession {
 }
 
 /// The admin deletes session `name` and waits until the object is gone.
-async fn delete_and_wait_gone(t: &Target, s: &ExecSession) {
+pub(crate) async fn delete_and_wait_gone(t: &Target, s: &ExecSession) {
     let api = admin_sessions(t).await;
     let name = s.metadata.name.clone().expect("name");
     let uid = s.metadata.uid.clone().expect("uid");

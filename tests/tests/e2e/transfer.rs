@@ -358,6 +358,26 @@ async fn cp_recorded_and_exported() {
     // The cast holds no file bytes: the tar is in segments of its own, in the chain.
     let uid = session.metadata.uid.clone().unwrap_or_default();
     let prefix = uploaded(&t, &name, &uid).await;
+
+    // Once the ExecSession is gone, the files come from its signed record in the store.
+    crate::evidence::delete_and_wait_gone(&t, &session).await;
+    let archived = work.path().join("archived");
+    let e = aexec(
+        User::Carol,
+        &["export", &name, "-n", ns, "--files", s(&archived)],
+        None,
+    )
+    .await;
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e.stderr));
+    assert!(
+        text(&e.stderr).contains("no longer exists"),
+        "{}",
+        text(&e.stderr)
+    );
+    assert_eq!(
+        tree(&archived.join(s(&src).trim_start_matches('/'))),
+        tree(&src)
+    );
     let manifest: aexec_recording::chain::Manifest = serde_json::from_slice(
         &env()
             .s3_client()
