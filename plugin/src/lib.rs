@@ -96,9 +96,12 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
                 .join(" ")
         )));
     }
+    // Bad arguments are reported before the kubeconfig is even read.
     if cli.command.is_none() {
-        // Bad arguments are reported before the kubeconfig is even read.
         target::split_exec_args(&cli.exec.target, &cli.exec.command)?;
+    }
+    if let Some(Command::Cp(a)) = &cli.command {
+        cp::plan(&a.src, &a.dst).map_err(|e| error::Error::Usage(e.to_string()))?;
     }
     // Offline verification: no kubeconfig, no cluster.
     if let Some(Command::Verify(v)) = &cli.command

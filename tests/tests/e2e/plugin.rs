@@ -732,6 +732,18 @@ async fn plugin_bad_input_is_one_clear_line() {
         .await,
         "container \"db\" not found in pod web: its containers are app; pick one with -c",
     );
+    // cp's arguments are checked before any kubeconfig is read, like kubectl cp's.
+    let mut cmd = tokio::process::Command::new(plugin_bin());
+    cmd.args(["cp", "./a", "./b"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig");
+    one_line(
+        &run(cmd, None).await,
+        "both SRC and DEST are local paths, and one of them must be in a pod",
+    );
+    one_line(
+        &aexec(User::Alice, &["cp", "-n", ns, ":/x", "./y"], None).await,
+        "[[NAMESPACE/]POD:]PATH",
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = dir.path().join("broken.kubeconfig");
     std::fs::write(&broken, "apiVersion: v1\nclusters: {{{ not yaml").expect("write");
