@@ -57,8 +57,38 @@ fn matches(p: &ExecPolicy, ns: &BTreeMap<String, String>, pod: &BTreeMap<String,
 }
 
 /// Whether the policy's shape rules let the session through.
+/// Whether a session that says it is a copy is the copy it says (and not a debug session too);
+/// true for any other session.
+fn copy_shape_ok(spec: &aexec_crds::ExecSessionSpec) -> bool {
+    use aexec_crds::CopyDirection;
+    let Some(c) = &spec.copy else {
+        return true;
+    };
+    let operand = match c.direction {
+        CopyDirection::Download => c.path.as_str(),
+        CopyDirection::Upload => c.path.rsplit('/').next().unwrap_or(&c.path),
+    };
+    spec.command == aexec_crds::copy_command(c)
+        && !spec.tty
+        && spec.stdin == (c.direction == CopyDirection::Upload)
+        && !operand.starts_with('-')
+        && spec.debug.is_none()
+}
+
 fn shape_allows(p: &ExecPolicy, spec: &aexec_crds::ExecSessionSpec) -> bool {
     let l = &p.spec.limits;
+    let reason_ok =
+        !p.spec.reason_required || spec.reason.as_deref().is_some_and(|r| !r.trim().is_empty());
+    // A copy is governed by allowCopy alone.
+    if let Some(c) = &spec.copy {
+        return copy_shape_ok(spec) && l.allow_copy.allows(c.direction) && reason_ok;
+    }
+    let debug_ok = spec.debug.as_ref().is_none_or(|d| {
+        l.debug_images
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&d.image)
+    });
     let command_ok = match &l.allowed_commands {
         None => true,
         Some(allowed) => spec.command.first().is_some_and(|program| {
@@ -71,9 +101,11 @@ fn shape_allows(p: &ExecPolicy, spec: &aexec_crds::ExecSessionSpec) -> bool {
                 .any(|a| a == program || base == Some(a.as_str()))
         }),
     };
-    let reason_ok =
-        !p.spec.reason_required || spec.reason.as_deref().is_some_and(|r| !r.trim().is_empty());
-    (!spec.tty || l.allow_tty) && (!spec.stdin || l.allow_stdin) && command_ok && reason_ok
+    (!spec.tty || l.allow_tty)
+        && (!spec.stdin || l.allow_stdin)
+        && command_ok
+        && reason_ok
+        && debug_ok
 }
 
 fn named(p: &ExecPolicy, user: &aexec_crds::UserRef) -> bool {
@@ -146,9 +178,11 @@ fuzz_target!(|input: PolicyInput| {
     };
     let verdict = evaluate(chosen, default, spec);
     match (chosen, &verdict) {
+        // The default decides, except that it never approves a debug image nobody listed, nor
+        // a copy that is not the copy it says.
         (None, v) => assert_eq!(
             *v == Verdict::Approve,
-            default == DefaultPolicy::AutoApprove
+            default == DefaultPolicy::AutoApprove && spec.debug.is_none() && copy_shape_ok(spec)
         ),
         (Some(_), Verdict::Deny { message }) => {
             assert!(!message.trim().is_empty(), "a denial without a reason");

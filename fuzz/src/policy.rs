@@ -191,8 +191,24 @@ impl<'a> Arbitrary<'a> for PolicyInput {
             } else {
                 None
             },
-            debug: None,
+            debug: if u.arbitrary()? {
+                Some(aexec_crds::DebugSpec {
+                    image: Name::arbitrary(u)?.0,
+                })
+            } else {
+                None
+            },
         };
+        let mut spec = spec;
+        // Half the copies are the copy they say (their tar, stdin for an upload, no terminal),
+        // so that the approving paths are reached too.
+        if let Some(c) = spec.copy.clone()
+            && u.arbitrary()?
+        {
+            spec.command = aexec_crds::copy_command(&c);
+            spec.stdin = c.direction == CopyDirection::Upload;
+            spec.tty = false;
+        }
         let mut session = ExecSession::new(&Name::arbitrary(u)?.0, spec);
         session.metadata.namespace = Some(Name::arbitrary(u)?.0);
         if u.arbitrary()? {
