@@ -165,6 +165,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// Play a session's recording in the terminal with its real timing.
     Replay(ReplayArgs),
+    /// Find the sessions that typed or showed something (a regular expression): where in each,
+    /// and the replay command to see it in context. Auditors only.
+    Search(SearchArgs),
     /// Write a session's recording to a file (asciicast v3, v2 for older players, or text).
     Export(ExportArgs),
     /// Check a session's signed record and its recording's hash chain (in the cluster, or in a
@@ -367,6 +370,47 @@ pub struct ReplayArgs {
     /// Shorten pauses longer than this many seconds to this many.
     #[arg(short = 'i', long, value_name = "SECONDS", value_parser = parse_idle)]
     pub idle_limit: Option<f64>,
+    /// Start this many seconds into the session (what came before is shown at once), as
+    /// `search` prints it.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_from)]
+    pub from: Option<f64>,
+}
+
+const SEARCH_EXAMPLES: &str = "\
+Examples:
+  # Who typed DROP TABLE in the last day, anywhere?
+  kubectl aexec search -A --since 24h --input '(?i)drop\\s+table'
+
+  # What alice's sessions in prod showed that looks like a secret
+  kubectl aexec search -n prod --requester alice --output 'BEGIN [A-Z ]*PRIVATE KEY'
+
+Input is matched as the lines people typed (backspace, Ctrl-U and Ctrl-W applied, arrow keys
+dropped); output as the lines the terminal showed (through a terminal emulator, so cursor
+movement and full-screen programs do not hide text). Each recording is verified by the operator
+and read in bounded memory. Reading recordings is the auditors' right (aexec-auditor).";
+
+/// `kubectl aexec search`.
+#[derive(Debug, Args)]
+#[command(after_help = SEARCH_EXAMPLES)]
+pub struct SearchArgs {
+    /// A regular expression (Rust's `regex` syntax; `(?i)` for case-insensitive).
+    pub pattern: String,
+    /// Search sessions in every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Only sessions created within this long before now (like 24h), or since this time (RFC
+    /// 3339).
+    #[arg(long, value_name = "TIME|DURATION", value_parser = parse_when)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only sessions requested by this user.
+    #[arg(long, value_name = "USER")]
+    pub requester: Option<String>,
+    /// Match only what was typed.
+    #[arg(long, conflicts_with = "output")]
+    pub input: bool,
+    /// Match only what was shown.
+    #[arg(long)]
+    pub output: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -522,10 +566,29 @@ fn parse_idle(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_from(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "--from must be a number of seconds into the session (0 or more), not {s:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn replay_starts_from_a_time_search_printed() {
+        let cli = Cli::try_parse_from(["kubectl-aexec", "replay", "s1", "--from", "0.0"])
+            .expect("0 is the start");
+        assert!(matches!(cli.command, Some(Command::Replay(r)) if r.from == Some(0.0)));
+        let e = Cli::try_parse_from(["kubectl-aexec", "replay", "s1", "--from=-1"])
+            .expect_err("negative");
+        assert!(e.to_string().contains("seconds into the session"), "{e}");
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("kubectl-aexec").chain(args.iter().copied()))

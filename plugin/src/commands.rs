@@ -611,7 +611,8 @@ pub async fn replay(c: &Conn, r: &cli::ReplayArgs) -> Result<i32> {
         );
     }
     let tty = rec.header.aexec.tty;
-    let frames = replay::schedule(&rec, r.speed, r.idle_limit);
+    let from = Duration::from_secs_f64(r.from.unwrap_or(0.0));
+    let frames = replay::schedule(&rec, r.speed, r.idle_limit, from);
     replay::play(frames, tty, interactive).await?;
     Ok(0)
 }

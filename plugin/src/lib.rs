@@ -16,6 +16,7 @@ pub mod error;
 pub mod progress;
 pub mod records;
 pub mod replay;
+pub mod search;
 pub mod table;
 pub mod target;
 pub mod terminal;
@@ -125,6 +126,7 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         Some(Command::Terminate(n)) => commands::terminate(&conn, &n.name).await,
         Some(Command::Watch(w)) => watch::watch(&conn, w).await,
         Some(Command::Replay(r)) => commands::replay(&conn, r).await,
+        Some(Command::Search(a)) => search::search(&conn, a).await,
         Some(Command::Export(e)) if e.files.is_some() => copy::export_files(&conn, e).await,
         Some(Command::Export(e)) => commands::export(&conn, e).await,
         Some(Command::Verify(v)) => commands::verify(&conn, v).await,

@@ -25,16 +25,24 @@ pub enum FrameKind {
 /// The frames of a recording at playback times: every gap longer than `idle_limit` is cut to
 /// it, then every time is divided by `speed`. Input, resizes and the exit status are not shown
 /// (asciinema does the same), but they keep their place in time.
-pub fn schedule(rec: &Recording, speed: f64, idle_limit: Option<f64>) -> Vec<Frame> {
+///
+/// Playback starts `from` into the session: what came before is shown at once.
+pub fn schedule(
+    rec: &Recording,
+    speed: f64,
+    idle_limit: Option<f64>,
+    from: Duration,
+) -> Vec<Frame> {
     let limit = idle_limit.map(Duration::from_secs_f64);
     let mut frames = Vec::new();
-    let (mut last_real, mut clock) = (Duration::ZERO, Duration::ZERO);
+    let (mut last_real, mut clock) = (from, Duration::ZERO);
     for (at, ev) in &rec.events {
-        let mut gap = at.saturating_sub(last_real);
+        let real = (*at).max(from);
+        let mut gap = real.saturating_sub(last_real);
         if let Some(l) = limit {
             gap = gap.min(l);
         }
-        last_real = *at;
+        last_real = real;
         clock += gap;
         let kind = match ev {
             Event::Output(b) | Event::Error(b) => FrameKind::Output(b.clone()),
@@ -282,16 +290,27 @@ mod tests {
             (11500, Event::Marker("m".into())),
         ]);
         let at = |f: &[Frame]| f.iter().map(|f| f.at.as_millis()).collect::<Vec<_>>();
-        assert_eq!(at(&schedule(&rec, 1.0, None)), vec![0, 1000, 11000, 11500]);
-        assert_eq!(at(&schedule(&rec, 2.0, None)), vec![0, 500, 5500, 5750]);
+        assert_eq!(
+            at(&schedule(&rec, 1.0, None, Duration::ZERO)),
+            vec![0, 1000, 11000, 11500]
+        );
+        assert_eq!(
+            at(&schedule(&rec, 2.0, None, Duration::ZERO)),
+            vec![0, 500, 5500, 5750]
+        );
         // The 10 s pause is cut to 2 s.
         assert_eq!(
-            at(&schedule(&rec, 1.0, Some(2.0))),
+            at(&schedule(&rec, 1.0, Some(2.0), Duration::ZERO)),
             vec![0, 1000, 3000, 3500]
         );
-        let kinds = schedule(&rec, 1.0, None);
+        let kinds = schedule(&rec, 1.0, None, Duration::ZERO);
         assert_eq!(kinds[2].kind, FrameKind::Output(b"c".to_vec()));
         assert_eq!(kinds[3].kind, FrameKind::Marker("m".into()));
+        // From 10.5 s in: what came before at once, then the session's own pace.
+        assert_eq!(
+            at(&schedule(&rec, 1.0, None, Duration::from_millis(10_500))),
+            vec![0, 0, 500, 1000]
+        );
     }
 
     fn frames() -> Vec<Frame> {

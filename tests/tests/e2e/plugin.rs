@@ -893,3 +893,111 @@ async fn plugin_no_wait_attach_terminate_and_wait_timeout() {
         text(&again.stderr)
     );
 }
+
+#[tokio::test]
+async fn search_finds_typed_and_shown() {
+    let (t, _op) = setup(auto()).await;
+    let ns = t.namespace.as_str();
+    // What alice types, and a screen written with cursor moves: "secret plan" is never in
+    // the bytes as such.
+    let script = b"echo hello world\nprintf '\\033[2J\\033[3;5Hsecret\\033[3;12Hplan\\n'\nexit 0\n";
+    let ran = aexec(
+        User::Alice,
+        &["-n", ns, "-i", &t.pod, "--", "sh"],
+        Some(script),
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+    let name = only_session(&t).await.metadata.name.expect("name");
+    crate::common::wait_record(&t, &name).await;
+
+    let found = aexec(User::Carol, &["search", "-n", ns, "hello world"], None).await;
+    assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+    let out = text(&found.stdout);
+    assert!(out.contains(&format!("{ns}/{name}")), "{out}");
+    assert!(out.contains("input   echo hello world"), "{out}");
+    assert!(out.contains("output  hello world"), "{out}");
+    assert!(
+        out.contains(&format!("kubectl aexec replay {name} -n {ns} --from ")),
+        "{out}"
+    );
+    assert!(
+        text(&found.stderr).contains("2 matches in 1 session"),
+        "{}",
+        text(&found.stderr)
+    );
+    // Typed only.
+    let typed = text(
+        &aexec(User::Carol, &["search", "-n", ns, "--input", "hello"], None)
+            .await
+            .stdout,
+    );
+    assert!(
+        typed.contains("input") && !typed.contains("output"),
+        "{typed}"
+    );
+    // What the terminal showed, through the emulator.
+    let screen = text(
+        &aexec(
+            User::Carol,
+            &["search", "-n", ns, "--output", "secret plan"],
+            None,
+        )
+        .await
+        .stdout,
+    );
+    assert!(
+        screen.contains("output  ") && screen.contains("secret plan"),
+        "{screen}"
+    );
+    // Nothing for a word nobody typed or saw.
+    let none = aexec(User::Carol, &["search", "-n", ns, "DROP TABLE"], None).await;
+    assert_eq!(none.status.code(), Some(0));
+    assert!(text(&none.stdout).is_empty());
+    assert!(
+        text(&none.stderr).contains("0 matches"),
+        "{}",
+        text(&none.stderr)
+    );
+    // The printed replay command works, from that point.
+    let from = out
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("kubectl aexec replay {name} -n {ns} --from "))
+        })
+        .expect("a replay line")
+        .to_owned();
+    let replay = aexec(
+        User::Carol,
+        &["replay", &name, "-n", ns, "--from", &from],
+        None,
+    )
+    .await;
+    assert_eq!(replay.status.code(), Some(0), "{}", text(&replay.stderr));
+    assert!(text(&replay.stdout).contains("hello world"));
+    // A pattern that is not one says so.
+    let bad = aexec(User::Carol, &["search", "-n", ns, "(unclosed"], None).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("not a regular expression"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[tokio::test]
+async fn search_refused_for_requester() {
+    let (t, _op) = setup(auto()).await;
+    let ns = t.namespace.as_str();
+    let ran = aexec(User::Alice, &["-n", ns, &t.pod, "--", "echo", "mine"], None).await;
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+    let name = only_session(&t).await.metadata.name.expect("name");
+    crate::common::wait_record(&t, &name).await;
+    // Her own session's recording is still the auditors' to read: the API server says no.
+    let refused = aexec(User::Alice, &["search", "-n", ns, "mine"], None).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let err = text(&refused.stderr);
+    assert!(err.contains("aexec-auditor"), "{err}");
+    assert!(text(&refused.stdout).is_empty());
+}

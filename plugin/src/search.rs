@@ -1,0 +1,457 @@
+//! `kubectl aexec search`: which sessions typed or showed something, where in them, and the
+//! command to see it in context.
+//!
+//! What a terminal showed is what a terminal emulator makes of the bytes: cursor movement,
+//! clearing and full-screen programs (vim, top, less) defeat stripping escape sequences. The
+//! output is fed to asciinema's own emulator (`avt`, the library behind its player), and every
+//! line the screen held after a change is matched, as well as every line scrolled off it. What
+//! was typed is matched as lines, with what the line editor would have made of them: backspace
+//! and delete remove a character, Ctrl-U the line, Ctrl-W a word, and escape sequences (arrow
+//! keys) are dropped.
+//!
+//! The matching ([`Searcher`]) is pure; the command around it lists the sessions and streams
+//! each verified recording from the operator in bounded memory (the cast is read a piece at a
+//! time; the emulator holds one screen).
+
+use std::{collections::HashSet, time::Duration};
+
+use aexec_recording::cast::{CastReader, Event};
+use regex::Regex;
+
+/// The longest typed line kept (a paste of a whole file is cut here, and matched as it is).
+const MAX_TYPED: usize = 64 << 10;
+/// Distinct matching lines remembered per session, so a line shown again is reported once.
+const MAX_SEEN: usize = 10_000;
+
+/// Where a match was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// A line the requester typed.
+    Input,
+    /// A line the terminal showed.
+    Output,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Input => "input",
+            Side::Output => "output",
+        }
+    }
+}
+
+/// One match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub side: Side,
+    /// When, since the session started.
+    pub at: Duration,
+    pub line: String,
+}
+
+/// What the line editor makes of typed bytes.
+#[derive(Debug, Default)]
+struct Typed {
+    line: String,
+    /// Inside an escape sequence (ESC, then `[` or `O` and parameters up to a final byte).
+    escape: Escape,
+    /// When the line's first character was typed.
+    since: Option<Duration>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    Start,
+    Sequence,
+}
+
+impl Typed {
+    /// Adds typed text; returns the lines ended (by Enter) with when they began.
+    fn feed(&mut self, at: Duration, text: &str, done: &mut Vec<(Duration, String)>) {
+        for ch in text.chars() {
+            match (&self.escape, ch) {
+                (Escape::Start, '[' | 'O') => self.escape = Escape::Sequence,
+                (Escape::Start, _) => self.escape = Escape::None,
+                (Escape::Sequence, c) if ('\u{40}'..='\u{7e}').contains(&c) => {
+                    self.escape = Escape::None
+                }
+                (Escape::Sequence, _) => {}
+                (Escape::None, '\u{1b}') => self.escape = Escape::Start,
+                (Escape::None, '\r' | '\n') => {
+                    let line = std::mem::take(&mut self.line);
+                    let since = self.since.take().unwrap_or(at);
+                    if !line.trim().is_empty() {
+                        done.push((since, line));
+                    }
+                }
+                (Escape::None, '\u{7f}' | '\u{8}') => {
+                    self.line.pop();
+                }
+                (Escape::None, '\u{15}') => self.line.clear(),
+                (Escape::None, '\u{17}') => {
+                    let kept = self.line.trim_end().len();
+                    self.line.truncate(kept);
+                    let word = self.line.rfind(' ').map_or(0, |i| i + 1);
+                    self.line.truncate(word);
+                }
+                (Escape::None, c) if c == '\t' || !c.is_control() => {
+                    if self.line.len() < MAX_TYPED {
+                        self.since.get_or_insert(at);
+                        self.line.push(c);
+                    }
+                }
+                (Escape::None, _) => {}
+            }
+        }
+    }
+}
+
+/// `text` cut before each escape and carriage return and after each newline.
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest
+            .char_indices()
+            .skip(1)
+            .find(|&(i, c)| c == '\u{1b}' || c == '\r' || rest[..i].ends_with('\n'))
+            .map_or(rest.len(), |(i, _)| i);
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// Matches one session's events against a pattern.
+pub struct Searcher {
+    pattern: Regex,
+    input: bool,
+    output: bool,
+    vt: avt::Vt,
+    typed: Typed,
+    seen: HashSet<(Side, String)>,
+}
+
+impl std::fmt::Debug for Searcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Searcher")
+            .field("pattern", &self.pattern.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Searcher {
+    /// A searcher for one session whose terminal is `cols` x `rows`; `input` and `output`
+    /// choose what is matched.
+    pub fn new(pattern: Regex, cols: u16, rows: u16, input: bool, output: bool) -> Self {
+        Searcher {
+            pattern,
+            input,
+            output,
+            vt: avt::Vt::builder()
+                .size(usize::from(cols.max(1)), usize::from(rows.max(1)))
+                .scrollback_limit(0)
+                .build(),
+            typed: Typed::default(),
+            seen: HashSet::new(),
+        }
+    }
+
+    fn check(&mut self, side: Side, at: Duration, line: &str, hits: &mut Vec<Hit>) {
+        let line = line.trim_end();
+        if !self.pattern.is_match(line) {
+            return;
+        }
+        let key = (side, line.to_owned());
+        if self.seen.contains(&key) {
+            return;
+        }
+        if self.seen.len() < MAX_SEEN {
+            self.seen.insert(key);
+        }
+        hits.push(Hit {
+            side,
+            at,
+            line: line.to_owned(),
+        });
+    }
+
+    /// Matches one event.
+    pub fn event(&mut self, at: Duration, ev: &Event, hits: &mut Vec<Hit>) {
+        match ev {
+            Event::Output(b) | Event::Error(b) if self.output => {
+                let text = String::from_utf8_lossy(b);
+                // The screen is looked at before every escape sequence and carriage return and
+                // after every newline: text one write shows and the next control erases (a
+                // clear screen, a redrawn line) in the same event is still seen.
+                for piece in pieces(&text) {
+                    let (scrolled, changed) = {
+                        let changes = self.vt.feed_str(piece);
+                        let changed = changes.lines;
+                        let scrolled: Vec<String> = changes.scrollback.map(|l| l.text()).collect();
+                        (scrolled, changed)
+                    };
+                    for line in scrolled {
+                        self.check(Side::Output, at, &line, hits);
+                    }
+                    for i in changed {
+                        let line = self.vt.line(i).text();
+                        self.check(Side::Output, at, &line, hits);
+                    }
+                }
+            }
+            Event::Input(b) if self.input => {
+                let mut done = Vec::new();
+                self.typed.feed(at, &String::from_utf8_lossy(b), &mut done);
+                for (since, line) in done {
+                    self.check(Side::Input, since, &line, hits);
+                }
+            }
+            Event::Resize { cols, rows } => {
+                let _ = self
+                    .vt
+                    .resize(usize::from((*cols).max(1)), usize::from((*rows).max(1)));
+            }
+            _ => {}
+        }
+    }
+
+    /// The end of the session: a line typed without Enter still counts.
+    pub fn finish(mut self, at: Duration, hits: &mut Vec<Hit>) {
+        let line = std::mem::take(&mut self.typed.line);
+        if self.input && !line.trim().is_empty() {
+            let since = self.typed.since.unwrap_or(at);
+            self.check(Side::Input, since, &line, hits);
+        }
+    }
+}
+
+/// Searches a whole cast (for tests and small recordings): the hits in order.
+pub fn search_cast(cast: &[u8], pattern: &Regex, input: bool, output: bool) -> Vec<Hit> {
+    let mut reader = CastReader::new();
+    let mut events = Vec::new();
+    if reader.feed(cast, &mut events).is_err() {
+        return Vec::new();
+    }
+    let (cols, rows) = reader
+        .header()
+        .map_or((80, 24), |h| (h.term.cols, h.term.rows));
+    let mut s = Searcher::new(pattern.clone(), cols, rows, input, output);
+    let mut hits = Vec::new();
+    let mut last = Duration::ZERO;
+    for (at, ev) in &events {
+        s.event(*at, ev, &mut hits);
+        last = *at;
+    }
+    s.finish(last, &mut hits);
+    hits
+}
+
+/// `kubectl aexec search PATTERN`: the sessions (of the namespace, or `-A` all) whose
+/// recordings match, each hit with its time and line, and the replay command to see it.
+pub async fn search(
+    c: &crate::connect::Conn,
+    a: &crate::cli::SearchArgs,
+) -> crate::error::Result<i32> {
+    use aexec_crds::ExecSession;
+    use futures::AsyncReadExt;
+    use kube::Api;
+
+    use crate::error::{Doing, Error, explain, out};
+
+    let pattern = Regex::new(&a.pattern).map_err(|e| {
+        Error::Usage(format!(
+            "the pattern is not a regular expression: {}",
+            e.to_string().lines().last().unwrap_or_default()
+        ))
+    })?;
+    let (input, output) = match (a.input, a.output) {
+        (false, false) => (true, true),
+        both => both,
+    };
+    let api: Api<ExecSession> = if a.all_namespaces {
+        Api::all(c.client.clone())
+    } else {
+        Api::namespaced(c.client.clone(), &c.namespace)
+    };
+    let mut sessions = api
+        .list(&Default::default())
+        .await
+        .map_err(|e| explain(&e, "listing sessions", Doing::Audit))?
+        .items;
+    sessions.retain(|s| {
+        let recorded = s
+            .status
+            .as_ref()
+            .and_then(|st| st.recording.as_ref())
+            .is_some_and(|r| r.sha256.is_some());
+        let by = a
+            .requester
+            .as_ref()
+            .is_none_or(|r| &s.spec.requester.username == r);
+        let recent = match (a.since, s.metadata.creation_timestamp.as_ref()) {
+            (Some(since), Some(t)) => crate::table::ts(t) >= since,
+            _ => true,
+        };
+        recorded && by && recent
+    });
+    sessions.sort_by_key(|s| s.metadata.creation_timestamp.as_ref().map(crate::table::ts));
+    let (mut found, mut scanned) = (0usize, 0u64);
+    for s in &sessions {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let path = format!(
+            "{}?format=v3",
+            crate::attach::subresource_path(&ns, &name, "recording")
+        );
+        let what = format!("reading the recording of {ns}/{name}");
+        let req = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::Api(e.to_string()))?;
+        let mut body = c
+            .client
+            .request_stream(req)
+            .await
+            .map_err(|e| explain(&e, &what, Doing::Audit))?;
+        let mut reader = CastReader::new();
+        let mut searcher: Option<Searcher> = None;
+        let (mut events, mut hits) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 64 << 10];
+        let mut last = Duration::ZERO;
+        loop {
+            let n = body
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::Api(format!("{what}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            scanned += n as u64;
+            reader
+                .feed(&buf[..n], &mut events)
+                .map_err(|e| Error::Api(format!("{what}: {e}")))?;
+            let s = searcher.get_or_insert_with(|| {
+                let (cols, rows) = reader
+                    .header()
+                    .map_or((80, 24), |h| (h.term.cols, h.term.rows));
+                Searcher::new(pattern.clone(), cols, rows, input, output)
+            });
+            for (at, ev) in events.drain(..) {
+                s.event(at, &ev, &mut hits);
+                last = at;
+            }
+        }
+        if let Some(s) = searcher {
+            s.finish(last, &mut hits);
+        }
+        for h in &hits {
+            found += 1;
+            out(&format!(
+                "{ns}/{name}  +{:.1}s  {:<6}  {}\n  kubectl aexec replay {name} -n {ns} --from {:.1}\n",
+                h.at.as_secs_f64(),
+                h.side.as_str(),
+                h.line,
+                h.at.as_secs_f64()
+            ))?;
+        }
+    }
+    eprintln!(
+        "{found} match{} in {} session{} ({:.1} MiB of recordings read)",
+        if found == 1 { "" } else { "es" },
+        sessions.len(),
+        if sessions.len() == 1 { "" } else { "s" },
+        scanned as f64 / f64::from(1u32 << 20)
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aexec_recording::cast::{CastWriter, Header, SessionFacts};
+
+    fn cast(events: &[(u64, Event)]) -> Vec<u8> {
+        let header = Header::new(SessionFacts::default(), 0, Some((40, 5)));
+        let (mut w, head) = CastWriter::new(&header);
+        let mut out = head.into_bytes();
+        for (ms, ev) in events {
+            w.event(Duration::from_millis(*ms), ev, &mut out);
+        }
+        out
+    }
+
+    fn re(p: &str) -> Regex {
+        Regex::new(p).expect("pattern")
+    }
+
+    #[test]
+    fn typed_lines_are_what_the_line_editor_made_of_the_keys() {
+        let c = cast(&[
+            (10, Event::Input(b"drop tabel\x7f\x7fle users;".to_vec())),
+            (20, Event::Input(b"\r".to_vec())),
+            (30, Event::Input(b"rm -rf /tmp/x\x15ls\x1b[A\r".to_vec())),
+            (40, Event::Input(b"echo one two\x17three\n".to_vec())),
+        ]);
+        let hits = search_cast(&c, &re("(?i)DROP TABLE"), true, false);
+        assert_eq!(
+            hits,
+            [Hit {
+                side: Side::Input,
+                at: Duration::from_millis(10),
+                line: "drop table users;".into()
+            }]
+        );
+        // Ctrl-U erased the rm; the arrow key left nothing; Ctrl-W the last word.
+        assert!(search_cast(&c, &re("rm -rf"), true, false).is_empty());
+        assert_eq!(search_cast(&c, &re("^ls$"), true, false).len(), 1);
+        assert_eq!(
+            search_cast(&c, &re("^echo one three$"), true, false).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn what_a_full_screen_program_showed_is_found_where_escape_stripping_fails() {
+        // Cleared screen, the cursor moved to row 3 column 5, text written there in two parts
+        // with a cursor jump between: no line of the raw bytes holds "secret plan".
+        let c = cast(&[
+            (5, Event::Output(b"\x1b[2J\x1b[3;5Hsecret".to_vec())),
+            (6, Event::Output(b"\x1b[3;12Hplan\x1b[1;1H".to_vec())),
+            (7, Event::Output(b"\x1b[2Jgone\r\n".to_vec())),
+        ]);
+        let hits = search_cast(&c, &re("secret plan"), false, true);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].at, Duration::from_millis(6));
+        assert_eq!(hits[0].line.trim(), "secret plan");
+        assert!(!String::from_utf8_lossy(&c).contains("secret plan"));
+    }
+
+    #[test]
+    fn text_erased_in_the_same_write_is_still_seen() {
+        assert_eq!(
+            pieces("a\nb\x1b[2Jc\rd").collect::<Vec<_>>(),
+            ["a\n", "b", "\x1b[2Jc", "\rd"]
+        );
+        let c = cast(&[(1, Event::Output(b"hello world\n\x1b[2J\x1b[Hgone".to_vec()))]);
+        assert_eq!(search_cast(&c, &re("hello world"), false, true).len(), 1);
+    }
+
+    #[test]
+    fn lines_scrolled_off_the_screen_are_matched_once() {
+        // A 5-row terminal; 20 lines scroll past it.
+        let mut text = Vec::new();
+        for i in 0..20 {
+            text.extend_from_slice(format!("line {i}\r\n").as_bytes());
+        }
+        let c = cast(&[(1, Event::Output(text.clone())), (2, Event::Output(text))]);
+        let hits = search_cast(&c, &re("^line 3$"), false, true);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        // Input and output are apart: asking for input only finds nothing here.
+        assert!(search_cast(&c, &re("line"), true, false).is_empty());
+    }
+}
