@@ -739,13 +739,24 @@ pub async fn verify(
     session: &ExecSession,
     export: Option<Export>,
 ) -> Result<Verified, ReadError> {
-    let head = session
+    verify_at(
+        store,
+        prefix(session),
+        &recorded_head(session)?,
+        None,
+        export,
+    )
+    .await
+}
+
+/// The chain head the session's status holds: what its recording is verified against.
+fn recorded_head(session: &ExecSession) -> Result<String, ReadError> {
+    session
         .status
         .as_ref()
         .and_then(|s| s.recording.as_ref())
         .and_then(|r| r.sha256.clone())
-        .ok_or_else(|| ReadError::Verification("the session has no recording yet".into()))?;
-    verify_at(store, prefix(session), &head, None, export).await
+        .ok_or_else(|| ReadError::Verification("the session has no recording yet".into()))
 }
 
 /// [`verify`] of the recording under `prefix` against `head`; with the session's signed
@@ -870,12 +881,7 @@ async fn read_segment(store: &Spool, prefix: &str, meta: &SegmentMeta) -> Result
 /// chain head in the session's status, and the list's segment against the manifest (the tar
 /// bytes themselves are not read: `verify` and `files` do that).
 pub async fn file_list(store: &Spool, session: &ExecSession) -> Result<FileList, ReadError> {
-    let head = session
-        .status
-        .as_ref()
-        .and_then(|s| s.recording.as_ref())
-        .and_then(|r| r.sha256.clone())
-        .ok_or_else(|| ReadError::Verification("the session has no recording yet".into()))?;
+    let head = recorded_head(session)?;
     let prefix = prefix(session);
     let manifest_bytes = store
         .get(&format!("{prefix}/{}", chain::MANIFEST_NAME), MAX_OBJECT)

@@ -485,6 +485,22 @@ pub(crate) async fn recording_source(c: &Conn, name: &str, query: &str) -> Resul
     ))
 }
 
+/// GETs `path` from the API server and returns the answer's body as it streams in; a refusal
+/// is explained as `what` failing.
+pub(crate) async fn get_stream(
+    client: &Client,
+    path: &str,
+    what: &str,
+) -> Result<impl futures::AsyncRead + Unpin + use<>> {
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Error::Api(e.to_string()))?;
+    client
+        .request_stream(req)
+        .await
+        .map_err(|e| explain(&e, what, Doing::Audit))
+}
+
 /// GETs `path` and reads at most `limit` bytes of the answer (more is an error, never buffered).
 pub(crate) async fn get_bounded(
     client: &Client,
@@ -492,13 +508,7 @@ pub(crate) async fn get_bounded(
     limit: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Api(e.to_string()))?;
-    let body = client
-        .request_stream(req)
-        .await
-        .map_err(|e| explain(&e, what, Doing::Audit))?;
+    let body = get_stream(client, path, what).await?;
     let mut buf = Vec::new();
     body.take(limit + 1)
         .read_to_end(&mut buf)
@@ -515,14 +525,7 @@ pub(crate) async fn get_bounded(
 pub async fn export(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
     let what = format!("reading the recording of {}", e.name);
     let path = recording_source(c, &e.name, &format!("format={}", e.format.as_str())).await?;
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Api(e.to_string()))?;
-    let mut body = c
-        .client
-        .request_stream(req)
-        .await
-        .map_err(|err| explain(&err, &what, Doing::Audit))?;
+    let mut body = get_stream(&c.client, &path, &what).await?;
     match &e.output {
         None => {
             let mut stdout = std::io::stdout().lock();

@@ -342,14 +342,7 @@ pub async fn export_files(c: &Conn, e: &cli::ExportArgs) -> Result<i32> {
     let what = format!("reading the files of {}", e.name);
     // From the ExecSession while it exists, else from its signed record in the store.
     let path = commands::recording_source(c, &e.name, "format=tar").await?;
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|err| Error::Api(err.to_string()))?;
-    let body = c
-        .client
-        .request_stream(req)
-        .await
-        .map_err(|err| explain(&err, &what, Doing::Audit))?;
+    let body = commands::get_stream(&c.client, &path, &what).await?;
     let reader = tokio_util::io::SyncIoBridge::new(
         tokio_util::compat::FuturesAsyncReadCompatExt::compat(body),
     );

@@ -310,14 +310,7 @@ pub async fn search(
             crate::attach::subresource_path(&ns, &name, "recording")
         );
         let what = format!("reading the recording of {ns}/{name}");
-        let req = http::Request::get(path)
-            .body(Vec::new())
-            .map_err(|e| Error::Api(e.to_string()))?;
-        let mut body = c
-            .client
-            .request_stream(req)
-            .await
-            .map_err(|e| explain(&e, &what, Doing::Audit))?;
+        let mut body = crate::commands::get_stream(&c.client, &path, &what).await?;
         let mut reader = CastReader::new();
         let mut searcher: Option<Searcher> = None;
         let (mut events, mut hits) = (Vec::new(), Vec::new());
@@ -335,12 +328,13 @@ pub async fn search(
             reader
                 .feed(&buf[..n], &mut events)
                 .map_err(|e| Error::Api(format!("{what}: {e}")))?;
-            let s = searcher.get_or_insert_with(|| {
-                let (cols, rows) = reader
-                    .header()
-                    .map_or((80, 24), |h| (h.term.cols, h.term.rows));
-                Searcher::new(pattern.clone(), cols, rows, input, output)
-            });
+            // The terminal's size is the header's: wait for it (the first line may span reads).
+            let Some(header) = reader.header() else {
+                continue;
+            };
+            let (cols, rows) = (header.term.cols, header.term.rows);
+            let s = searcher
+                .get_or_insert_with(|| Searcher::new(pattern.clone(), cols, rows, input, output));
             for (at, ev) in events.drain(..) {
                 s.event(at, &ev, &mut hits);
                 last = at;
