@@ -511,14 +511,15 @@ async fn operator_rolling_restart() {
     assert!(status.is_none(), "a3 went on while b stopped: {status:?}");
     a3_out.extend(more);
 
-    // Every interrupted recording verifies and holds what its client got.
+    // Every interrupted recording verifies and holds what its client got. A frame is recorded
+    // before it is forwarded, and a send still waiting when the replica stops is abandoned
+    // (broker.rs, `send!`): the recording may hold that one frame more, never less.
     for (n, _, out) in &conns {
         let (recorded_out, _) = recorded(&t, n).await;
+        let (rec, got) = (tick_count(&recorded_out), tick_count(out));
         assert!(
-            recorded_out.starts_with(out) && tick_count(&recorded_out) == tick_count(out),
-            "{n}: recorded {} ticks, the client got {}",
-            tick_count(&recorded_out),
-            tick_count(out)
+            recorded_out.starts_with(out) && (got..=got + 1).contains(&rec),
+            "{n}: recorded {rec} ticks, the client got {got}"
         );
     }
     drop(a3);
