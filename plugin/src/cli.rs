@@ -168,6 +168,10 @@ pub enum Command {
     /// Find the sessions that typed or showed something (a regular expression): where in each,
     /// and the replay command to see it in context. Auditors only.
     Search(SearchArgs),
+    /// Open the review console in the browser: sessions live, approve and deny, play and
+    /// verify recordings, search. Served on 127.0.0.1 with a one-time token, acting with your
+    /// kubeconfig's identity only.
+    Ui(UiArgs),
     /// Write a session's recording to a file (asciicast v3, v2 for older players, or text).
     Export(ExportArgs),
     /// Check a session's signed record and its recording's hash chain (in the cluster, or in a
@@ -413,6 +417,31 @@ pub struct SearchArgs {
     pub output: bool,
 }
 
+/// `kubectl aexec ui [--port N] [--no-browser]`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "\
+The console is a web page served by this process on 127.0.0.1 only, for as long as it runs
+(Ctrl-C stops it). The URL it prints carries a random token, as Jupyter's does: anyone on this
+machine without the URL is refused. Everything the page does, it does with your kubeconfig's
+credentials (the same identity and RBAC as the other commands): it adds no login and no power.
+
+Examples:
+  kubectl aexec ui                      # opens the browser at the printed URL
+  kubectl aexec ui -n prod --port 8765  # the page starts on namespace prod; a fixed port
+  kubectl aexec ui -A                   # the page starts on every namespace
+  kubectl aexec ui --no-browser         # print the URL only (over ssh: forward the port)")]
+pub struct UiArgs {
+    /// Pages start on every namespace (default: the namespace of -n, else the context's).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// The port on 127.0.0.1 (default: a free one).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Do not open a browser; print the URL only.
+    #[arg(long)]
+    pub no_browser: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// asciicast v3, exactly as recorded (stderr tags, exact bytes).
@@ -526,7 +555,7 @@ fn parse_phase(s: &str) -> Result<aexec_crds::Phase, String> {
 }
 
 /// A time (RFC 3339), or a duration before now (`24h`).
-fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     parse_when_at(s, chrono::Utc::now())
 }
 

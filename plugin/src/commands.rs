@@ -278,7 +278,7 @@ async fn interrupted(c: &Conn, name: &str, withdraw: bool) -> Error {
 }
 
 /// `PUT .../execsessions/NAME/SUB` with an optional comment; the session as written.
-async fn put_subresource(
+pub(crate) async fn put_subresource(
     c: &Conn,
     name: &str,
     sub: &str,
@@ -631,6 +631,17 @@ pub async fn verify(c: &Conn, v: &cli::VerifyArgs) -> Result<i32> {
         Some(file) => Some(read_keys(file)?),
         None => None,
     };
+    out(&verify_report(c, &name, keys).await?)?;
+    Ok(0)
+}
+
+/// The report of `verify NAME` (see [`verify`]); an error when verification fails.
+pub async fn verify_report(
+    c: &Conn,
+    name: &str,
+    keys: Option<aexec_recording::record::KeyRing>,
+) -> Result<String> {
+    let name = name.to_owned();
     let session = get_opt(c, &name, Doing::Audit).await?;
     let (recording, status_head) = match &session {
         Some(s) => {
@@ -668,8 +679,7 @@ pub async fn verify(c: &Conn, v: &cli::VerifyArgs) -> Result<i32> {
             verified.record.session.uid
         )));
     }
-    out(&records::report(&verified, status_head.as_deref())?)?;
-    Ok(0)
+    records::report(&verified, status_head.as_deref())
 }
 
 /// `verify --dir PATH --public-key FILE`: the same checks on files copied out of the store,
@@ -774,7 +784,7 @@ impl records::Objects for ClusterObjects {
 
 /// Before the session's record is written (it is still going on, or ended a moment ago): the
 /// chain against the head in the session's status.
-async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<i32> {
+async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<String> {
     use aexec_recording::chain::{Manifest, SegmentMeta, Verifier, sidecar_name};
     let name = s.metadata.name.clone().unwrap_or_default();
     let name = name.as_str();
@@ -844,7 +854,7 @@ async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<i32> {
             .map_err(fail)?;
     }
     let report = v.finish().map_err(fail)?;
-    out(&format!(
+    Ok(format!(
         "recording of {}/{name} verified: {} segments, {} bytes, chain head {} matches the session's status{} \
          (no signed session record yet: the session is {})\n",
         c.namespace,
@@ -860,8 +870,7 @@ async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<i32> {
             String::new()
         },
         s.phase()
-    ))?;
-    Ok(0)
+    ))
 }
 
 // ---- review from the store

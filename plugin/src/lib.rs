@@ -20,6 +20,7 @@ pub mod search;
 pub mod table;
 pub mod target;
 pub mod terminal;
+pub mod ui;
 pub mod watch;
 
 use clap::Parser;
@@ -127,6 +128,7 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         Some(Command::Watch(w)) => watch::watch(&conn, w).await,
         Some(Command::Replay(r)) => commands::replay(&conn, r).await,
         Some(Command::Search(a)) => search::search(&conn, a).await,
+        Some(Command::Ui(a)) => ui::serve(&conn, &cli.global, a).await,
         Some(Command::Export(e)) if e.files.is_some() => copy::export_files(&conn, e).await,
         Some(Command::Export(e)) => commands::export(&conn, e).await,
         Some(Command::Verify(v)) => commands::verify(&conn, v).await,

@@ -252,56 +252,119 @@ pub fn search_cast(cast: &[u8], pattern: &Regex, input: bool, output: bool) -> V
     hits
 }
 
-/// `kubectl aexec search PATTERN`: the sessions (of the namespace, or `-A` all) whose
-/// recordings match, each hit with its time and line, and the replay command to see it.
-pub async fn search(
-    c: &crate::connect::Conn,
-    a: &crate::cli::SearchArgs,
-) -> crate::error::Result<i32> {
+/// What to search: the pattern, which sessions, and which side of them.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub pattern: Regex,
+    /// The namespace, or every namespace (`None`).
+    pub namespace: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub requester: Option<String>,
+    pub input: bool,
+    pub output: bool,
+}
+
+impl Query {
+    /// Parses the pattern; neither side chosen means both.
+    pub fn new(pattern: &str, input: bool, output: bool) -> crate::error::Result<Query> {
+        let pattern = Regex::new(pattern).map_err(|e| {
+            crate::error::Error::Usage(format!(
+                "the pattern is not a regular expression: {}",
+                e.to_string().lines().last().unwrap_or_default()
+            ))
+        })?;
+        let (input, output) = match (input, output) {
+            (false, false) => (true, true),
+            both => both,
+        };
+        Ok(Query {
+            pattern,
+            namespace: None,
+            since: None,
+            requester: None,
+            input,
+            output,
+        })
+    }
+
+    /// Whether a session is one to search: sealed recording, requester, age.
+    fn wants(&self, s: &aexec_crds::ExecSession) -> bool {
+        let recorded = s
+            .status
+            .as_ref()
+            .and_then(|st| st.recording.as_ref())
+            .is_some_and(|r| r.sha256.is_some());
+        let by = self
+            .requester
+            .as_ref()
+            .is_none_or(|r| &s.spec.requester.username == r);
+        let recent = match (self.since, s.metadata.creation_timestamp.as_ref()) {
+            (Some(since), Some(t)) => crate::table::ts(t) >= since,
+            _ => true,
+        };
+        recorded && by && recent
+    }
+}
+
+/// A match and the session it is in.
+#[derive(Debug, Clone)]
+pub struct Found<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub requester: &'a str,
+    pub pod: &'a str,
+    pub hit: &'a Hit,
+}
+
+impl Found<'_> {
+    /// The command that plays the recording from the match on.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "kubectl aexec replay {} -n {} --from {:.1}",
+            self.name,
+            self.namespace,
+            self.hit.at.as_secs_f64()
+        )
+    }
+}
+
+/// What a search went through.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scanned {
+    pub sessions: usize,
+    pub bytes: u64,
+    pub hits: usize,
+}
+
+/// Streams the verified recording of every session the query wants, oldest first, and hands
+/// each match to `found` as soon as its session is read; `found` returning false stops the
+/// search. Bounded memory: a piece of a recording and one session's matches at a time.
+pub async fn run(
+    client: &kube::Client,
+    q: &Query,
+    mut found: impl FnMut(Found<'_>) -> crate::error::Result<bool>,
+) -> crate::error::Result<Scanned> {
     use aexec_crds::ExecSession;
     use futures::AsyncReadExt;
     use kube::Api;
 
-    use crate::error::{Doing, Error, explain, out};
+    use crate::error::{Doing, Error, explain};
 
-    let pattern = Regex::new(&a.pattern).map_err(|e| {
-        Error::Usage(format!(
-            "the pattern is not a regular expression: {}",
-            e.to_string().lines().last().unwrap_or_default()
-        ))
-    })?;
-    let (input, output) = match (a.input, a.output) {
-        (false, false) => (true, true),
-        both => both,
-    };
-    let api: Api<ExecSession> = if a.all_namespaces {
-        Api::all(c.client.clone())
-    } else {
-        Api::namespaced(c.client.clone(), &c.namespace)
+    let api: Api<ExecSession> = match &q.namespace {
+        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(client.clone(), ns),
     };
     let mut sessions = api
         .list(&Default::default())
         .await
         .map_err(|e| explain(&e, "listing sessions", Doing::Audit))?
         .items;
-    sessions.retain(|s| {
-        let recorded = s
-            .status
-            .as_ref()
-            .and_then(|st| st.recording.as_ref())
-            .is_some_and(|r| r.sha256.is_some());
-        let by = a
-            .requester
-            .as_ref()
-            .is_none_or(|r| &s.spec.requester.username == r);
-        let recent = match (a.since, s.metadata.creation_timestamp.as_ref()) {
-            (Some(since), Some(t)) => crate::table::ts(t) >= since,
-            _ => true,
-        };
-        recorded && by && recent
-    });
+    sessions.retain(|s| q.wants(s));
     sessions.sort_by_key(|s| s.metadata.creation_timestamp.as_ref().map(crate::table::ts));
-    let (mut found, mut scanned) = (0usize, 0u64);
+    let mut scanned = Scanned {
+        sessions: sessions.len(),
+        ..Scanned::default()
+    };
     for s in &sessions {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
         let name = s.metadata.name.clone().unwrap_or_default();
@@ -310,7 +373,7 @@ pub async fn search(
             crate::attach::subresource_path(&ns, &name, "recording")
         );
         let what = format!("reading the recording of {ns}/{name}");
-        let mut body = crate::commands::get_stream(&c.client, &path, &what).await?;
+        let mut body = crate::commands::get_stream(client, &path, &what).await?;
         let mut reader = CastReader::new();
         let mut searcher: Option<Searcher> = None;
         let (mut events, mut hits) = (Vec::new(), Vec::new());
@@ -324,7 +387,7 @@ pub async fn search(
             if n == 0 {
                 break;
             }
-            scanned += n as u64;
+            scanned.bytes += n as u64;
             reader
                 .feed(&buf[..n], &mut events)
                 .map_err(|e| Error::Api(format!("{what}: {e}")))?;
@@ -333,8 +396,9 @@ pub async fn search(
                 continue;
             };
             let (cols, rows) = (header.term.cols, header.term.rows);
-            let s = searcher
-                .get_or_insert_with(|| Searcher::new(pattern.clone(), cols, rows, input, output));
+            let s = searcher.get_or_insert_with(|| {
+                Searcher::new(q.pattern.clone(), cols, rows, q.input, q.output)
+            });
             for (at, ev) in events.drain(..) {
                 s.event(at, &ev, &mut hits);
                 last = at;
@@ -343,23 +407,53 @@ pub async fn search(
         if let Some(s) = searcher {
             s.finish(last, &mut hits);
         }
-        for h in &hits {
-            found += 1;
-            out(&format!(
-                "{ns}/{name}  +{:.1}s  {:<6}  {}\n  kubectl aexec replay {name} -n {ns} --from {:.1}\n",
-                h.at.as_secs_f64(),
-                h.side.as_str(),
-                h.line,
-                h.at.as_secs_f64()
-            ))?;
+        for hit in &hits {
+            scanned.hits += 1;
+            let more = found(Found {
+                namespace: &ns,
+                name: &name,
+                requester: &s.spec.requester.username,
+                pod: &s.spec.pod,
+                hit,
+            })?;
+            if !more {
+                return Ok(scanned);
+            }
         }
     }
+    Ok(scanned)
+}
+
+/// `kubectl aexec search PATTERN`: the sessions (of the namespace, or `-A` all) whose
+/// recordings match, each hit with its time and line, and the replay command to see it.
+pub async fn search(
+    c: &crate::connect::Conn,
+    a: &crate::cli::SearchArgs,
+) -> crate::error::Result<i32> {
+    let mut q = Query::new(&a.pattern, a.input, a.output)?;
+    q.namespace = (!a.all_namespaces).then(|| c.namespace.clone());
+    q.since = a.since;
+    q.requester = a.requester.clone();
+    let scanned = run(&c.client, &q, |f| {
+        crate::error::out(&format!(
+            "{}/{}  +{:.1}s  {:<6}  {}\n  {}\n",
+            f.namespace,
+            f.name,
+            f.hit.at.as_secs_f64(),
+            f.hit.side.as_str(),
+            f.hit.line,
+            f.replay_command()
+        ))?;
+        Ok(true)
+    })
+    .await?;
     eprintln!(
-        "{found} match{} in {} session{} ({:.1} MiB of recordings read)",
-        if found == 1 { "" } else { "es" },
-        sessions.len(),
-        if sessions.len() == 1 { "" } else { "s" },
-        scanned as f64 / f64::from(1u32 << 20)
+        "{} match{} in {} session{} ({:.1} MiB of recordings read)",
+        scanned.hits,
+        if scanned.hits == 1 { "" } else { "es" },
+        scanned.sessions,
+        if scanned.sessions == 1 { "" } else { "s" },
+        scanned.bytes as f64 / f64::from(1u32 << 20)
     );
     Ok(0)
 }

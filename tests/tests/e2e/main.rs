@@ -7,6 +7,7 @@
 mod broker;
 mod chart;
 mod common;
+mod console;
 mod edges;
 mod evidence;
 mod ground;

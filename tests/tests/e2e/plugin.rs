@@ -38,7 +38,7 @@ fn auto() -> serde_json::Value {
     json!({"decision": "AutoApprove"})
 }
 
-fn sre_approval() -> serde_json::Value {
+pub(crate) fn sre_approval() -> serde_json::Value {
     json!({"decision": "RequireApproval", "approval": {"required": 1, "groups": ["sre"]}})
 }
 
@@ -101,17 +101,17 @@ async fn plugin_exit_code_matches_kubectl_exec() {
 }
 
 /// alice's request running in the background.
-struct Waiting {
+pub(crate) struct Waiting {
     child: tokio::process::Child,
     /// The session's name, from the approver line the plugin printed.
-    name: String,
+    pub(crate) name: String,
     /// stderr up to the approver line.
-    progress: String,
+    pub(crate) progress: String,
     rest: tokio::task::JoinHandle<String>,
 }
 
 /// Starts alice's request and reads its progress until it prints the line for approvers.
-async fn alice_waits(t: &Target, cmd: &[&str]) -> Waiting {
+pub(crate) async fn alice_waits(t: &Target, cmd: &[&str]) -> Waiting {
     let mut c = tokio::process::Command::new(plugin_bin());
     c.arg("--kubeconfig")
         .arg(env().kubeconfig(User::Alice))
@@ -154,7 +154,7 @@ async fn alice_waits(t: &Target, cmd: &[&str]) -> Waiting {
 }
 
 /// Waits for the background plugin: (exit code, stdout, all of stderr).
-async fn finish(w: Waiting) -> (Option<i32>, String, String) {
+pub(crate) async fn finish(w: Waiting) -> (Option<i32>, String, String) {
     let out = tokio::time::timeout(Duration::from_secs(30), w.child.wait_with_output())
         .await
         .expect("the plugin finished within 30s")

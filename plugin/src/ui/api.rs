@@ -1,0 +1,403 @@
+//! The console's JSON API: each handler is a command of the plugin, answered as JSON, with the
+//! user's own client. Refusals keep the API server's status (403 stays 403) and its
+//! explanation, worded as the command line words it.
+
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+
+use aexec_crds::{ExecPolicy, ExecSession, SUBRESOURCE_GROUP};
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Ui;
+use crate::{
+    connect::Conn,
+    error::{Doing, Error, explain},
+    search,
+};
+
+/// Sessions listed at most per answer (the page says when there are more).
+const MAX_SESSIONS: u32 = 2000;
+/// Search hits returned at most (the page says when there are more).
+const MAX_HITS: usize = 500;
+
+type Shared = State<Arc<Ui>>;
+
+/// A JSON error answer: `{"message": ...}`.
+pub fn problem(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
+/// A failed handler: the status to answer and the sentence for the person.
+#[derive(Debug)]
+pub struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        problem(self.0, &self.1)
+    }
+}
+
+impl Failure {
+    /// A refusal or failure of the API server, with its status and the plugin's explanation.
+    fn kube(e: &kube::Error, what: &str, doing: Doing) -> Failure {
+        let status = match e {
+            kube::Error::Api(s) => StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_GATEWAY),
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Failure(status, explain(e, what, doing).to_string())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let status = match e {
+            Error::Usage(_) => StatusCode::BAD_REQUEST,
+            // The cluster's answer, already explained: the console only passed it on.
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Failure(status, crate::one_line(&e.to_string()))
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+fn conn(ui: &Ui, namespace: &str) -> Conn {
+    Conn {
+        client: ui.conn.client.clone(),
+        namespace: namespace.to_owned(),
+    }
+}
+
+fn sessions_api(ui: &Ui, namespace: Option<&str>) -> Api<ExecSession> {
+    match namespace.filter(|n| !n.is_empty()) {
+        Some(ns) => Api::namespaced(ui.conn.client.clone(), ns),
+        None => Api::all(ui.conn.client.clone()),
+    }
+}
+
+/// `GET /api/whoami`.
+pub async fn whoami(State(ui): Shared) -> Json<Value> {
+    Json(json!({
+        "user": ui.user.username,
+        "groups": ui.user.groups,
+        "context": ui.context,
+        "namespace": ui.conn.namespace,
+        "defaultNamespace": ui.start_namespace,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NamespaceQuery {
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+fn where_(namespace: Option<&str>) -> String {
+    match namespace.filter(|n| !n.is_empty()) {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "in all namespaces".into(),
+    }
+}
+
+/// `GET /api/sessions?namespace=NS`: the sessions (all namespaces when NS is empty).
+pub async fn sessions(State(ui): Shared, Query(q): Query<NamespaceQuery>) -> Answer {
+    let ns = q.namespace.as_deref();
+    let list = sessions_api(&ui, ns)
+        .list(&ListParams::default().limit(MAX_SESSIONS))
+        .await
+        .map_err(|e| {
+            Failure::kube(
+                &e,
+                &format!("listing sessions {}", where_(ns)),
+                Doing::Audit,
+            )
+        })?;
+    let more = list.metadata.continue_.is_some_and(|c| !c.is_empty());
+    Ok(Json(json!({ "items": list.items, "truncated": more })).into_response())
+}
+
+/// `GET /api/events?namespace=NS`: the sessions' changes as server-sent events, from a watch
+/// (`session`: `{type, object}`; `problem`: `{message}` when the watch fails, and it is
+/// retried with backoff). A slow page slows the watch, nothing piles up here.
+pub async fn events(
+    State(ui): Shared,
+    Query(q): Query<NamespaceQuery>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let ns = q.namespace.clone();
+    let stream = watcher(sessions_api(&ui, ns.as_deref()), watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |ev| {
+            let ns = ns.clone();
+            async move {
+                let (kind, object) = match ev {
+                    Ok(watcher::Event::InitApply(o)) => ("ADDED", o),
+                    Ok(watcher::Event::Apply(o)) => ("MODIFIED", o),
+                    Ok(watcher::Event::Delete(o)) => ("DELETED", o),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => return None,
+                    Err(e) => {
+                        let message = match &e {
+                            watcher::Error::InitialListFailed(k)
+                            | watcher::Error::WatchStartFailed(k)
+                            | watcher::Error::WatchFailed(k) => explain(
+                                k,
+                                &format!("watching sessions {}", where_(ns.as_deref())),
+                                Doing::Audit,
+                            )
+                            .to_string(),
+                            other => {
+                                format!("watching sessions {}: {other}", where_(ns.as_deref()))
+                            }
+                        };
+                        return Some(Ok(SseEvent::default()
+                            .event("problem")
+                            .json_data(json!({ "message": message }))
+                            .unwrap_or_default()));
+                    }
+                };
+                Some(Ok(SseEvent::default()
+                    .event("session")
+                    .json_data(json!({ "type": kind, "object": object }))
+                    .unwrap_or_default()))
+            }
+        });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Whether the user may `verb` the subresource `sub` of session `name` (a hint for the page;
+/// the API server and the operator still decide).
+async fn may(ui: &Ui, ns: &str, name: &str, verb: &str, sub: &str) -> bool {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(SUBRESOURCE_GROUP.into()),
+                resource: Some("execsessions".into()),
+                subresource: Some(sub.into()),
+                verb: Some(verb.into()),
+                namespace: Some(ns.into()).filter(|n: &String| !n.is_empty()),
+                name: Some(name.into()).filter(|n: &String| !n.is_empty()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(ui.conn.client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed)
+}
+
+/// `GET /api/sessions/NS/NAME`: the session, its policy (when readable) and what the user may
+/// do with it.
+pub async fn session(State(ui): Shared, Path((ns, name)): Path<(String, String)>) -> Answer {
+    let s = Api::<ExecSession>::namespaced(ui.conn.client.clone(), &ns)
+        .get(&name)
+        .await
+        .map_err(|e| Failure::kube(&e, &format!("reading session {ns}/{name}"), Doing::Audit))?;
+    let policy_name = s.status.as_ref().and_then(|st| st.policy.clone());
+    let policy = async {
+        match policy_name {
+            Some(p) => Api::<ExecPolicy>::all(ui.conn.client.clone())
+                .get_opt(&p)
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        }
+    };
+    let (policy, approve, deny, read) = tokio::join!(
+        policy,
+        may(&ui, &ns, &name, "update", "approve"),
+        may(&ui, &ns, &name, "update", "deny"),
+        may(&ui, &ns, &name, "get", "recording"),
+    );
+    Ok(Json(json!({
+        "session": s,
+        "policy": policy,
+        "canApprove": approve,
+        "canDeny": deny,
+        "canReadRecording": read,
+    }))
+    .into_response())
+}
+
+/// `GET /api/sessions/NS/NAME/verify`: `verify NAME`'s checks and report; a failed
+/// verification is an answer (`ok: false`), not an error.
+pub async fn verify(State(ui): Shared, Path((ns, name)): Path<(String, String)>) -> Answer {
+    // The verification's future is not `Send` (the record check holds a reference across its
+    // reads), so it runs to completion on a blocking thread of its own.
+    let c = conn(&ui, &ns);
+    let rt = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || {
+        rt.block_on(crate::commands::verify_report(&c, &name, None))
+    })
+    .await
+    .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("verifying: {e}")))?;
+    match result {
+        Ok(report) => Ok(Json(json!({ "ok": true, "report": report })).into_response()),
+        Err(Error::Verify(report)) => {
+            Ok(Json(json!({ "ok": false, "report": report })).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /api/sessions/NS/NAME/recording`: the recording as asciicast v2 (what the player
+/// reads), streamed from the operator, which verifies it as it sends it.
+pub async fn recording(State(ui): Shared, Path((ns, name)): Path<(String, String)>) -> Answer {
+    use tokio_util::{compat::FuturesAsyncReadCompatExt, io::ReaderStream};
+    let path = format!(
+        "{}?format=v2",
+        crate::attach::subresource_path(&ns, &name, "recording")
+    );
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = ui.conn.client.request_stream(req).await.map_err(|e| {
+        Failure::kube(
+            &e,
+            &format!("reading the recording of {ns}/{name}"),
+            Doing::Audit,
+        )
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-asciicast")],
+        Body::from_stream(ReaderStream::new(body.compat())),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Decision {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn decide(ui: &Ui, ns: &str, name: &str, verb: &str, comment: Option<String>) -> Answer {
+    let comment = comment.filter(|c| !c.trim().is_empty());
+    let s = crate::commands::put_subresource(&conn(ui, ns), name, verb, comment.as_deref())
+        .await
+        .map_err(|e| {
+            let doing = if verb == "approve" {
+                "approving"
+            } else {
+                "denying"
+            };
+            Failure::kube(&e, &format!("{doing} session {ns}/{name}"), Doing::Decide)
+        })?;
+    Ok(Json(json!({ "session": s })).into_response())
+}
+
+/// `POST /api/sessions/NS/NAME/approve` `{"comment": ...}`.
+pub async fn approve(
+    State(ui): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    Json(d): Json<Decision>,
+) -> Answer {
+    decide(&ui, &ns, &name, "approve", d.comment).await
+}
+
+/// `POST /api/sessions/NS/NAME/deny` `{"comment": ...}`.
+pub async fn deny(
+    State(ui): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    Json(d): Json<Decision>,
+) -> Answer {
+    decide(&ui, &ns, &name, "deny", d.comment).await
+}
+
+/// `GET /api/search?pattern=RE&namespace=NS&since=24h&requester=U&stream=input|output|both`:
+/// `search`'s matches, at most [`MAX_HITS`].
+pub async fn search(State(ui): Shared, Query(q): Query<BTreeMap<String, String>>) -> Answer {
+    let arg = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let pattern = arg("pattern")
+        .ok_or_else(|| Failure(StatusCode::BAD_REQUEST, "give a pattern to search".into()))?;
+    let (input, output) = match arg("stream") {
+        Some("input") => (true, false),
+        Some("output") => (false, true),
+        None | Some("both") => (true, true),
+        Some(other) => {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                format!("stream is input, output or both, not {other:?}"),
+            ));
+        }
+    };
+    let mut query = search::Query::new(pattern, input, output)?;
+    query.namespace = arg("namespace").map(str::to_owned);
+    // Searching reads recordings: say so plainly when the user may not (the listing alone
+    // would succeed for a requester, and the first recording's refusal would read as a
+    // failure of the console).
+    if !may(
+        &ui,
+        query.namespace.as_deref().unwrap_or(""),
+        "",
+        "get",
+        "recording",
+    )
+    .await
+    {
+        return Err(Failure(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} cannot read recordings {}: searching needs the aexec-auditor role; ask your \
+                 cluster admin for it",
+                ui.user.username,
+                where_(query.namespace.as_deref())
+            ),
+        ));
+    }
+    query.requester = arg("requester").map(str::to_owned);
+    query.since = match arg("since") {
+        Some(s) => Some(
+            crate::cli::parse_when(s)
+                .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("since {s:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut hits = Vec::new();
+    let scanned = search::run(&ui.conn.client, &query, |f| {
+        hits.push(json!({
+            "namespace": f.namespace,
+            "session": f.name,
+            "requester": f.requester,
+            "pod": f.pod,
+            "at": f.hit.at.as_secs_f64(),
+            "stream": f.hit.side.as_str(),
+            "line": f.hit.line,
+            "replay": f.replay_command(),
+        }));
+        Ok(hits.len() < MAX_HITS)
+    })
+    .await?;
+    Ok(Json(json!({
+        "hits": hits,
+        "truncated": hits.len() >= MAX_HITS,
+        "scanned": scanned.sessions,
+        "bytes": scanned.bytes,
+        "problems": [],
+    }))
+    .into_response())
+}
