@@ -629,7 +629,8 @@ async function renderSessionPage(main, r, page) {
     ns, name, base, page, startAt,
     session: data.session, policy: data.policy || null,
     canApprove: !!data.canApprove, canDeny: !!data.canDeny, canReadRecording: !!data.canReadRecording,
-    els: {}, recordingStarted: false, deleted: false,
+    canWatch: !!data.canWatch,
+    els: {}, recordingStarted: false, deleted: false, live: null,
   };
   const els = view.els;
   els.badge = h('span', { id: 'phase-badge' });
@@ -643,12 +644,13 @@ async function renderSessionPage(main, r, page) {
   els.recording = h('section', { id: 'recording', 'aria-labelledby': 'recording-h' }, h('h2', { id: 'recording-h' }, 'Recording'));
   els.recordingBody = h('div');
   els.recording.append(els.recordingBody);
+  els.live = h('section', { id: 'live', 'aria-labelledby': 'live-h', hidden: true }, h('h2', { id: 'live-h' }, 'Live'));
 
   main.append(
     h('header', { class: 'session-head' },
       h('h1', {}, name), els.badge,
       h('span', { class: 'muted' }, 'namespace ', h('strong', {}, ns))),
-    els.message, els.note, els.decision, els.details, els.recording);
+    els.message, els.note, els.decision, els.live, els.details, els.recording);
 
   page.onSession = (k, obj) => {
     if (k !== key) return;
@@ -686,7 +688,34 @@ function updateSessionView(view) {
 
   updateDecision(view, phase);
   fill(els.details, ...sessionDetails(view));
+  updateLive(view, phase);
   updateRecording(view, phase);
+}
+
+/** An Active session, live and read-only: the player plays the operator's observe stream
+ *  (what `kubectl aexec watch` shows: the last 256 KiB first, then as it happens), relayed by
+ *  the console as server-sent events. When the session ends, the stream ends and the
+ *  recording below takes over. */
+function updateLive(view, phase) {
+  const { els } = view;
+  if (phase === 'Active' && view.canWatch && !view.live && window.AsciinemaPlayer) {
+    const status = h('p', { id: 'live-status', class: 'muted small', 'aria-live': 'polite' },
+      'What the session shows, as it happens (read-only: nothing typed here reaches it).');
+    const el = h('div', { id: 'live-player', class: 'player' });
+    els.live.append(status, el);
+    els.live.hidden = false;
+    const player = window.AsciinemaPlayer.create({ driver: 'eventsource', url: `${view.base}/live` }, el,
+      { fit: 'width', terminalFontSize: '15px', autoPlay: true });
+    view.live = { player, status };
+    view.page.cleanups.push(() => player.dispose());
+  } else if (phase === 'Active' && !view.canWatch && !view.live) {
+    els.live.hidden = false;
+    fill(els.live, h('h2', { id: 'live-h' }, 'Live'),
+      h('p', { class: 'muted' }, 'Watching a session live takes the aexec-approver or aexec-auditor role.'));
+    view.live = { player: null, status: null };
+  } else if (phase !== 'Active' && view.live && view.live.status) {
+    view.live.status.textContent = `The session ended (${phase}); its recording is below once it is sealed.`;
+  }
 }
 
 function dl(rows) {
@@ -950,6 +979,30 @@ async function runVerify(view, el) {
   el.append(h('button', { type: 'button', class: 'small', onclick: () => runVerify(view, el) }, 'Verify again'));
 }
 
+/**
+ * A session without a terminal wrote to a pipe: its lines end in LF alone, which the
+ * requester's terminal showed as new lines (its line discipline adds the carriage return). The
+ * player is a terminal without one: add the CR to the output events, as `onlcr` would (the
+ * console's live view does the same, in plugin/src/ui/live.rs).
+ */
+function withCarriageReturns(cast) {
+  let afterCr = false;
+  return cast.split('\n').map((line, i) => {
+    if (i === 0 || !line.startsWith('[')) return line;
+    let ev;
+    try { ev = JSON.parse(line); } catch { return line; }
+    if (!Array.isArray(ev) || ev[1] !== 'o' || typeof ev[2] !== 'string') return line;
+    let out = '';
+    for (const c of ev[2]) {
+      if (c === '\n' && !afterCr) out += '\r';
+      out += c;
+      afterCr = c === '\r';
+    }
+    ev[2] = out;
+    return JSON.stringify(ev);
+  }).join('\n');
+}
+
 /** The time of an asciicast v2 recording's last event (its lines are `[time, code, data]`). */
 function lastEventTime(cast) {
   const lines = cast.trimEnd().split('\n');
@@ -965,8 +1018,9 @@ function lastEventTime(cast) {
 async function loadPlayer(view, el) {
   fill(el, h('p', { class: 'muted' }, 'Loading the recording…'));
   try {
-    const text = await (await request(`${view.base}/recording`, { signal: view.page.signal, accept: 'application/x-asciicast, */*' })).text();
+    const raw = await (await request(`${view.base}/recording`, { signal: view.page.signal, accept: 'application/x-asciicast, */*' })).text();
     if (!window.AsciinemaPlayer) throw new Error('the player script (/assets/asciinema-player.min.js) did not load');
+    const text = view.session.spec && view.session.spec.tty ? raw : withCarriageReturns(raw);
     el.replaceChildren();
     const opts = { fit: 'width', terminalFontSize: '15px', idleTimeLimit: 2, preload: true };
     const at = view.startAt;
@@ -976,8 +1030,9 @@ async function loadPlayer(view, el) {
     }
     // Before it plays, the player shows the frame at the match, else the last frame: what the
     // session ended on, rather than an empty terminal.
-    const shown = Number.isFinite(opts.startAt) ? opts.startAt : lastEventTime(text);
-    if (shown > 0) opts.poster = `npt:${shown.toFixed(3)}`;
+    // (A second past the last event: the frame at a time holds only the events before it.)
+    const shown = (Number.isFinite(opts.startAt) ? opts.startAt : lastEventTime(text)) + 1;
+    opts.poster = `npt:${shown.toFixed(3)}`;
     const player = window.AsciinemaPlayer.create({ data: text }, el, opts);
     view.page.cleanups.push(() => player.dispose());
   } catch (e) {

@@ -227,11 +227,12 @@ pub async fn session(State(ui): Shared, Path((ns, name)): Path<(String, String)>
             None => None,
         }
     };
-    let (policy, approve, deny, read) = tokio::join!(
+    let (policy, approve, deny, read, watch) = tokio::join!(
         policy,
         may(&ui, &ns, &name, "update", "approve"),
         may(&ui, &ns, &name, "update", "deny"),
         may(&ui, &ns, &name, "get", "recording"),
+        may(&ui, &ns, &name, "get", "observe"),
     );
     Ok(Json(json!({
         "session": s,
@@ -239,6 +240,7 @@ pub async fn session(State(ui): Shared, Path((ns, name)): Path<(String, String)>
         "canApprove": approve,
         "canDeny": deny,
         "canReadRecording": read,
+        "canWatch": watch,
     }))
     .into_response())
 }
@@ -400,4 +402,83 @@ pub async fn search(State(ui): Shared, Query(q): Query<BTreeMap<String, String>>
         "problems": [],
     }))
     .into_response())
+}
+
+/// Live events queued for a slow page at most; past that the relay stops reading the watch,
+/// and the operator drops what this watcher misses (and says how much: a `notice`).
+const LIVE_QUEUE: usize = 64;
+
+/// `GET /api/sessions/NS/NAME/live`: an Active session as it happens, for the player's
+/// `eventsource` driver (the `observe` stream `kubectl aexec watch` reads, translated by
+/// [`super::live::Translator`]), read-only: nothing from the page reaches the session.
+pub async fn live(State(ui): Shared, Path((ns, name)): Path<(String, String)>) -> Answer {
+    use tokio_tungstenite::tungstenite::Message;
+    let path = format!(
+        "{}?mode=observer",
+        crate::attach::subresource_path(&ns, &name, "observe")
+    );
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let ws =
+        ui.conn.client.connect(req).await.map_err(|e| {
+            Failure::kube(&e, &format!("watching session {ns}/{name}"), Doing::Audit)
+        })?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<super::live::Out>(LIVE_QUEUE);
+    tokio::spawn(async move {
+        let (mut sink, mut stream) = ws.into_stream().split();
+        let mut t = super::live::Translator::default();
+        let started = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval(Duration::from_secs(5));
+        let why = loop {
+            let out = tokio::select! {
+                m = stream.next() => match m {
+                    Some(Ok(Message::Binary(b))) => t.binary(&b, started.elapsed()),
+                    Some(Ok(Message::Text(text))) => t.text(&text),
+                    Some(Ok(Message::Close(f))) => break f
+                        .map(|f| f.reason.to_string())
+                        .filter(|r| !r.is_empty())
+                        .unwrap_or_else(|| "the operator closed the watch".into()),
+                    Some(Ok(_)) => Vec::new(),
+                    Some(Err(e)) => break format!("the connection to the aexec operator broke: {e}"),
+                    None => break "the operator closed the watch".into(),
+                },
+                _ = ping.tick() => {
+                    let _ = futures::SinkExt::send(&mut sink, Message::Ping(Vec::new().into())).await;
+                    Vec::new()
+                }
+                // The page went away: leave (the operator records who watched until when).
+                () = tx.closed() => {
+                    let leave = json!({"type": "leave"}).to_string();
+                    let _ = futures::SinkExt::send(&mut sink, Message::Text(leave.into())).await;
+                    return;
+                }
+            };
+            for o in out {
+                if tx.send(o).await.is_err() {
+                    return;
+                }
+            }
+        };
+        for o in t.done(&why) {
+            let _ = tx.send(o).await;
+        }
+    });
+    let events = tokio_stream_from(rx).map(|o| {
+        let e = SseEvent::default().json_data(o.data).unwrap_or_default();
+        Ok::<_, Infallible>(match o.event {
+            Some(name) => e.event(name),
+            None => e,
+        })
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// A receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

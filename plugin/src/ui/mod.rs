@@ -9,6 +9,7 @@
 mod api;
 pub mod assets;
 pub mod auth;
+pub mod live;
 
 use std::{net::Ipv4Addr, sync::Arc};
 
@@ -109,6 +110,7 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/sessions/{ns}/{name}", get(api::session))
         .route("/api/sessions/{ns}/{name}/verify", get(api::verify))
         .route("/api/sessions/{ns}/{name}/recording", get(api::recording))
+        .route("/api/sessions/{ns}/{name}/live", get(api::live))
         .route("/api/sessions/{ns}/{name}/approve", post(api::approve))
         .route("/api/sessions/{ns}/{name}/deny", post(api::deny))
         .route("/api/search", get(api::search))

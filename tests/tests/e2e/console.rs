@@ -308,6 +308,7 @@ async fn ui_acts_as_the_user() {
         format!("/api/sessions?namespace={ns}"),
         format!("/api/sessions/{ns}/{name}"),
         format!("/api/sessions/{ns}/{name}/recording"),
+        format!("/api/sessions/{ns}/{name}/live"),
         format!("/api/search?pattern=x&namespace={ns}"),
     ] {
         let r = mallory.get(&path).await;
@@ -654,5 +655,87 @@ async fn ui_in_chromium_approve_play_search() {
         .await;
     assert_eq!(overflow, "0", "the page is wider than a narrow window");
     browser.shot("console-narrow").await;
+    b.clone().close().await.expect("close the browser");
+}
+
+#[tokio::test]
+async fn ui_in_chromium_live_view() {
+    let (t, _op) = target_with_operator().await;
+    let ns = t.namespace.as_str();
+    policy(&t, "console-live", json!({"decision": "AutoApprove"})).await;
+    // alice's command shows a line, and another 4 s later.
+    let mut c = tokio::process::Command::new(plugin_bin());
+    c.arg("--kubeconfig")
+        .arg(env().kubeconfig(User::Alice))
+        .args(["-n", ns, &t.pod, "--", "sh", "-c"])
+        .arg("echo live-one; sleep 4; echo live-two; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let alice = c.spawn().expect("alice's command starts");
+    let name = {
+        let admin = env().client(User::Admin).await.expect("admin");
+        let api = Api::<ExecSession>::namespaced(admin, ns);
+        let started = Instant::now();
+        loop {
+            let l = api.list(&Default::default()).await.expect("list").items;
+            if let Some(s) = l.first() {
+                break s.metadata.name.clone().expect("name");
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no session");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_phase(&t, &name, Phase::Active, 20).await;
+    let carol = Console::start(User::Carol, ns).await;
+    // The live endpoint is the observe subresource's: refused to whoever may not watch.
+    let alice_console = Console::start(User::Alice, ns).await;
+    let r = alice_console
+        .get(&format!("/api/sessions/{ns}/{name}/live"))
+        .await;
+    assert_eq!(r.status, 403, "{}", text(&r.body));
+    let browser = Chromium::start().await;
+    let b = &browser.client;
+    b.goto(&carol.url()).await.expect("open carol's console");
+    browser.ready("sessions").await;
+    b.goto(&format!(
+        "http://127.0.0.1:{}/#/sessions/{ns}/{name}",
+        carol.port
+    ))
+    .await
+    .expect("open the session");
+    browser.ready("session").await;
+    assert!(browser.text("#phase-badge").await.contains("Active"));
+    // What was shown before the page opened (the backlog), then what comes after.
+    browser
+        .until(
+            "the live player showing the first line",
+            "((document.querySelector('#live-player')||{}).textContent||'').includes('live-one')",
+            20,
+        )
+        .await;
+    browser
+        .until(
+            "the live player showing the second line",
+            "((document.querySelector('#live-player')||{}).textContent||'').includes('live-two')",
+            20,
+        )
+        .await;
+    b.execute("document.querySelector('#live').scrollIntoView()", vec![])
+        .await
+        .expect("scroll to the live view");
+    browser.shot("console-live").await;
+    // The session ends: the page says so.
+    let bob = crate::common::aexec(User::Bob, &["terminate", &name, "-n", ns], None).await;
+    assert_eq!(bob.status.code(), Some(0), "{}", text(&bob.stderr));
+    browser
+        .until(
+            "the live view saying the session ended",
+            "/ended/.test((document.querySelector('#live-status')||{}).textContent||'')",
+            20,
+        )
+        .await;
+    drop(alice);
     b.clone().close().await.expect("close the browser");
 }
