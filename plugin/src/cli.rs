@@ -415,6 +415,10 @@ pub struct SearchArgs {
     /// Match only what was shown.
     #[arg(long)]
     pub output: bool,
+    /// Also search the signed records in the store of sessions that no longer exist (deleted,
+    /// or past the retention), as `list --archived` lists them.
+    #[arg(long)]
+    pub archived: bool,
 }
 
 /// `kubectl aexec ui [--port N] [--no-browser]`.

@@ -876,7 +876,7 @@ async fn verify_against_status(c: &Conn, s: &ExecSession) -> Result<String> {
 // ---- review from the store
 
 /// `/apis/.../namespaces/NS/recordings[/NAME]`.
-fn recordings_path(namespace: &str, name: Option<&str>) -> String {
+pub(crate) fn recordings_path(namespace: &str, name: Option<&str>) -> String {
     let base = format!(
         "/apis/{}/{}/namespaces/{namespace}/recordings",
         aexec_crds::SUBRESOURCE_GROUP,
@@ -900,7 +900,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Every session record in the namespace (all with `all`) matching the query, page by page.
-async fn list_recordings(c: &Conn, all: bool, query: &[(&str, String)]) -> Result<Vec<Recording>> {
+pub(crate) async fn list_recordings(
+    c: &Conn,
+    all: bool,
+    query: &[(&str, String)],
+) -> Result<Vec<Recording>> {
     let base = if all {
         format!(
             "/apis/{}/{}/recordings",
@@ -913,14 +917,17 @@ async fn list_recordings(c: &Conn, all: bool, query: &[(&str, String)]) -> Resul
     let mut items = Vec::new();
     let mut next: Option<String> = None;
     loop {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in query {
-            q.append_pair(k, v);
-        }
-        if let Some(n) = &next {
-            q.append_pair("continue", n);
-        }
-        let path = format!("{base}?{}", q.finish());
+        // (The serializer is not Send: it is done before the await.)
+        let path = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+            if let Some(n) = &next {
+                q.append_pair("continue", n);
+            }
+            format!("{base}?{}", q.finish())
+        };
         let page: RecordingList = get_json(&c.client, &path, "listing session records").await?;
         items.extend(page.items);
         match page.metadata.continue_ {

@@ -262,6 +262,8 @@ pub struct Query {
     pub requester: Option<String>,
     pub input: bool,
     pub output: bool,
+    /// Also the signed records of sessions that no longer exist (from the store).
+    pub archived: bool,
 }
 
 impl Query {
@@ -284,6 +286,7 @@ impl Query {
             requester: None,
             input,
             output,
+            archived: false,
         })
     }
 
@@ -314,6 +317,8 @@ pub struct Found<'a> {
     pub requester: &'a str,
     pub pod: &'a str,
     pub hit: &'a Hit,
+    /// From the signed record of a session that no longer exists.
+    pub archived: bool,
 }
 
 impl Found<'_> {
@@ -336,19 +341,25 @@ pub struct Scanned {
     pub hits: usize,
 }
 
-/// Streams the verified recording of every session the query wants, oldest first, and hands
-/// each match to `found` as soon as its session is read; `found` returning false stops the
-/// search. Bounded memory: a piece of a recording and one session's matches at a time.
-pub async fn run(
-    client: &kube::Client,
-    q: &Query,
-    mut found: impl FnMut(Found<'_>) -> crate::error::Result<bool>,
-) -> crate::error::Result<Scanned> {
+/// A recording to search.
+#[derive(Debug)]
+struct Source {
+    namespace: String,
+    name: String,
+    requester: String,
+    pod: String,
+    /// Where its asciicast v3 is read (verified by the operator as it is sent).
+    path: String,
+    archived: bool,
+}
+
+/// The sessions the query wants, oldest first: the ExecSessions, then (with `archived`) the
+/// signed records in the store of sessions that no longer exist.
+async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<Source>> {
     use aexec_crds::ExecSession;
-    use futures::AsyncReadExt;
     use kube::Api;
 
-    use crate::error::{Doing, Error, explain};
+    use crate::error::{Doing, explain};
 
     let api: Api<ExecSession> = match &q.namespace {
         None => Api::all(client.clone()),
@@ -359,21 +370,100 @@ pub async fn run(
         .await
         .map_err(|e| explain(&e, "listing sessions", Doing::Audit))?
         .items;
+    let uids: HashSet<String> = sessions
+        .iter()
+        .filter_map(|s| s.metadata.uid.clone())
+        .collect();
     sessions.retain(|s| q.wants(s));
     sessions.sort_by_key(|s| s.metadata.creation_timestamp.as_ref().map(crate::table::ts));
+    let mut out: Vec<Source> = sessions
+        .iter()
+        .map(|s| {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            let name = s.metadata.name.clone().unwrap_or_default();
+            Source {
+                path: format!(
+                    "{}?format=v3",
+                    crate::attach::subresource_path(&ns, &name, "recording")
+                ),
+                namespace: ns,
+                name,
+                requester: s.spec.requester.username.clone(),
+                pod: s.spec.pod.clone(),
+                archived: false,
+            }
+        })
+        .collect();
+    if !q.archived {
+        return Ok(out);
+    }
+    let conn = crate::connect::Conn {
+        client: client.clone(),
+        namespace: q.namespace.clone().unwrap_or_default(),
+    };
+    let mut query = Vec::new();
+    if let Some(u) = &q.requester {
+        query.push(("fieldSelector", format!("requester={u}")));
+    }
+    if let Some(t) = q.since {
+        query.push((
+            "since",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+    }
+    let mut records =
+        crate::commands::list_recordings(&conn, q.namespace.is_none(), &query).await?;
+    // Records of sessions that still exist were searched above; records without a recording
+    // (denied, withdrawn) have nothing to search.
+    records.retain(|r| {
+        r.record
+            .as_ref()
+            .is_some_and(|rec| rec.recording.is_some() && !uids.contains(&rec.session.uid))
+    });
+    records.sort_by(|a, b| {
+        let created = |r: &crate::records::Recording| {
+            r.record.as_ref().map(|rec| rec.session.created.clone())
+        };
+        created(a).cmp(&created(b))
+    });
+    out.extend(records.into_iter().filter_map(|r| {
+        let rec = r.record?;
+        Some(Source {
+            path: format!(
+                "{}/content?format=v3",
+                crate::commands::recordings_path(&r.metadata.namespace, Some(&r.metadata.name))
+            ),
+            namespace: rec.session.namespace,
+            name: rec.session.name,
+            requester: rec.requester.username,
+            pod: rec.spec.pod,
+            archived: true,
+        })
+    }));
+    Ok(out)
+}
+
+/// Streams the verified recording of every session the query wants, oldest first, and hands
+/// each match to `found` as soon as its session is read; `found` returning false stops the
+/// search. Bounded memory: a piece of a recording and one session's matches at a time.
+pub async fn run(
+    client: &kube::Client,
+    q: &Query,
+    mut found: impl FnMut(Found<'_>) -> crate::error::Result<bool>,
+) -> crate::error::Result<Scanned> {
+    use futures::AsyncReadExt;
+
+    use crate::error::Error;
+
+    let sources = sources(client, q).await?;
     let mut scanned = Scanned {
-        sessions: sessions.len(),
+        sessions: sources.len(),
         ..Scanned::default()
     };
-    for s in &sessions {
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        let name = s.metadata.name.clone().unwrap_or_default();
-        let path = format!(
-            "{}?format=v3",
-            crate::attach::subresource_path(&ns, &name, "recording")
-        );
+    for src in &sources {
+        let (ns, name) = (&src.namespace, &src.name);
         let what = format!("reading the recording of {ns}/{name}");
-        let mut body = crate::commands::get_stream(client, &path, &what).await?;
+        let mut body = crate::commands::get_stream(client, &src.path, &what).await?;
         let mut reader = CastReader::new();
         let mut searcher: Option<Searcher> = None;
         let (mut events, mut hits) = (Vec::new(), Vec::new());
@@ -410,11 +500,12 @@ pub async fn run(
         for hit in &hits {
             scanned.hits += 1;
             let more = found(Found {
-                namespace: &ns,
-                name: &name,
-                requester: &s.spec.requester.username,
-                pod: &s.spec.pod,
+                namespace: ns,
+                name,
+                requester: &src.requester,
+                pod: &src.pod,
                 hit,
+                archived: src.archived,
             })?;
             if !more {
                 return Ok(scanned);
@@ -434,11 +525,13 @@ pub async fn search(
     q.namespace = (!a.all_namespaces).then(|| c.namespace.clone());
     q.since = a.since;
     q.requester = a.requester.clone();
+    q.archived = a.archived;
     let scanned = run(&c.client, &q, |f| {
         crate::error::out(&format!(
-            "{}/{}  +{:.1}s  {:<6}  {}\n  {}\n",
+            "{}/{}{}  +{:.1}s  {:<6}  {}\n  {}\n",
             f.namespace,
             f.name,
+            if f.archived { " (archived)" } else { "" },
             f.hit.at.as_secs_f64(),
             f.hit.side.as_str(),
             f.hit.line,

@@ -1080,6 +1080,7 @@ async function renderSearchPage(main, r, page) {
   const v = {
     pattern: p.get('pattern') || '', ns: nsFromUrl(p.get('ns')), since: p.has('since') ? p.get('since') : '24h',
     requester: p.get('requester') || '', stream: ['input', 'output'].includes(p.get('stream')) ? p.get('stream') : 'both',
+    archived: p.get('archived') === '1',
   };
   const input = (id, name, value, extra = {}) => h('input', { id, name, value, autocomplete: 'off', spellcheck: 'false', ...extra });
   const field = (id, label, el, hint) => h('div', { class: 'field' }, h('label', { for: id }, label), el,
@@ -1094,6 +1095,7 @@ async function renderSearchPage(main, r, page) {
       navigate(`#/search${query({
         pattern: d.get('pattern'), ns: nsToUrl(String(d.get('ns')).trim()), since: String(d.get('since')).trim() || 'all',
         requester: String(d.get('requester')).trim(), stream: d.get('stream') === 'both' ? '' : d.get('stream'),
+        archived: d.get('archived') ? '1' : '',
       })}`);
     } },
   field('search-pattern', 'Pattern', input('search-pattern', 'pattern', v.pattern, { required: true, class: 'mono', placeholder: 'DROP TABLE', 'aria-describedby': 'search-pattern-hint' }),
@@ -1103,13 +1105,16 @@ async function renderSearchPage(main, r, page) {
     'A duration such as 1h, 24h or 7d.'),
   field('search-requester', 'Requester', input('search-requester', 'requester', v.requester, { placeholder: 'anyone' })),
   streams,
+  h('div', { class: 'field checkbox' }, h('label', {},
+    h('input', { type: 'checkbox', id: 'search-archived', name: 'archived', value: '1', checked: v.archived }),
+    ' also deleted sessions (their signed records in the store)')),
   h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', id: 'search-button' }, 'Search')));
 
   // The status line is the live region; the results table is not read out whole.
   const status = h('p', { id: 'search-status', role: 'status' });
   const results = h('div', { id: 'search-output' });
   main.append(h('h1', {}, 'Search recordings'),
-    h('p', { class: 'muted' }, 'Finds what was typed or shown in the recordings of the sessions that still exist. Reading recordings takes the aexec-auditor role.'),
+    h('p', { class: 'muted' }, 'Finds what was typed or shown in the recordings of the sessions, and with "also deleted sessions" in the signed records of sessions that no longer exist. Reading recordings takes the aexec-auditor role.'),
     form, status, results);
   if (!v.pattern) return;
 
@@ -1121,7 +1126,7 @@ async function renderSearchPage(main, r, page) {
   try {
     data = await api(`/api/search${query({
       pattern: v.pattern, namespace: v.ns, since: v.since === 'all' ? '' : v.since,
-      requester: v.requester, stream: v.stream,
+      requester: v.requester, stream: v.stream, archived: v.archived ? '1' : '',
     })}`, { signal: page.signal });
   } catch (e) {
     if (isAbort(e)) throw e;
@@ -1144,17 +1149,20 @@ function renderHits(status, results, data, re) {
     onclick: (e) => {
       if (e.target.closest('a, button') || String(window.getSelection())) return;
       const tr = e.target.closest('tr[data-hit]');
-      if (tr) location.hash = $('a', tr).getAttribute('href');
+      const a = tr && $('a', tr);
+      if (a) location.hash = a.getAttribute('href');
     },
   });
   hits.forEach((x, i) => {
-    const href = sessionHash(x.namespace, x.session, x.at);
+    // A deleted session has no page here: its name, marked, and the replay command.
+    const href = x.archived ? null : sessionHash(x.namespace, x.session, x.at);
+    const link = (text, extra = {}) => (href ? h('a', { href, ...extra }, text) : h('span', {}, text));
     const replay = x.replay || `kubectl aexec replay ${x.session} -n ${x.namespace}`;
     body.append(h('tr', { dataset: { hit: String(i), session: `${x.namespace}/${x.session}` } },
-      td('Session', h('a', { href }, x.session)),
+      td('Session', link(x.session), x.archived ? h('span', { class: 'muted small', title: 'The ExecSession no longer exists: read from its signed record in the store' }, ' (archived)') : null),
       td('Namespace', x.namespace),
       td('Requester', x.requester || '—'),
-      td('At', h('a', { href, title: `${x.at} s into the session`, 'aria-label': `Play from ${formatOffset(x.at)}` }, formatOffset(x.at))),
+      td('At', link(formatOffset(x.at), { title: `${x.at} s into the session`, 'aria-label': `Play from ${formatOffset(x.at)}` })),
       td('Stream', h('span', { class: `stream stream-${x.stream}` }, x.stream)),
       td('Line', h('code', { class: 'hit-line' }, highlight(String(x.line ?? ''), re))),
       td('Replay', h('code', { class: 'cmd' }, replay), ' ', copyButton(replay, `Copy the replay command for ${x.session}`))));

@@ -248,15 +248,7 @@ pub async fn session(State(ui): Shared, Path((ns, name)): Path<(String, String)>
 /// `GET /api/sessions/NS/NAME/verify`: `verify NAME`'s checks and report; a failed
 /// verification is an answer (`ok: false`), not an error.
 pub async fn verify(State(ui): Shared, Path((ns, name)): Path<(String, String)>) -> Answer {
-    // The verification's future is not `Send` (the record check holds a reference across its
-    // reads), so it runs to completion on a blocking thread of its own.
-    let c = conn(&ui, &ns);
-    let rt = tokio::runtime::Handle::current();
-    let result = tokio::task::spawn_blocking(move || {
-        rt.block_on(crate::commands::verify_report(&c, &name, None))
-    })
-    .await
-    .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, format!("verifying: {e}")))?;
+    let result = crate::commands::verify_report(&conn(&ui, &ns), &name, None).await;
     match result {
         Ok(report) => Ok(Json(json!({ "ok": true, "report": report })).into_response()),
         Err(Error::Verify(report)) => {
@@ -372,6 +364,7 @@ pub async fn search(State(ui): Shared, Query(q): Query<BTreeMap<String, String>>
         ));
     }
     query.requester = arg("requester").map(str::to_owned);
+    query.archived = arg("archived").is_some_and(|v| v == "1" || v == "true");
     query.since = match arg("since") {
         Some(s) => Some(
             crate::cli::parse_when(s)
@@ -390,6 +383,7 @@ pub async fn search(State(ui): Shared, Query(q): Query<BTreeMap<String, String>>
             "stream": f.hit.side.as_str(),
             "line": f.hit.line,
             "replay": f.replay_command(),
+            "archived": f.archived,
         }));
         Ok(hits.len() < MAX_HITS)
     })

@@ -739,3 +739,87 @@ async fn ui_in_chromium_live_view() {
     drop(alice);
     b.clone().close().await.expect("close the browser");
 }
+
+#[tokio::test]
+async fn search_archived_records() {
+    let (t, _op) = target_with_operator().await;
+    let ns = t.namespace.as_str();
+    policy(&t, "archived", json!({"decision": "AutoApprove"})).await;
+    let ran = crate::common::aexec(
+        User::Alice,
+        &[
+            "-n",
+            ns,
+            &t.pod,
+            "--",
+            "sh",
+            "-c",
+            "echo archived-marker-$((6*7))",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+    let admin = env().client(User::Admin).await.expect("admin");
+    let items = Api::<ExecSession>::namespaced(admin, ns)
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items;
+    let name = items[0].metadata.name.clone().expect("name");
+    let s = wait_record(&t, &name).await;
+    crate::evidence::delete_and_wait_gone(&t, &s).await;
+    // The session is gone: a plain search does not see it, --archived does, from the store.
+    let plain =
+        crate::common::aexec(User::Carol, &["search", "-n", ns, "archived-marker"], None).await;
+    assert_eq!(plain.status.code(), Some(0), "{}", text(&plain.stderr));
+    assert!(text(&plain.stdout).is_empty(), "{}", text(&plain.stdout));
+    let found = crate::common::aexec(
+        User::Carol,
+        &["search", "-n", ns, "--archived", "archived-marker-42"],
+        None,
+    )
+    .await;
+    assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+    let out = text(&found.stdout);
+    assert!(
+        out.contains(&format!("{ns}/{name} (archived)"))
+            && out.contains("output  archived-marker-42"),
+        "{out}"
+    );
+    assert!(
+        text(&found.stderr).contains("1 match in 1 session"),
+        "{}",
+        text(&found.stderr)
+    );
+    // The replay command it prints works for the deleted session (from its signed record).
+    let replay = crate::common::aexec(User::Carol, &["replay", &name, "-n", ns], None).await;
+    assert_eq!(replay.status.code(), Some(0), "{}", text(&replay.stderr));
+    assert!(text(&replay.stdout).contains("archived-marker-42"));
+    // A requester may not read the store's records either.
+    let alice = crate::common::aexec(
+        User::Alice,
+        &["search", "-n", ns, "--archived", "archived-marker"],
+        None,
+    )
+    .await;
+    assert_eq!(alice.status.code(), Some(1));
+    // The console's search has the same option.
+    let carol = Console::start(User::Carol, ns).await;
+    let r = carol
+        .get(&format!(
+            "/api/search?pattern=archived-marker&namespace={ns}&archived=1"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let hits = r.json()["hits"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["archived"], true);
+    assert_eq!(hits[0]["session"], name.as_str());
+    let r = carol
+        .get(&format!(
+            "/api/search?pattern=archived-marker&namespace={ns}"
+        ))
+        .await;
+    assert_eq!(r.json()["hits"].as_array().map(Vec::len), Some(0));
+}
