@@ -111,6 +111,9 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
     if run("cp") {
         b.copy().await?;
     }
+    if run("search") {
+        b.search().await?;
+    }
     Ok(())
 }
 
@@ -1048,6 +1051,167 @@ impl Bench {
             let k = mib as f64 / median(times[format!("{dir} kubectl cp").as_str()].clone());
             let a = mib as f64 / median(times[format!("{dir} aexec cp").as_str()].clone());
             println!("| {dir} | {k:.1} | {a:.1} | {:.2}x |", a / k);
+        }
+        Ok(())
+    }
+
+    /// `kubectl aexec search`'s scan rate: MiB of recordings read and matched per second, beside
+    /// `export` of the same recording (read and verified by the operator, not matched), whole
+    /// processes as admin.
+    async fn search(&mut self) -> Result<()> {
+        let mib: u64 = if self.quick { 8 } else { 64 };
+        let plugin = std::env::var_os("AEXEC_PLUGIN_BIN")
+            .map(std::path::PathBuf::from)
+            .context("AEXEC_PLUGIN_BIN: the plugin to time (./dev bench sets it)")?;
+        let ns = self.t.namespace.clone();
+        // Only the session made here is searched (the namespace holds the other sections').
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // A log with colours and UTF-8, lines of 60-140 bytes.
+        let lines = (mib << 20) / 100;
+        let script = format!(
+            r#"awk 'BEGIN {{ for (i = 0; i < {lines}; i++) printf "\033[32mINFO\033[0m %08d r\303\251quest id=%08x path=/api/v1/items/%d status=200 dur=%dms %s\n", i, i, i % 997, i % 89, substr("abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz", 1, i % 50) }}'"#
+        );
+        let run = |args: Vec<String>| {
+            let mut c = tokio::process::Command::new(&plugin);
+            c.arg("--kubeconfig")
+                .arg(self.env.kubeconfig(User::Admin))
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c
+        };
+        let out = run(vec![
+            "-n".into(),
+            ns.clone(),
+            self.t.pod.clone(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ])
+        .output()
+        .await?;
+        if !out.status.success() {
+            bail!(
+                "the session for the search section failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let shown = out.stdout.len() as f64 / f64::from(1u32 << 20);
+        // Its recording is sealed before the search (the status holds the chain head).
+        let sessions: Api<ExecSession> = Api::namespaced(self.admin.clone(), &ns);
+        let started = Instant::now();
+        loop {
+            let l = sessions.list(&Default::default()).await?.items;
+            let sealed = l
+                .iter()
+                .filter(|s| {
+                    s.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+                        t.0.as_second()
+                            >= chrono::DateTime::parse_from_rfc3339(&since)
+                                .map_or(0, |d| d.timestamp())
+                    }) && s
+                        .status
+                        .as_ref()
+                        .and_then(|st| st.record.as_ref())
+                        .is_some()
+                })
+                .count();
+            if sealed == 1 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the search section's session was not sealed within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut read_mib = 0.0;
+        for _ in 0..self.repeats(3) {
+            let runs: [(&str, Vec<String>); 3] = [
+                (
+                    "export (read and verified)",
+                    vec!["export".into(), "-n".into(), ns.clone(), String::new()],
+                ),
+                (
+                    "search, typed and shown",
+                    vec![
+                        "search".into(),
+                        "-n".into(),
+                        ns.clone(),
+                        "--since".into(),
+                        since.clone(),
+                        "id=0000abcd".into(),
+                    ],
+                ),
+                (
+                    "search, shown only",
+                    vec![
+                        "search".into(),
+                        "-n".into(),
+                        ns.clone(),
+                        "--since".into(),
+                        since.clone(),
+                        "--output".into(),
+                        "(?i)REQU\u{c9}ST id=0000abcd".into(),
+                    ],
+                ),
+            ];
+            for (label, mut args) in runs {
+                if label.starts_with("export") {
+                    let name = sessions
+                        .list(&Default::default())
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter(|s| {
+                            s.status
+                                .as_ref()
+                                .and_then(|st| st.record.as_ref())
+                                .is_some()
+                        })
+                        .max_by_key(|s| s.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                        .and_then(|s| s.metadata.name)
+                        .context("the session")?;
+                    args[3] = name;
+                }
+                let start = Instant::now();
+                let out = run(args.clone()).output().await?;
+                let secs = start.elapsed().as_secs_f64();
+                if !out.status.success() {
+                    bail!(
+                        "kubectl aexec {}: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                if label.starts_with("search") {
+                    // "N matches in 1 session (X MiB of recordings read)"
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    if !err.contains("in 1 session") {
+                        bail!("the search read another session than the section's: {err}");
+                    }
+                    read_mib = err
+                        .rsplit_once('(')
+                        .and_then(|(_, r)| r.split_whitespace().next())
+                        .and_then(|m| m.parse::<f64>().ok())
+                        .context("the MiB read, from search's last line")?;
+                } else {
+                    read_mib = out.stdout.len() as f64 / f64::from(1u32 << 20);
+                }
+                times.entry(label).or_default().push(secs);
+            }
+        }
+        println!(
+            "\n## search: one recording of {shown:.1} MiB of coloured log lines (UTF-8, 60-140 bytes), {read_mib:.1} MiB of asciicast; whole processes"
+        );
+        println!("| run | seconds | MiB of recording per second |");
+        println!("|---|---|---|");
+        for (label, t) in &times {
+            let secs = median(t.clone());
+            println!("| {label} | {secs:.2} | {:.1} |", read_mib / secs);
         }
         Ok(())
     }

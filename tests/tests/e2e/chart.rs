@@ -503,6 +503,29 @@ fn check_s3(objects: &[Value]) {
             .iter()
             .any(|m| m.ends_with("recordings"))
     );
+    // Notifications: the Secret's webhooks.yaml, mounted read-only where the flag points.
+    assert_eq!(
+        args.notifications.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/aexec/notifications/webhooks.yaml"
+        ))
+    );
+    let mount = container(objects)["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/aexec/notifications")
+        .cloned()
+        .expect("the notifications mount");
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    let volume = find(objects, "Deployment", RELEASE)["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .cloned()
+        .expect("the notifications volume");
+    assert_eq!(volume["secret"]["secretName"], "aexec-webhooks");
     let pod = &find(objects, "Deployment", RELEASE)["spec"]["template"]["spec"];
     assert!(
         pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
