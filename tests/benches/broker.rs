@@ -2,7 +2,7 @@
 //! against plain exec to the same pod through the same API server, measured side by side in one
 //! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
 //! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run, and
-//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale,cp` (any of them) picks
+//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale,cp,search` (any of them) picks
 //! sections; `AEXEC_BENCH_CHARTS=DIR` has the scale section draw `DIR/scale.svg`.
 //!
 //! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
@@ -1102,81 +1102,57 @@ impl Bench {
         let shown = out.stdout.len() as f64 / f64::from(1u32 << 20);
         // Its recording is sealed before the search (the status holds the chain head).
         let sessions: Api<ExecSession> = Api::namespaced(self.admin.clone(), &ns);
+        let since_ts = chrono::DateTime::parse_from_rfc3339(&since)?.timestamp();
         let started = Instant::now();
-        loop {
+        let name = loop {
             let l = sessions.list(&Default::default()).await?.items;
-            let sealed = l
+            let sealed: Vec<&ExecSession> = l
                 .iter()
                 .filter(|s| {
-                    s.metadata.creation_timestamp.as_ref().is_some_and(|t| {
-                        t.0.as_second()
-                            >= chrono::DateTime::parse_from_rfc3339(&since)
-                                .map_or(0, |d| d.timestamp())
-                    }) && s
-                        .status
+                    s.metadata
+                        .creation_timestamp
                         .as_ref()
-                        .and_then(|st| st.record.as_ref())
-                        .is_some()
+                        .is_some_and(|t| t.0.as_second() >= since_ts)
+                        && s.status
+                            .as_ref()
+                            .and_then(|st| st.record.as_ref())
+                            .is_some()
                 })
-                .count();
-            if sealed == 1 {
-                break;
+                .collect();
+            if let [s] = sealed[..] {
+                break s.metadata.name.clone().context("the session's name")?;
             }
             if started.elapsed() > Duration::from_secs(60) {
                 bail!("the search section's session was not sealed within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
         let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         let mut read_mib = 0.0;
+        let search = |extra: &[&str], pattern: &str| {
+            let mut a: Vec<String> = ["search", "-n", &ns, "--archived", "--since", &since]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            a.extend(extra.iter().map(|s| (*s).to_owned()));
+            a.push(pattern.to_owned());
+            a
+        };
         for _ in 0..self.repeats(3) {
+            // The retention may delete the ExecSession meanwhile: export and search --archived
+            // then read its signed record from the store.
             let runs: [(&str, Vec<String>); 3] = [
                 (
                     "export (read and verified)",
-                    vec!["export".into(), "-n".into(), ns.clone(), String::new()],
+                    vec!["export".into(), "-n".into(), ns.clone(), name.clone()],
                 ),
-                (
-                    "search, typed and shown",
-                    vec![
-                        "search".into(),
-                        "-n".into(),
-                        ns.clone(),
-                        "--since".into(),
-                        since.clone(),
-                        "id=0000abcd".into(),
-                    ],
-                ),
+                ("search, typed and shown", search(&[], "id=0000abcd")),
                 (
                     "search, shown only",
-                    vec![
-                        "search".into(),
-                        "-n".into(),
-                        ns.clone(),
-                        "--since".into(),
-                        since.clone(),
-                        "--output".into(),
-                        "(?i)REQU\u{c9}ST id=0000abcd".into(),
-                    ],
+                    search(&["--output"], "(?i)REQU\u{c9}ST id=0000abcd"),
                 ),
             ];
-            for (label, mut args) in runs {
-                if label.starts_with("export") {
-                    let name = sessions
-                        .list(&Default::default())
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter(|s| {
-                            s.status
-                                .as_ref()
-                                .and_then(|st| st.record.as_ref())
-                                .is_some()
-                        })
-                        .max_by_key(|s| s.metadata.creation_timestamp.as_ref().map(|t| t.0))
-                        .and_then(|s| s.metadata.name)
-                        .context("the session")?;
-                    args[3] = name;
-                }
+            for (label, args) in runs {
                 let start = Instant::now();
                 let out = run(args.clone()).output().await?;
                 let secs = start.elapsed().as_secs_f64();

@@ -540,12 +540,34 @@ async fn ui_in_chromium_approve_play_search() {
         .await
         .expect("type the comment");
     browser.shot("console-session-pending").await;
-    b.find(Locator::Css("#approve-button"))
+    // By keyboard: Tab from the comment reaches Approve, and Enter presses it.
+    let mut reached = false;
+    for _ in 0..6 {
+        b.active_element()
+            .await
+            .expect("the focused element")
+            .send_keys("\u{e004}") // Tab
+            .await
+            .expect("Tab");
+        let id = b
+            .execute("return document.activeElement.id", vec![])
+            .await
+            .expect("focused id");
+        if id == "approve-button" {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "Tab from the comment box never reached the Approve button"
+    );
+    b.active_element()
         .await
-        .expect("approve button")
-        .click()
+        .expect("the Approve button")
+        .send_keys("\u{e007}") // Enter
         .await
-        .expect("approve");
+        .expect("Enter");
     browser
         .until(
             "the session approved",
