@@ -91,6 +91,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+use crate::transcript::Transcript;
+
 /// Version of our recording conventions (the `aexec` header facts, the `e` and `b` codes).
 pub const RECORDING_FORMAT_VERSION: u32 = 1;
 /// Longest event line the reader accepts (and the writer ever writes), without its newline.
@@ -112,12 +114,6 @@ const MAX_TEXT_PER_LINE: usize = 64 * 1024;
 const MAX_RAW_PER_LINE: usize = 48 * 1024;
 /// The display `command` and `title` are truncated to this many bytes.
 const MAX_DISPLAY_BYTES: usize = 1024;
-/// A transcript line longer than this is cut back to its last [`ERASABLE_BYTES`]: only those can
-/// still be erased by backspace or DEL, the rest is final (so a transcript streams in bounded
-/// memory whatever the output).
-pub const MAX_OPEN_LINE_BYTES: usize = 1 << 20;
-/// See [`MAX_OPEN_LINE_BYTES`].
-pub const ERASABLE_BYTES: usize = 64 * 1024;
 /// [`CastReader::parse`] merges consecutive pieces of one stream at one time up to this size.
 const MERGE_LIMIT: usize = 1 << 20;
 /// Longest interval accepted by the reader, in seconds (exactly representable in microseconds).
@@ -306,7 +302,7 @@ pub enum Stream {
 impl Stream {
     const ALL: [Stream; 3] = [Stream::Out, Stream::Err, Stream::In];
 
-    fn idx(self) -> usize {
+    pub(crate) fn idx(self) -> usize {
         match self {
             Stream::Out => 0,
             Stream::Err => 1,
@@ -393,7 +389,7 @@ fn count_bytes(bytes: &[u8], pred: impl Fn(u8) -> bool + Copy) -> usize {
 
 /// The length of the incomplete UTF-8 sequence `data` ends with (0 to 3 bytes): a lead byte
 /// and continuation bytes that a next chunk could complete, as `str::from_utf8` sees it.
-fn incomplete_tail(data: &[u8]) -> usize {
+pub(crate) fn incomplete_tail(data: &[u8]) -> usize {
     let from = data.len().saturating_sub(3);
     let Some(lead) = (from..data.len()).rev().find(|&i| data[i] & 0xc0 != 0x80) else {
         return 0;
@@ -1153,72 +1149,20 @@ fn v2_event(at: Duration, ev: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b"]\n");
 }
 
-/// A plain-text transcript for people: a few `#` lines on the session, then the output (bytes
-/// that are not UTF-8 replaced by U+FFFD) with ANSI escape sequences removed, every stderr line
-/// marked `[stderr] `, every stdin line `[stdin] `, and resizes, markers and the exit status
-/// noted in brackets on lines of their own. Carriage returns end lines; backspace and DEL erase
-/// the previous character of the line (within the last [`ERASABLE_BYTES`] of a line longer
-/// than [`MAX_OPEN_LINE_BYTES`]). [`Converter`] gives the same text from a stream.
+/// A plain-text transcript for people: a few `#` lines on the session, then what a terminal
+/// showed, as a terminal emulator makes it of the output ([`crate::transcript`] says how: lines
+/// as they scroll off the screen, the screen before it is cleared and at the end, a full-screen
+/// program's screen when it ends), with stderr lines marked `[stderr] `, typed lines
+/// `[stdin] `, and resizes, markers and the exit status noted in brackets on lines of their
+/// own. Bytes that are not UTF-8 show as U+FFFD. [`Converter`] gives the same text from a
+/// stream.
 pub fn to_text(rec: &Recording) -> String {
-    let mut t = Transcript::default();
-    text_header(&mut t, &rec.header);
+    let mut t = Transcript::new(&rec.header);
     for (_, ev) in &rec.events {
         t.event(ev);
     }
-    t.end_line();
-    t.out
-}
-
-/// The transcript's `#` lines on the session.
-fn text_header(t: &mut Transcript, h: &Header) {
-    let f = &h.aexec;
-    let started = chrono::DateTime::from_timestamp(i64::try_from(h.timestamp).unwrap_or(0), 0)
-        .map(|d| d.to_rfc3339())
-        .unwrap_or_else(|| h.timestamp.to_string());
-    t.out.push_str(&format!(
-        "# aexec session {}/{} ({})\n",
-        single_line(&f.namespace),
-        single_line(&f.name),
-        single_line(&f.uid)
-    ));
-    t.out.push_str(&format!(
-        "# pod {} ({}), container {}, tty {}, stdin {}\n",
-        single_line(&f.pod),
-        single_line(&f.pod_uid),
-        single_line(&f.container),
-        yes_no(f.tty),
-        yes_no(f.stdin)
-    ));
-    t.out.push_str(&format!(
-        "# command: {}\n",
-        single_line(&display_command(&f.command))
-    ));
-    let groups = if f.requester.groups.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", f.requester.groups.join(", "))
-    };
-    t.out.push_str(&format!(
-        "# requested by {}{}{}\n",
-        single_line(&f.requester.username),
-        single_line(&groups),
-        f.reason
-            .as_deref()
-            .map(|r| format!(", reason: {}", single_line(r)))
-            .unwrap_or_default()
-    ));
-    t.out.push_str(&format!(
-        "# policy {}, approved by {}\n",
-        f.policy
-            .as_deref()
-            .map_or_else(|| "(default)".to_owned(), single_line),
-        if f.approvers.is_empty() {
-            "policy".to_owned()
-        } else {
-            single_line(&f.approvers.join(", "))
-        }
-    ));
-    t.out.push_str(&format!("# started {started}\n"));
+    t.finish();
+    t.into_text()
 }
 
 /// What [`Converter`] turns a v3 recording into.
@@ -1233,8 +1177,8 @@ pub enum Export {
 /// Converts a v3 recording to v2 or to text as its bytes arrive, giving exactly the bytes
 /// [`to_v2`] or [`to_text`] give for the whole file, without holding the recording: it keeps
 /// one partial line (bounded by the reader's line limit), one merged event (at most 1 MiB, the
-/// merge bound of [`CastReader::parse`]) and, for text, the open line of the transcript (at
-/// most [`MAX_OPEN_LINE_BYTES`]).
+/// merge bound of [`CastReader::parse`]) and, for text, one emulated screen and the bounded
+/// state of [`crate::transcript`].
 #[derive(Debug)]
 pub struct Converter {
     export: Export,
@@ -1242,7 +1186,8 @@ pub struct Converter {
     header_written: bool,
     /// The last event read, held until the next one shows whether it merges with it.
     pending: Option<(Duration, Event)>,
-    transcript: Transcript,
+    /// Created with the header (the terminal's size is the header's).
+    transcript: Option<Transcript>,
     /// Events of the chunk being fed (bounded by the chunk).
     scratch: Vec<(Duration, Event)>,
 }
@@ -1254,7 +1199,7 @@ impl Converter {
             reader: CastReader::new(),
             header_written: false,
             pending: None,
-            transcript: Transcript::default(),
+            transcript: None,
             scratch: Vec::new(),
         }
     }
@@ -1281,9 +1226,9 @@ impl Converter {
         if let Some((at, ev)) = self.pending.take() {
             self.emit(at, &ev, out);
         }
-        if self.export == Export::Text {
-            self.transcript.end_line();
-            self.transcript.drain_committed(out);
+        if let Some(t) = &mut self.transcript {
+            t.finish();
+            t.take(out);
         }
         Ok(())
     }
@@ -1310,8 +1255,9 @@ impl Converter {
         match self.export {
             Export::V2 => v2_header(h, out),
             Export::Text => {
-                text_header(&mut self.transcript, h);
-                self.transcript.drain_committed(out);
+                let mut t = Transcript::new(h);
+                t.take(out);
+                self.transcript = Some(t);
             }
         }
         self.header_written = true;
@@ -1321,216 +1267,12 @@ impl Converter {
         match self.export {
             Export::V2 => v2_event(at, ev, out),
             Export::Text => {
-                self.transcript.event(ev);
-                self.transcript.drain_committed(out);
-            }
-        }
-    }
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
-}
-
-/// `s` with control characters (newlines included) replaced by spaces.
-fn single_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// Where an ANSI escape sequence being removed has got to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Ansi {
-    #[default]
-    Ground,
-    /// After ESC.
-    Esc,
-    /// ESC followed by intermediate bytes (0x20-0x2F), until a final byte.
-    EscIntermediate,
-    /// Control Sequence Introducer: parameters and intermediates until a final byte 0x40-0x7E.
-    Csi,
-    /// OSC, DCS, SOS, PM or APC string, until BEL or ST.
-    Str,
-    /// ESC inside a string: `\` ends it (ST).
-    StrEsc,
-}
-
-impl Ansi {
-    /// Feeds one character; returns it when it is text, `None` when it is part of a sequence.
-    fn step(&mut self, c: char) -> Option<char> {
-        match *self {
-            Ansi::Ground => match c {
-                '\x1b' => *self = Ansi::Esc,
-                '\u{9b}' => *self = Ansi::Csi,
-                '\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}' => *self = Ansi::Str,
-                _ => return Some(c),
-            },
-            Ansi::Esc => match c {
-                '[' => *self = Ansi::Csi,
-                ']' | 'P' | 'X' | '^' | '_' => *self = Ansi::Str,
-                '\x1b' => {}
-                '\x20'..='\x2f' => *self = Ansi::EscIntermediate,
-                // CAN and SUB abort a sequence; anything else ends a two-character one.
-                _ => *self = Ansi::Ground,
-            },
-            Ansi::EscIntermediate => match c {
-                '\x20'..='\x2f' => {}
-                '\x1b' => *self = Ansi::Esc,
-                _ => *self = Ansi::Ground,
-            },
-            Ansi::Csi => match c {
-                '\x20'..='\x3f' => {}
-                '\x40'..='\x7e' => *self = Ansi::Ground,
-                '\x1b' => *self = Ansi::Esc,
-                '\x18' | '\x1a' => *self = Ansi::Ground,
-                // Not part of any sequence: the sequence was malformed; keep the text.
-                _ => {
-                    *self = Ansi::Ground;
-                    return Some(c);
-                }
-            },
-            Ansi::Str => match c {
-                '\x07' | '\u{9c}' | '\x18' | '\x1a' => *self = Ansi::Ground,
-                '\x1b' => *self = Ansi::StrEsc,
-                _ => {}
-            },
-            Ansi::StrEsc => match c {
-                '\\' => *self = Ansi::Ground,
-                _ => {
-                    *self = Ansi::Esc;
-                    return self.step(c);
-                }
-            },
-        }
-        None
-    }
-}
-
-#[derive(Debug, Default)]
-struct StreamText {
-    ansi: Ansi,
-    pending_cr: bool,
-}
-
-#[derive(Debug, Default)]
-struct Transcript {
-    out: String,
-    streams: [StreamText; 3],
-    /// The stream whose line is open, if a line is open.
-    open: Option<Stream>,
-    /// Where the open line's content starts (after its prefix).
-    content_start: usize,
-}
-
-impl Transcript {
-    fn event(&mut self, ev: &Event) {
-        match ev {
-            Event::Output(b) => self.data(Stream::Out, b),
-            Event::Error(b) => self.data(Stream::Err, b),
-            Event::Input(b) => self.data(Stream::In, b),
-            Event::Resize { cols, rows } => self.note(&format!("[resize {cols}x{rows}]")),
-            Event::Exit(code) => self.note(&format!("[exit {code}]")),
-            Event::Marker(label) => self.note(&format!("[marker] {}", single_line(label))),
-        }
-    }
-
-    /// Moves the text that can no longer change (everything before the open line's erasable
-    /// content) to `out`.
-    fn drain_committed(&mut self, out: &mut Vec<u8>) {
-        let upto = if self.open.is_some() {
-            self.content_start
-        } else {
-            self.out.len()
-        };
-        out.extend_from_slice(&self.out.as_bytes()[..upto]);
-        self.out.drain(..upto);
-        self.content_start = self.content_start.saturating_sub(upto);
-    }
-
-    fn data(&mut self, stream: Stream, bytes: &[u8]) {
-        for c in String::from_utf8_lossy(bytes).chars() {
-            let Some(c) = self.streams[stream.idx()].ansi.step(c) else {
-                continue;
-            };
-            let st = &mut self.streams[stream.idx()];
-            if st.pending_cr {
-                st.pending_cr = false;
-                self.newline(stream);
-                if c == '\n' {
-                    continue;
+                if let Some(t) = &mut self.transcript {
+                    t.event(ev);
+                    t.take(out);
                 }
             }
-            match c {
-                '\r' => self.streams[stream.idx()].pending_cr = true,
-                '\n' => self.newline(stream),
-                '\x08' | '\x7f' => {
-                    if self.open == Some(stream) && self.out.len() > self.content_start {
-                        self.out.pop();
-                    }
-                }
-                '\t' => self.push(stream, c),
-                c if c.is_control() => {}
-                c => self.push(stream, c),
-            }
         }
-    }
-
-    fn prefix(stream: Stream) -> &'static str {
-        match stream {
-            Stream::Out => "",
-            Stream::Err => "[stderr]",
-            Stream::In => "[stdin]",
-        }
-    }
-
-    fn push(&mut self, stream: Stream, c: char) {
-        if self.open != Some(stream) {
-            self.end_line();
-            let prefix = Self::prefix(stream);
-            self.out.push_str(prefix);
-            if !prefix.is_empty() {
-                self.out.push(' ');
-            }
-            self.open = Some(stream);
-            self.content_start = self.out.len();
-        }
-        self.out.push(c);
-        if self.out.len() - self.content_start > MAX_OPEN_LINE_BYTES {
-            // Bounded memory for a stream: all but the end of a very long line is final, so
-            // backspaces can no longer erase it.
-            let mut from = self.out.len() - ERASABLE_BYTES;
-            while !self.out.is_char_boundary(from) {
-                from += 1;
-            }
-            self.content_start = from;
-        }
-    }
-
-    /// Ends the stream's line (an empty one when none is open for it).
-    fn newline(&mut self, stream: Stream) {
-        if self.open != Some(stream) {
-            self.end_line();
-            self.out.push_str(Self::prefix(stream));
-        }
-        self.out.push('\n');
-        self.open = None;
-    }
-
-    /// Ends whatever line is open, so that the next text starts a line of its own.
-    fn end_line(&mut self) {
-        for st in &mut self.streams {
-            st.pending_cr = false;
-        }
-        if self.open.take().is_some() {
-            self.out.push('\n');
-        }
-    }
-
-    fn note(&mut self, note: &str) {
-        self.end_line();
-        self.out.push_str(note);
-        self.out.push('\n');
     }
 }
 
@@ -2315,7 +2057,7 @@ mod tests {
     }
 
     #[test]
-    fn text_transcript_strips_ansi_and_marks_streams() {
+    fn text_transcript_shows_the_screen_and_marks_streams() {
         let text = to_text(&sample());
         let body: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
@@ -2361,45 +2103,6 @@ mod tests {
         assert!(
             text.starts_with("# aexec session ns  [2J/n fake line (u )\n"),
             "{text}"
-        );
-    }
-
-    #[test]
-    fn ansi_stripper_handles_split_and_odd_sequences() {
-        let strip = |chunks: &[&[u8]]| {
-            let mut t = Transcript::default();
-            for c in chunks {
-                t.data(Stream::Out, c);
-            }
-            t.end_line();
-            t.out
-        };
-        assert_eq!(strip(&[b"a\x1b[3", b"8;5;1", b"mb\n"]), "ab\n");
-        assert_eq!(
-            strip(&[b"x\x1b]8;;http://e\x1b", b"\\link\x1b]8;;\x1b\\\n"]),
-            "xlink\n"
-        );
-        assert_eq!(strip(&[b"\x1b7saved\x1b8 \x1b=k\n"]), "saved k\n");
-        assert_eq!(strip(&["\u{9b}2Jc1\n".as_bytes()]), "c1\n");
-        assert_eq!(strip(&[b"\x1b[12\xc3\xa9z\n"]), "\u{e9}z\n");
-        assert_eq!(strip(&[b"a\rb\r\nc\n"]), "a\nb\nc\n");
-        assert_eq!(strip(&[b"ab\x08 \x08c\x07\n"]), "ac\n");
-        assert_eq!(strip(&[b"\n\n"]), "\n\n");
-    }
-
-    #[test]
-    fn transcript_separates_interleaved_streams() {
-        let mut t = Transcript::default();
-        t.data(Stream::Out, b"foo");
-        t.data(Stream::Err, b"bar\nbaz");
-        t.data(Stream::Out, b"qux\n");
-        t.data(Stream::Err, b"\n");
-        t.data(Stream::In, b"yes\r");
-        t.data(Stream::In, b"\nno");
-        t.end_line();
-        assert_eq!(
-            t.out,
-            "foo\n[stderr] bar\n[stderr] baz\nqux\n[stderr]\n[stdin] yes\n[stdin] no\n"
         );
     }
 
@@ -2545,30 +2248,30 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_line_streams_in_bounded_memory_and_erases_only_its_end() {
-        // One character more than the open-line bound (3-byte characters, so the cut back to
-        // the erasable end falls inside one), then more backspaces than that end holds.
-        let chars = MAX_OPEN_LINE_BYTES / 3 + 1;
-        let mut out = "€".repeat(chars).into_bytes();
-        out.extend(std::iter::repeat_n(0x08, 30_000));
-        out.extend_from_slice(b"tail\n");
-        let file = write(&[(ms(1), Event::Output(out))]);
-        let text = to_text(&CastReader::parse(&file).unwrap());
-        let erasable_chars = (ERASABLE_BYTES - 1) / 3;
-        let body = text.lines().find(|l| !l.starts_with('#')).unwrap();
-        assert!(body == format!("{}tail", "€".repeat(chars - erasable_chars)));
-        let streamed = convert_in_pieces(Export::Text, &file, |_| 50_000).unwrap();
-        assert!(streamed == text.as_bytes());
-
-        // 3 MiB without a newline: the converter never holds more than the bound.
+    fn an_endless_line_streams_in_bounded_memory() {
+        use crate::transcript::MAX_TEXT_LINE;
+        // 3 MiB without a newline: the terminal wraps it every 80 columns; the rows are joined
+        // back into lines of at most MAX_TEXT_LINE characters (and the row that crossed it).
         let file = write(&[(ms(1), Event::Output(vec![b'a'; 3 << 20]))]);
+        let text = to_text(&CastReader::parse(&file).unwrap());
+        let body: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(body.iter().all(|l| l.bytes().all(|b| b == b'a')));
+        assert!(body.iter().all(|l| l.len() < MAX_TEXT_LINE + 80));
+        assert_eq!(body.iter().map(|l| l.len()).sum::<usize>(), 3 << 20);
+        assert_eq!(
+            body.len(),
+            (3usize << 20).div_ceil(MAX_TEXT_LINE + 80 - MAX_TEXT_LINE % 80)
+        );
+
+        // The converter holds no more than one such line, whatever the recording's size.
         let mut c = Converter::new(Export::Text);
         let mut streamed = Vec::new();
         for piece in file.chunks(64 * 1024) {
             c.feed(piece, &mut streamed).unwrap();
-            assert!(c.transcript.out.len() <= MAX_OPEN_LINE_BYTES + 1);
+            let held = c.transcript.as_ref().map_or(0, |t| t.held());
+            assert!(held <= MAX_TEXT_LINE + 80, "{held}");
         }
         c.finish(&mut streamed).unwrap();
-        assert!(streamed == to_text(&CastReader::parse(&file).unwrap()).as_bytes());
+        assert!(streamed == text.as_bytes());
     }
 }

@@ -950,6 +950,28 @@ async fn search_finds_typed_and_shown() {
         screen.contains("output  ") && screen.contains("secret plan"),
         "{screen}"
     );
+    // The text export goes through a terminal emulator too: the screen the printf drew, with
+    // "secret plan" on one line, after what the clear took away, and the typed lines.
+    let txt = aexec(
+        User::Carol,
+        &["export", &name, "-n", ns, "--format", "text"],
+        None,
+    )
+    .await;
+    assert_eq!(txt.status.code(), Some(0), "{}", text(&txt.stderr));
+    let transcript = text(&txt.stdout);
+    let lines: Vec<&str> = transcript.lines().collect();
+    let at = |want: &str| lines.iter().position(|l| l.trim_end() == want);
+    let (typed, hello, plan) = (
+        at("[stdin] echo hello world"),
+        at("hello world"),
+        at("    secret plan"),
+    );
+    assert!(
+        typed.is_some() && hello > typed && plan > hello,
+        "{transcript}"
+    );
+    assert!(!transcript.contains('\u{1b}'), "{transcript}");
     // Nothing for a word nobody typed or saw.
     let none = aexec(User::Carol, &["search", "-n", ns, "DROP TABLE"], None).await;
     assert_eq!(none.status.code(), Some(0));
