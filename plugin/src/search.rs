@@ -15,13 +15,22 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use aexec_recording::cast::{CastReader, Event};
+use aexec_recording::{
+    cast::{CastReader, Event},
+    transcript::{MAX_COLS, MAX_ROWS},
+};
 use regex::Regex;
 
 /// The longest typed line kept (a paste of a whole file is cut here, and matched as it is).
 const MAX_TYPED: usize = 64 << 10;
 /// Distinct matching lines remembered per session, so a line shown again is reported once.
 const MAX_SEEN: usize = 10_000;
+
+/// A terminal size as the emulator gets it: at least 1, at most the transcript's cap (a crafted
+/// header or resize of 65535x65535 would otherwise ask for billions of cells).
+fn screen(n: u16, max: u16) -> usize {
+    usize::from(n.clamp(1, max))
+}
 
 /// Where a match was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -154,7 +163,7 @@ impl Searcher {
             input,
             output,
             vt: avt::Vt::builder()
-                .size(usize::from(cols.max(1)), usize::from(rows.max(1)))
+                .size(screen(cols, MAX_COLS), screen(rows, MAX_ROWS))
                 .scrollback_limit(0)
                 .build(),
             typed: Typed::default(),
@@ -215,7 +224,7 @@ impl Searcher {
             Event::Resize { cols, rows } => {
                 let _ = self
                     .vt
-                    .resize(usize::from((*cols).max(1)), usize::from((*rows).max(1)));
+                    .resize(screen(*cols, MAX_COLS), screen(*rows, MAX_ROWS));
             }
             _ => {}
         }
@@ -568,6 +577,31 @@ mod tests {
 
     fn re(p: &str) -> Regex {
         Regex::new(p).expect("pattern")
+    }
+
+    #[test]
+    fn a_huge_terminal_is_capped() {
+        let header = Header::new(SessionFacts::default(), 0, Some((u16::MAX, u16::MAX)));
+        let (mut w, head) = CastWriter::new(&header);
+        let mut c = head.into_bytes();
+        w.event(
+            Duration::from_millis(1),
+            &Event::Resize {
+                cols: u16::MAX,
+                rows: u16::MAX,
+            },
+            &mut c,
+        );
+        w.event(
+            Duration::from_millis(2),
+            &Event::Output(b"\x1b[5;5Hfound me".to_vec()),
+            &mut c,
+        );
+        // 65535 x 65535 cells would be about 100 GiB: this returns at once.
+        let hits = search_cast(&c, &re("found me"), false, true);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(screen(0, MAX_COLS), 1);
+        assert_eq!(screen(u16::MAX, MAX_ROWS), usize::from(MAX_ROWS));
     }
 
     #[test]
