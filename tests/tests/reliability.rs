@@ -670,6 +670,10 @@ async fn watch_on_other_replica() {
     alice_out.extend(more);
     let s = wait_phase(&t, "w1", Phase::Terminated, 30).await;
     eprintln!("w1 ended: {:?}", s.status.and_then(|s| s.message));
+    // The recording is read once it is sealed (its manifest in the store, its signed record
+    // written): right after the end, the last upload may still be on its way (seen under a
+    // load average of 10: the manifest was not in MinIO yet).
+    common::wait_record(&t, "w1").await;
     let (recorded_out, recorded_in) = recorded(&t, "w1").await;
     assert_eq!(
         String::from_utf8_lossy(&recorded_out),
