@@ -5,7 +5,10 @@
 //! `SelfSubjectReview`.
 
 use aexec_crds::UserRef;
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+};
 use kube::{
     Api, Client, Config,
     api::PostParams,
@@ -113,4 +116,27 @@ pub async fn whoami(client: &Client) -> Result<UserRef> {
         username: info.username.unwrap_or_default(),
         groups: info.groups.unwrap_or_default(),
     })
+}
+
+/// Whether the API server says we may do what `attrs` describes (a SelfSubjectAccessReview;
+/// an empty namespace or name means any). A review that fails counts as no: this is for saying
+/// early what a refusal would say later, never for deciding.
+pub async fn allowed(client: &Client, attrs: ResourceAttributes) -> bool {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: attrs.namespace.filter(|n| !n.is_empty()),
+                name: attrs.name.filter(|n| !n.is_empty()),
+                ..attrs
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed)
 }

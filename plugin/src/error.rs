@@ -14,6 +14,10 @@ pub enum Error {
     /// The cluster answered with a refusal or failure, already explained.
     #[error("{0}")]
     Api(String),
+    /// The cluster refused who we are or what we may do (401, 403), already explained: the
+    /// status is kept for whoever passes the refusal on (the console answers with it).
+    #[error("{message}")]
+    Refused { status: u16, message: String },
     /// A session ended in a way that is an error for the requester (denied, expired).
     #[error("{0}")]
     Session(String),
@@ -95,22 +99,31 @@ pub fn explain(e: &kube::Error, what: &str, doing: Doing) -> Error {
 pub fn explain_status(code: u16, reason: &str, message: &str, what: &str, doing: Doing) -> Error {
     let message = message.trim();
     match (code, reason) {
-        (401, _) => Error::Api(format!(
-            "{what}: not authenticated ({message}); check the kubeconfig's credentials (kubectl \
-             auth whoami)"
-        )),
+        (401, _) => Error::Refused {
+            status: 401,
+            message: format!(
+                "{what}: not authenticated ({message}); check the kubeconfig's credentials \
+                 (kubectl auth whoami)"
+            ),
+        },
         // Only a refusal by authorization (RBAC) is about a missing role. The operator's own
         // rules (self-approval, someone else's session, an approver the policy does not name)
         // and admission policies refuse people who hold the role: a hint to ask for it would
         // send them to the wrong person. The operator's authorization refusal already names the
         // role.
         (403, _) if is_authorization_refusal(message) && !message.contains("ask for the") => {
-            Error::Api(format!(
-                "{what}: {message}: ask your cluster admin for the {} role",
-                doing.role()
-            ))
+            Error::Refused {
+                status: 403,
+                message: format!(
+                    "{what}: {message}: ask your cluster admin for the {} role",
+                    doing.role()
+                ),
+            }
         }
-        (403, _) => Error::Api(format!("{what}: {message}")),
+        (403, _) => Error::Refused {
+            status: 403,
+            message: format!("{what}: {message}"),
+        },
         // A path nobody serves: the CRD or the aggregated API is not installed.
         (404, _)
             if message.is_empty()

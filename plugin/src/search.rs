@@ -17,12 +17,11 @@ use std::{collections::HashSet, time::Duration};
 
 use aexec_recording::{
     cast::{CastReader, Event},
+    editor::LineEditor,
     transcript::{MAX_COLS, MAX_ROWS},
 };
 use regex::Regex;
 
-/// The longest typed line kept (a paste of a whole file is cut here, and matched as it is).
-const MAX_TYPED: usize = 64 << 10;
 /// Distinct matching lines remembered per session, so a line shown again is reported once.
 const MAX_SEEN: usize = 10_000;
 
@@ -59,62 +58,41 @@ pub struct Hit {
     pub line: String,
 }
 
-/// What the line editor makes of typed bytes.
+/// What was typed, as lines, each with when its first key was pressed.
 #[derive(Debug, Default)]
 struct Typed {
-    line: String,
-    /// Inside an escape sequence (ESC, then `[` or `O` and parameters up to a final byte).
-    escape: Escape,
-    /// When the line's first character was typed.
+    editor: LineEditor,
+    /// When the line being typed began.
     since: Option<Duration>,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-enum Escape {
-    #[default]
-    None,
-    Start,
-    Sequence,
-}
-
 impl Typed {
-    /// Adds typed text; returns the lines ended (by Enter) with when they began.
-    fn feed(&mut self, at: Duration, text: &str, done: &mut Vec<(Duration, String)>) {
-        for ch in text.chars() {
-            match (&self.escape, ch) {
-                (Escape::Start, '[' | 'O') => self.escape = Escape::Sequence,
-                (Escape::Start, _) => self.escape = Escape::None,
-                (Escape::Sequence, c) if ('\u{40}'..='\u{7e}').contains(&c) => {
-                    self.escape = Escape::None
-                }
-                (Escape::Sequence, _) => {}
-                (Escape::None, '\u{1b}') => self.escape = Escape::Start,
-                (Escape::None, '\r' | '\n') => {
-                    let line = std::mem::take(&mut self.line);
-                    let since = self.since.take().unwrap_or(at);
-                    if !line.trim().is_empty() {
-                        done.push((since, line));
-                    }
-                }
-                (Escape::None, '\u{7f}' | '\u{8}') => {
-                    self.line.pop();
-                }
-                (Escape::None, '\u{15}') => self.line.clear(),
-                (Escape::None, '\u{17}') => {
-                    let kept = self.line.trim_end().len();
-                    self.line.truncate(kept);
-                    let word = self.line.rfind(' ').map_or(0, |i| i + 1);
-                    self.line.truncate(word);
-                }
-                (Escape::None, c) if c == '\t' || !c.is_control() => {
-                    if self.line.len() < MAX_TYPED {
-                        self.since.get_or_insert(at);
-                        self.line.push(c);
-                    }
-                }
-                (Escape::None, _) => {}
+    /// Adds typed bytes; appends the lines they end (not blank ones) with when they began.
+    fn feed(&mut self, at: Duration, bytes: &[u8], done: &mut Vec<(Duration, String)>) {
+        let start = self.since.unwrap_or(at);
+        let mut lines = Vec::new();
+        self.editor.feed(bytes, &mut lines);
+        let ended = !lines.is_empty();
+        for (i, line) in lines.into_iter().enumerate() {
+            if !line.trim().is_empty() {
+                done.push((if i == 0 { start } else { at }, line));
             }
         }
+        // What is left was begun in this event, or before it if no line ended.
+        self.since = (!self.editor.is_empty()).then_some(if ended { at } else { start });
+    }
+
+    /// The end of the session: a line typed without Enter still counts.
+    fn finish(&mut self, at: Duration, done: &mut Vec<(Duration, String)>) {
+        let start = self.since.unwrap_or(at);
+        let mut lines = Vec::new();
+        self.editor.finish(&mut lines);
+        done.extend(
+            lines
+                .into_iter()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| (start, l)),
+        );
     }
 }
 
@@ -216,7 +194,7 @@ impl Searcher {
             }
             Event::Input(b) if self.input => {
                 let mut done = Vec::new();
-                self.typed.feed(at, &String::from_utf8_lossy(b), &mut done);
+                self.typed.feed(at, b, &mut done);
                 for (since, line) in done {
                     self.check(Side::Input, since, &line, hits);
                 }
@@ -232,9 +210,12 @@ impl Searcher {
 
     /// The end of the session: a line typed without Enter still counts.
     pub fn finish(mut self, at: Duration, hits: &mut Vec<Hit>) {
-        let line = std::mem::take(&mut self.typed.line);
-        if self.input && !line.trim().is_empty() {
-            let since = self.typed.since.unwrap_or(at);
+        if !self.input {
+            return;
+        }
+        let mut done = Vec::new();
+        self.typed.finish(at, &mut done);
+        for (since, line) in done {
             self.check(Side::Input, since, &line, hits);
         }
     }
@@ -379,6 +360,33 @@ async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<S
         .await
         .map_err(|e| explain(&e, "listing sessions", Doing::Audit))?
         .items;
+    // Searching reads recordings: a user who may list sessions but not read their recordings
+    // (a requester) is told so now, with or without recorded sessions to read.
+    let may_read = crate::connect::allowed(
+        client,
+        k8s_openapi::api::authorization::v1::ResourceAttributes {
+            group: Some(aexec_crds::SUBRESOURCE_GROUP.into()),
+            resource: Some("execsessions".into()),
+            subresource: Some("recording".into()),
+            verb: Some("get".into()),
+            namespace: q.namespace.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    if !may_read {
+        return Err(crate::error::Error::Refused {
+            status: 403,
+            message: format!(
+                "searching {} reads recordings, which you may not (get execsessions/recording \
+                 in {}): ask your cluster admin for the aexec-auditor role",
+                q.namespace
+                    .as_deref()
+                    .map_or("all namespaces".to_owned(), |n| format!("namespace {n}")),
+                aexec_crds::SUBRESOURCE_GROUP
+            ),
+        });
+    }
     let uids: HashSet<String> = sessions
         .iter()
         .filter_map(|s| s.metadata.uid.clone())
@@ -452,6 +460,30 @@ async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<S
     Ok(out)
 }
 
+/// Hands `hits` (then empty) to `found`; false when `found` wants no more.
+fn deliver(
+    hits: &mut Vec<Hit>,
+    src: &Source,
+    scanned: &mut Scanned,
+    found: &mut impl FnMut(Found<'_>) -> crate::error::Result<bool>,
+) -> crate::error::Result<bool> {
+    for hit in hits.drain(..) {
+        scanned.hits += 1;
+        let more = found(Found {
+            namespace: &src.namespace,
+            name: &src.name,
+            requester: &src.requester,
+            pod: &src.pod,
+            hit: &hit,
+            archived: src.archived,
+        })?;
+        if !more {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Streams the verified recording of every session the query wants, oldest first, and hands
 /// each match to `found` as soon as its session is read; `found` returning false stops the
 /// search. Bounded memory: a piece of a recording and one session's matches at a time.
@@ -502,23 +534,17 @@ pub async fn run(
                 s.event(at, &ev, &mut hits);
                 last = at;
             }
+            // Matches go out as they are found: a pattern matching every line of a long
+            // recording holds one read's matches, not the recording's.
+            if !deliver(&mut hits, src, &mut scanned, &mut found)? {
+                return Ok(scanned);
+            }
         }
         if let Some(s) = searcher {
             s.finish(last, &mut hits);
         }
-        for hit in &hits {
-            scanned.hits += 1;
-            let more = found(Found {
-                namespace: ns,
-                name,
-                requester: &src.requester,
-                pod: &src.pod,
-                hit,
-                archived: src.archived,
-            })?;
-            if !more {
-                return Ok(scanned);
-            }
+        if !deliver(&mut hits, src, &mut scanned, &mut found)? {
+            return Ok(scanned);
         }
     }
     Ok(scanned)

@@ -387,6 +387,23 @@ fn count_bytes(bytes: &[u8], pred: impl Fn(u8) -> bool + Copy) -> usize {
         .sum()
 }
 
+/// Decodes `bytes` after the incomplete sequence `carry` holds: characters, with U+FFFD for
+/// bytes that are not UTF-8, and an incomplete sequence at the end kept in `carry`.
+pub fn decode_utf8(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
+    let joined;
+    let data = if carry.is_empty() {
+        bytes
+    } else {
+        carry.extend_from_slice(bytes);
+        joined = std::mem::take(carry);
+        &joined[..]
+    };
+    let end = data.len() - incomplete_tail(data);
+    let text = String::from_utf8_lossy(&data[..end]).into_owned();
+    *carry = data[end..].to_vec();
+    text
+}
+
 /// The length of the incomplete UTF-8 sequence `data` ends with (0 to 3 bytes): a lead byte
 /// and continuation bytes that a next chunk could complete, as `str::from_utf8` sees it.
 pub(crate) fn incomplete_tail(data: &[u8]) -> usize {

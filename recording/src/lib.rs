@@ -8,6 +8,7 @@
 
 pub mod cast;
 pub mod chain;
+pub mod editor;
 pub mod record;
 pub mod transcript;
 pub mod transfer;

@@ -63,11 +63,12 @@ use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use avt::Line;
-use avt::parser::{DecMode, EdScope, Function, Parser, State};
+use avt::parser::{DecMode, EdScope, Function, Parser};
 use avt::terminal::Terminal;
 use avt::util::TextUnwrapper;
 
-use crate::cast::{Event, Header, Stream, display_command, incomplete_tail};
+use crate::cast::{Event, Header, Stream, decode_utf8 as decode, display_command};
+use crate::editor::LineEditor;
 
 /// Widest screen emulated; a wider terminal's lines wrap at this width (and are joined again).
 pub const MAX_COLS: u16 = 400;
@@ -97,7 +98,7 @@ pub(crate) struct Transcript {
     /// Per output stream (stdout, stderr): an escape sequence or a character may continue in
     /// the stream's next event.
     decoders: [Decoder; 2],
-    typed: Typed,
+    typed: LineEditor,
     sink: Sink,
 }
 
@@ -304,102 +305,6 @@ fn prefix(stream: Stream) -> &'static str {
     }
 }
 
-/// Decodes `bytes` after the incomplete sequence `carry` holds: characters, with U+FFFD for
-/// bytes that are not UTF-8, and an incomplete sequence at the end kept in `carry`.
-fn decode(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
-    let joined;
-    let data = if carry.is_empty() {
-        bytes
-    } else {
-        carry.extend_from_slice(bytes);
-        joined = std::mem::take(carry);
-        &joined[..]
-    };
-    let end = data.len() - incomplete_tail(data);
-    let text = String::from_utf8_lossy(&data[..end]).into_owned();
-    *carry = data[end..].to_vec();
-    text
-}
-
-/// What a line editor makes of typed bytes.
-#[derive(Debug, Default)]
-struct Typed {
-    /// Escape sequences (arrow keys) are recognised by the emulator's own parser, and dropped.
-    parser: Parser,
-    carry: Vec<u8>,
-    line: String,
-    /// The last character was a CR: an LF right after it is the same Enter.
-    cr: bool,
-}
-
-impl Typed {
-    /// Adds typed bytes; appends the lines they end to `done`.
-    fn feed(&mut self, bytes: &[u8], done: &mut Vec<String>) {
-        let text = decode(&mut self.carry, bytes);
-        for c in text.chars() {
-            self.char(c, done);
-        }
-        // An ESC that ends an event is the Escape key, not the start of a sequence: keys
-        // arrive as events of their own, a sequence (an arrow key) in one.
-        if self.parser.state == State::Escape {
-            self.parser = Parser::new();
-        }
-    }
-
-    fn char(&mut self, c: char, done: &mut Vec<String>) {
-        let cr = std::mem::replace(&mut self.cr, c == '\r');
-        if self.parser.state != State::Ground || c == '\x1b' || ('\u{80}'..='\u{9f}').contains(&c) {
-            match self.parser.feed(c) {
-                Some(Function::Print(c)) => self.push(c, done),
-                Some(Function::Bs) => {
-                    self.line.pop();
-                }
-                Some(Function::Cr | Function::Lf) => done.push(std::mem::take(&mut self.line)),
-                _ => {}
-            }
-            return;
-        }
-        match c {
-            '\r' => done.push(std::mem::take(&mut self.line)),
-            '\n' if cr => {}
-            '\n' => done.push(std::mem::take(&mut self.line)),
-            '\x08' | '\x7f' => {
-                self.line.pop();
-            }
-            '\x15' => self.line.clear(),
-            '\x17' => {
-                let kept = self.line.trim_end().len();
-                self.line.truncate(kept);
-                let word = self.line.rfind(' ').map_or(0, |i| i + 1);
-                self.line.truncate(word);
-            }
-            '\t' => self.push(c, done),
-            c if c.is_control() => {}
-            c => self.push(c, done),
-        }
-    }
-
-    fn push(&mut self, c: char, done: &mut Vec<String>) {
-        self.line.push(c);
-        if self.line.len() >= MAX_TEXT_LINE {
-            done.push(std::mem::take(&mut self.line));
-        }
-    }
-
-    /// The end of the recording: an incomplete character, and the line typed without Enter.
-    fn finish(&mut self, done: &mut Vec<String>) {
-        if !self.carry.is_empty() {
-            let rest = std::mem::take(&mut self.carry);
-            for c in String::from_utf8_lossy(&rest).chars() {
-                self.char(c, done);
-            }
-        }
-        if !self.line.is_empty() {
-            done.push(std::mem::take(&mut self.line));
-        }
-    }
-}
-
 impl Transcript {
     /// A transcript of the session `header` describes, starting with its `#` lines.
     pub(crate) fn new(header: &Header) -> Transcript {
@@ -414,7 +319,7 @@ impl Transcript {
             stream: Stream::Out,
             screen: Screen::new(size),
             decoders: Default::default(),
-            typed: Typed::default(),
+            typed: LineEditor::default(),
             sink: Sink {
                 budget: ALLOWANCE,
                 ..Sink::default()
@@ -434,7 +339,7 @@ impl Transcript {
     /// what the bounds limit, besides the screen.
     #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
-        self.sink.out.len() + self.sink.open + self.sink.queued + self.typed.line.len()
+        self.sink.out.len() + self.sink.open + self.sink.queued + self.typed.len()
     }
 
     /// The whole text, once [`Transcript::finish`] was called.

@@ -16,12 +16,10 @@ use axum::{
     },
 };
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use kube::{
     Api,
-    api::{ListParams, PostParams},
+    api::ListParams,
     runtime::{WatchStreamExt, watcher},
 };
 use serde::Deserialize;
@@ -71,7 +69,11 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let status = match e {
             Error::Usage(_) => StatusCode::BAD_REQUEST,
-            // The cluster's answer, already explained: the console only passed it on.
+            // The cluster refused the user: the same status, for the same reason.
+            Error::Refused { status, .. } => {
+                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN)
+            }
+            // Any other failure of the cluster, already explained: the console passed it on.
             _ => StatusCode::BAD_GATEWAY,
         };
         Failure(status, crate::one_line(&e.to_string()))
@@ -79,6 +81,14 @@ impl From<Error> for Failure {
 }
 
 type Answer = Result<Response, Failure>;
+
+/// A GET of `path` on the API server, for the handlers that read a stream (kube's `Api` does
+/// not reach subresources' streams).
+fn get_request(path: String) -> Result<http::Request<Vec<u8>>, Failure> {
+    http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
 
 fn conn(ui: &Ui, namespace: &str) -> Conn {
     Conn {
@@ -186,27 +196,19 @@ pub async fn events(
 /// Whether the user may `verb` the subresource `sub` of session `name` (a hint for the page;
 /// the API server and the operator still decide).
 async fn may(ui: &Ui, ns: &str, name: &str, verb: &str, sub: &str) -> bool {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(SUBRESOURCE_GROUP.into()),
-                resource: Some("execsessions".into()),
-                subresource: Some(sub.into()),
-                verb: Some(verb.into()),
-                namespace: Some(ns.into()).filter(|n: &String| !n.is_empty()),
-                name: Some(name.into()).filter(|n: &String| !n.is_empty()),
-                ..Default::default()
-            }),
+    crate::connect::allowed(
+        &ui.conn.client,
+        ResourceAttributes {
+            group: Some(SUBRESOURCE_GROUP.into()),
+            resource: Some("execsessions".into()),
+            subresource: Some(sub.into()),
+            verb: Some(verb.into()),
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
             ..Default::default()
         },
-        ..Default::default()
-    };
-    Api::<SelfSubjectAccessReview>::all(ui.conn.client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .ok()
-        .and_then(|r| r.status)
-        .is_some_and(|s| s.allowed)
+    )
+    .await
 }
 
 /// `GET /api/sessions/NS/NAME`: the session, its policy (when readable) and what the user may
@@ -266,9 +268,7 @@ pub async fn recording(State(ui): Shared, Path((ns, name)): Path<(String, String
         "{}?format=v2",
         crate::attach::subresource_path(&ns, &name, "recording")
     );
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let req = get_request(path)?;
     let body = ui.conn.client.request_stream(req).await.map_err(|e| {
         Failure::kube(
             &e,
@@ -341,28 +341,6 @@ pub async fn search(State(ui): Shared, Query(q): Query<BTreeMap<String, String>>
     };
     let mut query = search::Query::new(pattern, input, output)?;
     query.namespace = arg("namespace").map(str::to_owned);
-    // Searching reads recordings: say so plainly when the user may not (the listing alone
-    // would succeed for a requester, and the first recording's refusal would read as a
-    // failure of the console).
-    if !may(
-        &ui,
-        query.namespace.as_deref().unwrap_or(""),
-        "",
-        "get",
-        "recording",
-    )
-    .await
-    {
-        return Err(Failure(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} cannot read recordings {}: searching needs the aexec-auditor role; ask your \
-                 cluster admin for it",
-                ui.user.username,
-                where_(query.namespace.as_deref())
-            ),
-        ));
-    }
     query.requester = arg("requester").map(str::to_owned);
     query.archived = arg("archived").is_some_and(|v| v == "1" || v == "true");
     query.since = match arg("since") {
@@ -411,9 +389,7 @@ pub async fn live(State(ui): Shared, Path((ns, name)): Path<(String, String)>) -
         "{}?mode=observer",
         crate::attach::subresource_path(&ns, &name, "observe")
     );
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let req = get_request(path)?;
     let ws =
         ui.conn.client.connect(req).await.map_err(|e| {
             Failure::kube(&e, &format!("watching session {ns}/{name}"), Doing::Audit)

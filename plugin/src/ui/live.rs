@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use aexec_recording::cast::decode_utf8 as decode;
 use serde_json::{Value, json};
 
 /// The most backlog held before the reset is sent (the operator sends at most 256 KiB).
@@ -66,45 +67,11 @@ impl Default for Translator {
     }
 }
 
-/// Decodes `bytes` after `carry` as UTF-8: invalid bytes become U+FFFD; an incomplete
-/// character at the end is kept in `carry` for the next frame.
-pub fn decode(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
-    carry.extend_from_slice(bytes);
-    let mut out = String::with_capacity(carry.len());
-    let mut rest: &[u8] = carry;
-    loop {
-        match std::str::from_utf8(rest) {
-            Ok(s) => {
-                out.push_str(s);
-                rest = &[];
-                break;
-            }
-            Err(e) => {
-                let (good, bad) = rest.split_at(e.valid_up_to());
-                out.push_str(std::str::from_utf8(good).unwrap_or_default());
-                match e.error_len() {
-                    Some(n) => {
-                        out.push('\u{fffd}');
-                        rest = &bad[n..];
-                    }
-                    // Incomplete at the end: wait for the rest of the character.
-                    None => {
-                        rest = bad;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    let keep = rest.to_vec();
-    *carry = keep;
-    out
-}
-
 /// A session without a terminal wrote to a pipe: its lines end in LF alone, which a terminal
 /// (the requester's, through kubectl) shows as new lines because its own line discipline adds
 /// the carriage return. The player is a terminal without one: add it, as `onlcr` would.
-/// `after_cr` carries whether the previous text ended in CR.
+/// `after_cr` carries whether the previous text ended in CR. (The recording and its exports
+/// stay as the bytes were: this is for showing them; the page does the same for playback.)
 pub fn onlcr(text: &str, after_cr: &mut bool) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 16);
     for c in text.chars() {

@@ -43,7 +43,7 @@ pub(crate) fn sre_approval() -> serde_json::Value {
 }
 
 /// The only session in the target's namespace.
-async fn only_session(t: &Target) -> ExecSession {
+pub(crate) async fn only_session(t: &Target) -> ExecSession {
     let admin = env().client(User::Admin).await.expect("admin");
     let mut l = Api::<ExecSession>::namespaced(admin, &t.namespace)
         .list(&Default::default())
