@@ -239,6 +239,8 @@ fn inside(
         let status = Command::new(&command[0])
             .args(&command[1..])
             .env("AEXEC_TESTENV_DIR", &dir)
+            // kubectl's discovery cache goes to the run, not to ~/.kube/cache.
+            .env("KUBECACHEDIR", dir.join("kube-cache"))
             .status()
             .with_context(|| format!("running {}", command[0]))?;
         status.code().unwrap_or(1)

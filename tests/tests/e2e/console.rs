@@ -245,40 +245,38 @@ async fn ui_token_required() {
     let me = c.get("/api/whoami").await;
     assert_eq!(me.status, 200);
     assert_eq!(me.json()["user"], "carol");
-    // Another Host (a DNS-rebinding page) is refused even with the cookie.
+    // Refused even with the cookie: another Host (a DNS-rebinding page); a change from another
+    // origin; a change not sent as JSON.
     let cookie = c.cookie();
-    let r = request(
-        c.port,
-        "GET",
-        "/api/whoami",
-        &[("host", "evil.example:80"), ("cookie", &cookie)],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", text(&r.body));
-    // A change from another origin, or not as JSON, is refused.
-    let r = request(
-        c.port,
-        "POST",
-        &format!("/api/sessions/{ns}/x/approve"),
-        &[
-            ("cookie", &cookie),
-            ("origin", "http://evil.example"),
-            ("content-type", "application/json"),
-        ],
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", text(&r.body));
-    let r = request(
-        c.port,
-        "POST",
-        &format!("/api/sessions/{ns}/x/approve"),
-        &[("cookie", &cookie), ("content-type", "text/plain")],
-        "{}",
-    )
-    .await;
-    assert_eq!(r.status, 415, "{}", text(&r.body));
+    let approve = format!("/api/sessions/{ns}/x/approve");
+    for (method, path, headers, status) in [
+        ("GET", "/api/whoami", vec![("host", "evil.example:80")], 403),
+        (
+            "POST",
+            approve.as_str(),
+            vec![
+                ("origin", "http://evil.example"),
+                ("content-type", "application/json"),
+            ],
+            403,
+        ),
+        (
+            "POST",
+            approve.as_str(),
+            vec![("content-type", "text/plain")],
+            415,
+        ),
+    ] {
+        let mut h = headers.clone();
+        h.push(("cookie", &cookie));
+        let r = request(c.port, method, path, &h, "{}").await;
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path} {headers:?}: {}",
+            text(&r.body)
+        );
+    }
     // Bound to loopback only: the listening socket is 127.0.0.1's, and another address of
     // this machine is refused.
     let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
@@ -368,34 +366,57 @@ async fn ui_acts_as_the_user() {
     assert_eq!(denial.comment.as_deref(), Some("not during the freeze"));
 }
 
-/// Chromium, headless, through chromedriver.
+/// Chromium, headless, through chromedriver. Its profile, and the home, configuration, cache
+/// and data directories it would otherwise create under $HOME (crash reports, dconf), are a
+/// directory of the run; [`Chromium::finish`] checks that $HOME got nothing new.
 struct Chromium {
     _driver: tokio::process::Child,
     _profile: tempfile::TempDir,
     client: Browser,
+    home_before: Vec<String>,
+}
+
+/// The entries of $HOME, $HOME/.config and $HOME/.cache.
+fn home_entries() -> Vec<String> {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+    let mut all = Vec::new();
+    for dir in [home.clone(), home.join(".config"), home.join(".cache")] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            all.extend(entries.flatten().map(|e| e.path().display().to_string()));
+        }
+    }
+    all.sort();
+    all
 }
 
 impl Chromium {
     async fn start() -> Chromium {
+        let home_before = home_entries();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
             l.local_addr().expect("addr").port()
         };
+        let profile = tempfile::tempdir_in(&env().dir).expect("profile dir");
+        let p = profile.path();
         let driver = tokio::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("HOME", p)
+            .env("XDG_CONFIG_HOME", p.join("config"))
+            .env("XDG_CACHE_HOME", p.join("cache"))
+            .env("XDG_DATA_HOME", p.join("data"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver (Debian's chromium-driver; ./dev installs it)");
-        let profile = tempfile::tempdir().expect("profile dir");
         let caps = json!({
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                     "--window-size=1280,800", "--no-first-run", "--no-default-browser-check",
-                    format!("--user-data-dir={}", profile.path().display()),
+                    "--disable-breakpad", "--disable-crash-reporter",
+                    format!("--user-data-dir={}", p.join("profile").display()),
                 ]
             }
         });
@@ -409,8 +430,8 @@ impl Chromium {
                 .await
             {
                 Ok(c) => break c,
-                Err(e) if started.elapsed() < Duration::from_secs(30) => {
-                    let _ = e;
+                // chromedriver is still starting.
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => panic!("chromium did not start through chromedriver: {e}"),
@@ -420,7 +441,22 @@ impl Chromium {
             _driver: driver,
             _profile: profile,
             client,
+            home_before,
         }
+    }
+
+    /// Closes the browser; $HOME must hold what it held before.
+    async fn finish(self) {
+        self.client
+            .clone()
+            .close()
+            .await
+            .expect("close the browser");
+        assert_eq!(
+            home_entries(),
+            self.home_before,
+            "the browser wrote to $HOME"
+        );
     }
 
     /// Waits until `script` (a JS expression) is truthy; returns its value.
@@ -677,7 +713,7 @@ async fn ui_in_chromium_approve_play_search() {
         .await;
     assert_eq!(overflow, "0", "the page is wider than a narrow window");
     browser.shot("console-narrow").await;
-    b.clone().close().await.expect("close the browser");
+    browser.finish().await;
 }
 
 #[tokio::test]
@@ -759,7 +795,7 @@ async fn ui_in_chromium_live_view() {
         )
         .await;
     drop(alice);
-    b.clone().close().await.expect("close the browser");
+    browser.finish().await;
 }
 
 #[tokio::test]
@@ -782,13 +818,11 @@ async fn search_archived_records() {
     )
     .await;
     assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
-    let admin = env().client(User::Admin).await.expect("admin");
-    let items = Api::<ExecSession>::namespaced(admin, ns)
-        .list(&Default::default())
+    let name = crate::plugin::only_session(&t)
         .await
-        .expect("list")
-        .items;
-    let name = items[0].metadata.name.clone().expect("name");
+        .metadata
+        .name
+        .expect("name");
     let s = wait_record(&t, &name).await;
     crate::evidence::delete_and_wait_gone(&t, &s).await;
     // The session is gone: a plain search does not see it, --archived does, from the store.
@@ -844,4 +878,13 @@ async fn search_archived_records() {
         ))
         .await;
     assert_eq!(r.json()["hits"].as_array().map(Vec::len), Some(0));
+    // The requester filter: alice's session is found for alice, not for bob.
+    for (who, n) in [("alice", 1), ("bob", 0)] {
+        let r = carol
+            .get(&format!(
+                "/api/search?pattern=archived-marker&namespace={ns}&archived=1&requester={who}"
+            ))
+            .await;
+        assert_eq!(r.json()["hits"].as_array().map(Vec::len), Some(n), "{who}");
+    }
 }
