@@ -42,6 +42,8 @@ pub use aexec_recording as recording;
 #[cfg(feature = "runtime")]
 pub mod run;
 #[cfg(feature = "runtime")]
+pub mod segment_file;
+#[cfg(feature = "runtime")]
 pub mod signing;
 #[cfg(feature = "runtime")]
 pub mod spool;

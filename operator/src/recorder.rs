@@ -13,7 +13,10 @@
 //! per frame (docs/performance.md: the wake-ups cost more than the encoding).
 //!
 //! The chunks travel over a bounded channel: when storage is slow the relay waits, so memory
-//! stays bounded and nothing is dropped silently.
+//! stays bounded and nothing is dropped silently. The recorder task appends them to the segment
+//! being written, which lives in a file of the spool, not in memory, and is compressed and
+//! hashed when cut in one of two process-wide workspaces ([`crate::segment_file`]): what a busy
+//! session costs in memory is its chunks in flight, whatever the segment's size.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -28,19 +31,23 @@ use tracing::warn;
 use crate::{
     recording::{
         cast::{CastReader, CastWriter, Converter, Event, Export, Header, SessionFacts, Stream},
-        chain::{self, Content, SegmentLimits, SegmentMeta, Segmenter, SessionRef},
+        chain::{self, Chain, Content, SegmentMeta, SessionRef},
         transfer::{self, FileList},
     },
+    segment_file::{SegmentFile, Sink, store_content},
     spool::Spool,
 };
 
 /// Encoded lines the relay gathers before handing them to the recorder task (the last event
 /// may take a chunk past it).
-const CHUNK: usize = 64 << 10;
-/// Chunks in flight between the relay and the recorder: with the chunk being gathered, at most
-/// 5 chunks (320 KiB plus five events) per session wait for a recorder that falls behind (a slow
-/// disk, a busy CPU), which slows its session instead of growing memory.
-const QUEUE: usize = 4;
+const CHUNK: usize = 32 << 10;
+/// Chunks in flight between the relay and the recorder: with the chunk being gathered and the
+/// one being written, at most 3 chunks (about 100 KiB) per session wait for a recorder that falls
+/// behind (a slow disk, a busy CPU, a cut waiting for a workspace), which slows its session
+/// instead of growing memory. Measured under `load_concurrent_sessions` (docs/performance.md):
+/// 64 KiB chunks and a queue of 2 cost 1,003 KiB per busy session, these 732 KiB, at the same
+/// speed.
+const QUEUE: usize = 1;
 /// How often the recorder task takes what the relay gathered when the chunks do not fill (from
 /// the relay's first write into an empty buffer on): the most a quiet session's recording lags
 /// behind it (docs/architecture.md, "Crash recovery":
@@ -349,10 +356,12 @@ struct Task {
     copy: bool,
 }
 
-/// The recorder task's state: the segmenter and the metas of the segments stored, and, for a
-/// copy, the tar bytes gathered for the next tar segment and the lister of its files.
+/// The recorder task's state: the segment being written (in a file) and the chain of those
+/// stored, with their metas, and, for a copy, the tar bytes gathered for the next tar segment
+/// and the lister of its files.
 struct Recording {
-    seg: Segmenter,
+    open: SegmentFile,
+    chain: Chain,
     metas: Vec<SegmentMeta>,
     tar: Gathered,
     lister: Option<Lister>,
@@ -395,12 +404,39 @@ fn channel_reader(rx: mpsc::Receiver<Vec<u8>>) -> impl std::io::Read {
 }
 
 impl Recording {
+    fn sink<'a>(t: &'a Task, metas: &'a mut Vec<SegmentMeta>) -> Sink<'a> {
+        Sink {
+            spool: &t.spool,
+            prefix: &t.prefix,
+            metas,
+        }
+    }
+
     /// Takes a chunk from the relay.
     async fn push(&mut self, t: &Task, chunk: Chunk) -> Result<(), String> {
         match chunk {
-            Chunk::Cast(span) => push(t, &mut self.seg, &mut self.metas, span).await,
+            Chunk::Cast(span) => self.push_cast(t, span).await,
             Chunk::Tar(span) => self.push_tar(t, span).await,
         }
+    }
+
+    /// Appends cast lines to the segment, cutting before them if they would overflow it and
+    /// after them if it is full or old enough.
+    async fn push_cast(&mut self, t: &Task, (bytes, first, last): Span) -> Result<(), String> {
+        if self.open.would_overflow(bytes.len()) {
+            self.cut(t).await?;
+        }
+        self.open.append(&bytes, micros(first), micros(last))?;
+        if self.open.should_cut(micros(last)) {
+            self.cut(t).await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the cast segment and stores it.
+    async fn cut(&mut self, t: &Task) -> Result<(), String> {
+        let mut sink = Self::sink(t, &mut self.metas);
+        self.open.cut(&mut self.chain, &mut sink).await
     }
 
     /// Adds tar bytes: to the lister, and to the next tar segment, which is stored first
@@ -424,10 +460,9 @@ impl Recording {
         let Some((bytes, first, last)) = self.tar.take() else {
             return Ok(());
         };
-        let cut = self
-            .seg
-            .emit_content(bytes, Content::Tar, micros(first), micros(last));
-        write_segment(&t.spool, &t.prefix, &mut self.metas, cut).await
+        let mut sink = Self::sink(t, &mut self.metas);
+        let times = (micros(first), micros(last));
+        store_content(&mut self.chain, &mut sink, bytes, Content::Tar, times).await
     }
 
     /// Whether the tar bytes gathered are as old as a segment may be (what a crash can lose
@@ -448,44 +483,22 @@ impl Recording {
         let list = lister.finish().await;
         let json = serde_json::to_vec(&list).map_err(|e| e.to_string())?;
         let at = micros(now);
-        let cut = self.seg.emit_content(json, Content::Files, at, at);
-        write_segment(&t.spool, &t.prefix, &mut self.metas, cut).await
+        let mut sink = Self::sink(t, &mut self.metas);
+        store_content(&mut self.chain, &mut sink, json, Content::Files, (at, at)).await
     }
-}
 
-/// Pushes a chunk into the segment, cutting before it if it would overflow and after it if the
-/// segment is full or old enough.
-async fn push(
-    t: &Task,
-    seg: &mut Segmenter,
-    metas: &mut Vec<SegmentMeta>,
-    (bytes, first, last): Span,
-) -> Result<(), String> {
-    if seg.would_overflow(bytes.len())
-        && let Some(cut) = seg.cut()
-    {
-        write_segment(&t.spool, &t.prefix, metas, cut).await?;
+    /// At the end: the rest of the cast, a partial last line included.
+    async fn finish(&mut self, t: &Task) -> Result<(), String> {
+        let mut sink = Self::sink(t, &mut self.metas);
+        self.open.finish(&mut self.chain, &mut sink).await
     }
-    seg.push_span(&bytes, micros(first), micros(last));
-    if seg.should_cut(micros(last))
-        && let Some(cut) = seg.cut()
-    {
-        write_segment(&t.spool, &t.prefix, metas, cut).await?;
-    }
-    Ok(())
 }
 
 async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finished {
     // Segments are stored as zstd frames (level 1): a tenth of the bytes for terminal text and
     // next to nothing for runs of NULs, so less to hash, spool and upload (docs/performance.md).
-    let mut seg = Segmenter::new(SegmentLimits::default()).zstd(1);
-    seg.push(head_line.as_bytes(), 0);
-    let mut r = Recording {
-        seg,
-        metas: Vec::new(),
-        tar: Gathered::default(),
-        lister: t.copy.then(Lister::start),
-    };
+    // The segment being written is in a file of the spool (crate::segment_file).
+    let mut metas = Vec::new();
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -493,15 +506,22 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
     // The task ticks only then, or while a segment waits to be cut: a session that shows
     // nothing costs no wake-up at all (1,000 idle sessions woke 2,000 times a second).
     let mut armed = false;
+    let mut recording = None;
     let stopped: Result<(), String> = async {
+        let r = recording.insert(Recording {
+            open: SegmentFile::create(&t.spool)?,
+            chain: Chain::default(),
+            metas: std::mem::take(&mut metas),
+            tar: Gathered::default(),
+            lister: t.copy.then(Lister::start),
+        });
         // The header goes to the spool at once, as segment 0: a replica killed in the first
         // seconds still leaves a recording that says who ran what, where (the output of those
         // seconds is what such a crash can lose: docs/architecture.md, "Crash recovery").
-        if let Some(cut) = r.seg.cut() {
-            write_segment(&t.spool, &t.prefix, &mut r.metas, cut).await?;
-        }
+        r.open.append(head_line.as_bytes(), 0, 0)?;
+        r.cut(&t).await?;
         loop {
-            let ticking = armed || r.seg.buffered() > 0 || r.tar.first.is_some();
+            let ticking = armed || r.open.buffered() > 0 || r.tar.first.is_some();
             tokio::select! {
                 chunk = rx.recv() => match chunk {
                     Some(chunk) => r.push(&t, chunk).await?,
@@ -527,8 +547,8 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
                         }
                     }
                     let now = started.elapsed();
-                    if r.seg.should_cut(micros(now)) && let Some(cut) = r.seg.cut() {
-                        write_segment(&t.spool, &t.prefix, &mut r.metas, cut).await?;
+                    if r.open.should_cut(micros(now)) {
+                        r.cut(&t).await?;
                     }
                     if r.tar_due(now) {
                         r.store_tar(&t).await?;
@@ -541,19 +561,21 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
         for chunk in rest.into_iter().flatten() {
             match chunk {
                 Chunk::Cast((bytes, first, last)) => {
-                    r.seg.push_span(&bytes, micros(first), micros(last));
+                    if r.open.would_overflow(bytes.len()) {
+                        r.cut(&t).await?;
+                    }
+                    r.open.append(&bytes, micros(first), micros(last))?;
                 }
                 tar @ Chunk::Tar(_) => r.push(&t, tar).await?,
             }
         }
         r.finish_copy(&t, started.elapsed()).await?;
-        if let Some(cut) = r.seg.finish() {
-            write_segment(&t.spool, &t.prefix, &mut r.metas, cut).await?;
-        }
+        r.finish(&t).await?;
         Ok(())
     }
     .await;
-    let metas = r.metas;
+    // The segment file is closed (and its budget given back) before the seal.
+    let metas = recording.map(|r| r.metas).unwrap_or(metas);
     let Task {
         spool,
         prefix,
@@ -632,31 +654,6 @@ fn status_of(spool: &Spool, key: &str, manifest: &chain::Manifest) -> RecordingS
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Spools a cut segment and then its sidecar (a crash between the two leaves a segment without
-/// a sidecar, which sealing after a crash leaves out and says so).
-async fn write_segment(
-    spool: &Spool,
-    prefix: &str,
-    metas: &mut Vec<SegmentMeta>,
-    (meta, bytes): (SegmentMeta, Vec<u8>),
-) -> Result<(), String> {
-    spool
-        .put(&format!("{prefix}/{}", meta.file_name()), &bytes, true)
-        .await
-        .map_err(|e| e.to_string())?;
-    let sidecar = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
-    spool
-        .put(
-            &format!("{prefix}/{}", chain::sidecar_name(meta.index)),
-            &sidecar,
-            false,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    metas.push(meta);
-    Ok(())
 }
 
 /// Seals the recording of a session whose broker died (this replica, before a restart): from
@@ -1231,7 +1228,10 @@ mod tests {
     use super::*;
     use crate::{
         metrics::Metrics,
-        recording::cast::{self, Export},
+        recording::{
+            cast::{self, Export},
+            chain::SegmentLimits,
+        },
         storage::{LocalDir, Store},
     };
 
@@ -1565,6 +1565,20 @@ mod tests {
         assert!(served == cast);
     }
 
+    async fn write_segment(
+        spool: &Spool,
+        prefix: &str,
+        metas: &mut Vec<SegmentMeta>,
+        (meta, bytes): (SegmentMeta, Vec<u8>),
+    ) -> Result<(), String> {
+        let mut sink = Sink {
+            spool,
+            prefix,
+            metas,
+        };
+        sink.write(meta, &bytes).await
+    }
+
     #[tokio::test]
     async fn a_file_list_that_does_not_match_the_tar_fails_verification() {
         // A well-chained recording whose list was written wrong (the operator's bug, or a forger
@@ -1575,7 +1589,7 @@ mod tests {
         let tar = tar_of(&[("data/a.txt", b"hello\n".to_vec())]);
         let mut list = transfer::list_files(tar.as_slice());
         list.files[0].sha256 = Some("0".repeat(64));
-        let mut seg = Segmenter::new(SegmentLimits::default()).zstd(1);
+        let mut seg = chain::Segmenter::new(SegmentLimits::default()).zstd(1);
         let mut metas = Vec::new();
         seg.push(b"{}\n", 0);
         let cast = seg.cut().expect("cast segment");

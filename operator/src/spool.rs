@@ -34,11 +34,12 @@ use crate::{
 /// Why the spool refused a file.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error(
-        "the local spool is full ({used} of {max} bytes waiting for the recording store, which is not taking uploads: {last_error})"
-    )]
+    #[error("{}", full_message(*used, *open, *max, last_error))]
     Full {
+        /// Bytes counted in the budget, `open` included.
         used: u64,
+        /// Of those, the bytes of segments still being recorded.
+        open: u64,
         max: u64,
         last_error: String,
     },
@@ -46,12 +47,33 @@ pub enum SpoolError {
     Io(anyhow::Error),
 }
 
+/// Why the spool is full, blaming what fills it (pure): a store that does not take uploads, or
+/// more busy sessions than the budget has room for the segments they are recording.
+pub fn full_message(used: u64, open: u64, max: u64, last_error: &str) -> String {
+    let waiting = used.saturating_sub(open);
+    if waiting >= open {
+        format!(
+            "the local spool is full ({used} of {max} bytes, {waiting} of them waiting for the recording store, which is not taking uploads: {last_error})"
+        )
+    } else {
+        format!(
+            "the local spool is full ({used} of {max} bytes, {open} of them in the segments busy sessions are recording, up to about 1 MiB each): give it more room (--spool-max-bytes; chart: storage.spool.maxBytes and sizeLimit)"
+        )
+    }
+}
+
+/// Where the segments being recorded live: unnamed files (`O_TMPFILE`), so normally empty; what
+/// a fallback left here is deleted when the spool opens.
+const OPEN_DIR: &str = ".open";
+
 /// The spool in front of a [`Store`].
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     used: AtomicU64,
+    /// Of `used`, the bytes held by segments being recorded ([`Held`]).
+    open: AtomicU64,
     store: Store,
     wake: Notify,
     last_error: std::sync::Mutex<Option<String>>,
@@ -69,6 +91,13 @@ impl Spool {
         tokio::fs::create_dir_all(&dir)
             .await
             .with_context(|| format!("creating the spool directory {}", dir.display()))?;
+        // Segments a previous run was recording died with it (docs/architecture.md, "Crash
+        // recovery"); their unnamed files left nothing, a named fallback's are removed.
+        let open = dir.join(OPEN_DIR);
+        let _ = tokio::fs::remove_dir_all(&open).await;
+        tokio::fs::create_dir_all(&open)
+            .await
+            .with_context(|| format!("creating {}", open.display()))?;
         let mut used = 0;
         for (_, files) in pending(&dir).await? {
             for f in files {
@@ -88,6 +117,7 @@ impl Spool {
             dir,
             max_bytes,
             used: AtomicU64::new(used),
+            open: AtomicU64::new(0),
             store,
             wake: Notify::new(),
             last_error: std::sync::Mutex::new(None),
@@ -136,19 +166,43 @@ impl Spool {
         let len = bytes.len() as u64;
         let path = self.path(key).map_err(SpoolError::Io)?;
         self.reserve(len, budgeted)
-            .map_err(|used| SpoolError::Full {
-                used,
-                max: self.max_bytes,
-                last_error: self
-                    .last_error()
-                    .unwrap_or_else(|| "it is slower than the session".into()),
-            })?;
+            .map_err(|used| self.full(used))?;
         if let Err(e) = write_atomic(&path, bytes).await {
             self.release(len);
             return Err(SpoolError::Io(e));
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    fn full(&self, used: u64) -> SpoolError {
+        SpoolError::Full {
+            used,
+            open: self.open.load(Ordering::SeqCst),
+            max: self.max_bytes,
+            last_error: self
+                .last_error()
+                .unwrap_or_else(|| "it is slower than the session".into()),
+        }
+    }
+
+    /// Bytes held by segments being recorded.
+    pub fn open_bytes(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// The directory for the files of segments being recorded ([`crate::segment_file`]).
+    pub fn open_dir(&self) -> PathBuf {
+        self.dir.join(OPEN_DIR)
+    }
+
+    /// Budget for bytes that are not a spooled file yet: the segment a session is recording,
+    /// which takes the spool's disk too. Nothing is held until [`Held::grow`].
+    pub fn hold(self: &Arc<Self>) -> Held {
+        Held {
+            spool: self.clone(),
+            bytes: 0,
+        }
     }
 
     /// Reads a file of a recording, from the spool if it is still there, else from the store.
@@ -309,6 +363,42 @@ impl Spool {
     }
 }
 
+/// Spool budget held by the segment a session is recording, given back as it is cut (its
+/// compressed form is then spooled, and counted, as a file) and when dropped.
+#[derive(Debug)]
+pub struct Held {
+    spool: Arc<Spool>,
+    bytes: u64,
+}
+
+impl Held {
+    /// Holds `len` more bytes, if they fit in the budget.
+    pub fn grow(&mut self, len: u64) -> Result<(), SpoolError> {
+        let s = &self.spool;
+        s.open.fetch_add(len, Ordering::SeqCst);
+        if let Err(used) = s.reserve(len, true) {
+            s.open.fetch_sub(len, Ordering::SeqCst);
+            return Err(s.full(used));
+        }
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// Gives back `len` of the bytes held.
+    pub fn shrink(&mut self, len: u64) {
+        let len = len.min(self.bytes);
+        self.bytes -= len;
+        self.spool.open.fetch_sub(len, Ordering::SeqCst);
+        self.spool.release(len);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shrink(self.bytes);
+    }
+}
+
 /// Sessions whose files are uploaded at the same time.
 const PARALLEL_UPLOADS: usize = 8;
 
@@ -319,6 +409,9 @@ const PARALLEL_UPLOADS: usize = 8;
 async fn pending(root: &Path) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
     let mut out = Vec::new();
     for ns in list_dir(root).await? {
+        if ns == OPEN_DIR {
+            continue;
+        }
         let ns_dir = root.join(&ns);
         if !ns_dir.is_dir() {
             continue;
@@ -355,7 +448,7 @@ pub fn upload_order(names: &[String]) -> Vec<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::LocalDir;
 
@@ -380,7 +473,7 @@ mod tests {
         );
     }
 
-    async fn spool(max: u64, store_root: &Path, spool_root: &Path) -> Arc<Spool> {
+    pub(crate) async fn spool(max: u64, store_root: &Path, spool_root: &Path) -> Arc<Spool> {
         Arc::new(
             Spool::open(
                 spool_root.to_owned(),
@@ -391,6 +484,26 @@ mod tests {
             .await
             .expect("spool"),
         )
+    }
+
+    /// A full spool blames what fills it: the store when the backlog is the bulk, the busy
+    /// sessions' open segments otherwise (the store is then not at fault).
+    #[test]
+    fn a_full_spool_blames_what_fills_it() {
+        let store = full_message(1000, 100, 1000, "connection refused");
+        assert!(
+            store.contains("900 of them waiting for the recording store")
+                && store.contains("connection refused")
+                && !store.contains("busy sessions"),
+            "{store}"
+        );
+        let busy = full_message(1000, 900, 1000, "it is slower than the session");
+        assert!(
+            busy.contains("900 of them in the segments busy sessions are recording")
+                && busy.contains("--spool-max-bytes")
+                && !busy.contains("recording store"),
+            "{busy}"
+        );
     }
 
     #[tokio::test]

@@ -350,7 +350,192 @@ impl Default for SegmentLimits {
     }
 }
 
-/// Cuts the cast byte stream into chained segments, at line boundaries only.
+/// Where the segment being written has its whole lines, and when its bytes came: the
+/// bookkeeping of cutting at line boundaries, without the bytes (pure). [`Segmenter`] keeps the
+/// bytes in memory; the operator keeps them in a file and uses this alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lines {
+    /// Bytes in the segment.
+    len: usize,
+    /// Length of its prefix that ends with a newline.
+    complete: usize,
+    /// When its first byte was pushed.
+    first_at: Option<u64>,
+    /// When the bytes up to `complete` were pushed (the last of them).
+    complete_at: u64,
+    /// When the last bytes were pushed.
+    last_at: u64,
+}
+
+/// A cut: the segment's first `len` bytes, written from `first` to `last` (microseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    pub len: usize,
+    pub first: u64,
+    pub last: u64,
+}
+
+impl Lines {
+    /// Notes `bytes` appended, written from `first_micros` to `last_micros`.
+    pub fn pushed(&mut self, bytes: &[u8], first_micros: u64, last_micros: u64) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.first_at.is_none() {
+            self.first_at = Some(first_micros);
+        }
+        self.last_at = last_micros;
+        if let Some(nl) = bytes.iter().rposition(|&b| b == b'\n') {
+            self.complete = self.len + nl + 1;
+            self.complete_at = last_micros;
+        }
+        self.len += bytes.len();
+    }
+
+    /// Whether pushing `more` bytes would take a segment that ends with a whole line past
+    /// `max_bytes`: cut it first, and no segment ever grows beyond `max_bytes` plus one event.
+    pub fn would_overflow(&self, more: usize, limits: &SegmentLimits) -> bool {
+        self.complete > 0 && self.complete == self.len && self.len + more > limits.max_bytes
+    }
+
+    /// Whether the segment should be cut now: it holds at least one whole line and is either
+    /// `max_bytes` long or `max_age` old.
+    pub fn should_cut(&self, now_micros: u64, limits: &SegmentLimits) -> bool {
+        if self.complete == 0 {
+            return false;
+        }
+        let old = self
+            .first_at
+            .is_some_and(|first| now_micros.saturating_sub(first) >= limits.max_age_micros);
+        self.len >= limits.max_bytes || old
+    }
+
+    /// Cuts after the last whole line; what follows it starts the next segment. `None` when
+    /// there is no whole line.
+    pub fn cut(&mut self) -> Option<Cut> {
+        if self.complete == 0 {
+            return None;
+        }
+        let cut = Cut {
+            len: self.complete,
+            first: self.first_at.unwrap_or(self.complete_at),
+            last: self.complete_at,
+        };
+        self.len -= self.complete;
+        self.complete = 0;
+        self.first_at = (self.len > 0).then_some(self.last_at);
+        Some(cut)
+    }
+
+    /// Cuts everything, a partial last line included. `None` when nothing is left.
+    pub fn finish(&mut self) -> Option<Cut> {
+        if self.len == 0 {
+            return None;
+        }
+        let cut = Cut {
+            len: self.len,
+            first: self.first_at.unwrap_or(self.last_at),
+            last: self.last_at,
+        };
+        *self = Lines::default();
+        Some(cut)
+    }
+
+    /// Bytes in the segment.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the segment is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The chain so far: links each stored segment to the ones before it (pure).
+#[derive(Clone, Debug, Default)]
+pub struct Chain {
+    next_index: u64,
+    prev_sha: [u8; 32],
+    prev_chain: [u8; 32],
+    total_bytes: u64,
+    cast_total: u64,
+}
+
+impl Chain {
+    /// The meta of the next segment, stored as `stored`: `cast_len` is its length before
+    /// compression when it is a zstd frame, `content` says what it holds when it is not cast.
+    pub fn link(
+        &mut self,
+        stored: &[u8],
+        compressed_from: Option<u64>,
+        content: Option<Content>,
+        (first, last): (u64, u64),
+    ) -> SegmentMeta {
+        self.link_digest(
+            Sha256::digest(stored).into(),
+            stored.len(),
+            compressed_from,
+            content,
+            (first, last),
+        )
+    }
+
+    /// [`Chain::link`] for stored bytes already hashed (`sha` of `len` bytes).
+    pub fn link_digest(
+        &mut self,
+        sha: [u8; 32],
+        len: usize,
+        compressed_from: Option<u64>,
+        content: Option<Content>,
+        times: (u64, u64),
+    ) -> SegmentMeta {
+        let mut meta = link_hashed(
+            self.next_index,
+            len,
+            &sha,
+            &self.prev_sha,
+            &self.prev_chain,
+            times,
+        );
+        if let Some(cast_len) = compressed_from {
+            meta.encoding = Some(Encoding::Zstd);
+            meta.cast_bytes = Some(cast_len);
+        }
+        meta.content = content;
+        self.prev_sha = sha;
+        self.prev_chain = chain(&self.prev_chain, &self.prev_sha);
+        self.next_index += 1;
+        self.total_bytes += len as u64;
+        if content.is_none() {
+            self.cast_total += compressed_from.unwrap_or(len as u64);
+        }
+        meta
+    }
+
+    /// Segments linked so far.
+    pub fn segments(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Bytes in the segments linked so far, as stored.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Cast bytes in the segments linked so far (before compression).
+    pub fn cast_bytes(&self) -> u64 {
+        self.cast_total
+    }
+
+    /// The chain value of the last segment ([`ZERO_SHA256`] before the first).
+    pub fn head(&self) -> String {
+        hex::encode(self.prev_chain)
+    }
+}
+
+/// Cuts the cast byte stream into chained segments, at line boundaries only, holding the
+/// segment being written in memory.
 ///
 /// Push the output of each [`super::cast::CastWriter::event`] call whole (so that the lines of
 /// one event, a stderr tag and its output for instance, never straddle two segments), then ask
@@ -361,19 +546,8 @@ impl Default for SegmentLimits {
 pub struct Segmenter {
     limits: SegmentLimits,
     buf: Vec<u8>,
-    /// Length of `buf`'s prefix that ends with a newline.
-    complete: usize,
-    /// When the first byte of the current segment was pushed.
-    first_at: Option<u64>,
-    /// When the bytes up to `complete` were pushed (the last of them).
-    complete_at: u64,
-    /// When the last bytes were pushed.
-    last_at: u64,
-    next_index: u64,
-    prev_sha: [u8; 32],
-    prev_chain: [u8; 32],
-    total_bytes: u64,
-    cast_total: u64,
+    lines: Lines,
+    chain: Chain,
     /// Store segments as zstd frames at this level.
     zstd: Option<i32>,
 }
@@ -381,18 +555,11 @@ pub struct Segmenter {
 impl Segmenter {
     pub fn new(limits: SegmentLimits) -> Self {
         Segmenter {
-            zstd: None,
-            cast_total: 0,
             limits,
             buf: Vec::new(),
-            complete: 0,
-            first_at: None,
-            complete_at: 0,
-            last_at: 0,
-            next_index: 0,
-            prev_sha: [0; 32],
-            prev_chain: [0; 32],
-            total_bytes: 0,
+            lines: Lines::default(),
+            chain: Chain::default(),
+            zstd: None,
         }
     }
 
@@ -411,75 +578,39 @@ impl Segmenter {
     /// [`Segmenter::push`] for the lines of several events written from `first_micros` to
     /// `last_micros`, pushed at once.
     pub fn push_span(&mut self, bytes: &[u8], first_micros: u64, last_micros: u64) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.first_at.is_none() {
-            self.first_at = Some(first_micros);
-        }
-        let at_micros = last_micros;
-        self.last_at = at_micros;
-        let start = self.buf.len();
+        self.lines.pushed(bytes, first_micros, last_micros);
         self.buf.extend_from_slice(bytes);
-        if let Some(nl) = bytes.iter().rposition(|&b| b == b'\n') {
-            self.complete = start + nl + 1;
-            self.complete_at = at_micros;
-        }
     }
 
     /// Whether pushing `more` bytes would take a segment that ends with a whole line past
     /// `max_bytes`: cut it first, and no segment's buffer ever grows (or doubles its
     /// allocation) beyond `max_bytes` plus one event.
     pub fn would_overflow(&self, more: usize) -> bool {
-        self.complete > 0
-            && self.complete == self.buf.len()
-            && self.buf.len() + more > self.limits.max_bytes
+        self.lines.would_overflow(more, &self.limits)
     }
 
     /// Whether the current segment should be cut now: it holds at least one whole line and is
     /// either `max_bytes` long or `max_age` old.
     pub fn should_cut(&self, now_micros: u64) -> bool {
-        if self.complete == 0 {
-            return false;
-        }
-        let old = self
-            .first_at
-            .is_some_and(|first| now_micros.saturating_sub(first) >= self.limits.max_age_micros);
-        self.buf.len() >= self.limits.max_bytes || old
+        self.lines.should_cut(now_micros, &self.limits)
     }
 
     /// Cuts the current segment after its last whole line: returns its bytes and meta (store
     /// the bytes, then the meta as its sidecar) and starts the next segment with whatever
     /// partial line remains. `None` when there is no whole line to cut.
     pub fn cut(&mut self) -> Option<(SegmentMeta, Vec<u8>)> {
-        if self.complete == 0 {
-            return None;
-        }
-        let rest = self.buf.split_off(self.complete);
+        let cut = self.lines.cut()?;
+        let rest = self.buf.split_off(cut.len);
         let bytes = std::mem::replace(&mut self.buf, rest);
-        let first = self.first_at.unwrap_or(self.complete_at);
-        let (meta, bytes) = self.emit(bytes, first, self.complete_at);
-        self.complete = 0;
-        self.first_at = if self.buf.is_empty() {
-            None
-        } else {
-            Some(self.last_at)
-        };
-        Some((meta, bytes))
+        Some(self.emit(bytes, None, cut.first, cut.last))
     }
 
     /// Cuts everything left at the end of the recording, a partial last line included (the
     /// writer never leaves one; bytes are never dropped). `None` when nothing is left.
     pub fn finish(&mut self) -> Option<(SegmentMeta, Vec<u8>)> {
-        if self.buf.is_empty() {
-            return None;
-        }
+        let cut = self.lines.finish()?;
         let bytes = std::mem::take(&mut self.buf);
-        let first = self.first_at.unwrap_or(self.last_at);
-        let (meta, bytes) = self.emit(bytes, first, self.last_at);
-        self.complete = 0;
-        self.first_at = None;
-        Some((meta, bytes))
+        Some(self.emit(bytes, None, cut.first, cut.last))
     }
 
     /// Chains on a segment that is not cast (a copy's tar bytes or file list), between the
@@ -492,43 +623,30 @@ impl Segmenter {
         first: u64,
         last: u64,
     ) -> (SegmentMeta, Vec<u8>) {
-        let before = self.cast_total;
-        let (mut meta, stored) = self.emit(bytes, first, last);
-        self.cast_total = before;
-        meta.content = Some(content);
-        (meta, stored)
+        self.emit(bytes, Some(content), first, last)
     }
 
     /// The stored form of a cut segment (compressed if asked) and its meta, chained on.
-    fn emit(&mut self, cast: Vec<u8>, first: u64, last: u64) -> (SegmentMeta, Vec<u8>) {
+    fn emit(
+        &mut self,
+        cast: Vec<u8>,
+        content: Option<Content>,
+        first: u64,
+        last: u64,
+    ) -> (SegmentMeta, Vec<u8>) {
         let cast_len = cast.len() as u64;
         // Compressing a buffer in memory fails only on allocation failure or a bad level; the
         // segment is then stored as it is, which readers handle the same.
-        let compressed = self
+        let (bytes, compressed_from) = match self
             .zstd
-            .and_then(|level| zstd::bulk::compress(&cast, level).ok());
-        let (bytes, encoding) = match compressed {
-            Some(z) => (z, Some(Encoding::Zstd)),
+            .and_then(|level| zstd::bulk::compress(&cast, level).ok())
+        {
+            Some(z) => (z, Some(cast_len)),
             None => (cast, None),
         };
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
-        let mut meta = link_hashed(
-            self.next_index,
-            bytes.len(),
-            &sha,
-            &self.prev_sha,
-            &self.prev_chain,
-            (first, last),
-        );
-        if encoding.is_some() {
-            meta.encoding = encoding;
-            meta.cast_bytes = Some(cast_len);
-        }
-        self.prev_sha = sha;
-        self.prev_chain = chain(&self.prev_chain, &self.prev_sha);
-        self.next_index += 1;
-        self.total_bytes += bytes.len() as u64;
-        self.cast_total += cast_len;
+        let meta = self
+            .chain
+            .link(&bytes, compressed_from, content, (first, last));
         (meta, bytes)
     }
 
@@ -539,26 +657,25 @@ impl Segmenter {
 
     /// Segments cut so far.
     pub fn segments(&self) -> u64 {
-        self.next_index
+        self.chain.segments()
     }
 
     /// Bytes in the segments cut so far, as stored.
     pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
+        self.chain.total_bytes()
     }
 
     /// Cast bytes in the segments cut so far (before compression).
     pub fn cast_bytes(&self) -> u64 {
-        self.cast_total
+        self.chain.cast_bytes()
     }
 
     /// The chain value of the last segment cut ([`ZERO_SHA256`] before the first).
     pub fn head(&self) -> String {
-        hex::encode(self.prev_chain)
+        self.chain.head()
     }
 }
 
-/// The session a recording belongs to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRef {
