@@ -2,7 +2,7 @@
 //! against plain exec to the same pod through the same API server, measured side by side in one
 //! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
 //! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run, and
-//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale,cp,search` (any of them) picks
+//! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale,cp,search,recorder` (any of them) picks
 //! sections; `AEXEC_BENCH_CHARTS=DIR` has the scale section draw `DIR/scale.svg`.
 //!
 //! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
@@ -113,6 +113,35 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
     }
     if run("search") {
         b.search().await?;
+    }
+    if run("recorder") {
+        recorder_alone(quick).await?;
+    }
+    Ok(())
+}
+
+/// The recorder alone, in this process (recorder, spool, upload to a local store): CPU per MiB
+/// of output for the three kinds of output, medians of 3. No cluster is involved, so two builds
+/// of the operator can be compared side by side on the same machine
+/// (`AEXEC_BENCH_ONLY=recorder`).
+async fn recorder_alone(quick: bool) -> Result<()> {
+    let mib: usize = if quick { 8 } else { 64 };
+    let mut random = vec![0u8; mib << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
+    let kinds = [
+        ("NUL bytes", vec![0u8; mib << 20]),
+        ("random bytes", random),
+        ("terminal text", terminal_text((mib as u64) << 20)),
+    ];
+    println!(
+        "\n## recorder alone: in-process, local store, {mib} MiB in 32 KiB frames, medians of 3"
+    );
+    for (kind, bytes) in &kinds {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(recorder_cpu_per_mib(bytes).await?);
+        }
+        println!("  {kind}: {:.2} ms of CPU per MiB", median(runs));
     }
     Ok(())
 }
@@ -1340,7 +1369,7 @@ async fn operator_rss_kib(env: &TestEnv) -> Option<u64> {
         .ok()
 }
 
-/// CPU time the operator's recorder, spool and uploader spend per MiB of `/dev/zero` output
+/// CPU time the operator's recorder, spool and uploader spend per MiB of `stream`
 /// relayed in 32 KiB frames (as the API server sends them), in milliseconds: `mib` MiB through a
 /// `Recorder` in this process, the spool in a temporary directory drained into a local store.
 async fn recorder_cpu_per_mib(stream: &[u8]) -> Result<f64> {
