@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Packages kubectl aexec for krew: builds the release binaries (or takes built ones), makes the
-# archive for the host platform, and renders the krew manifest (plugins/aexec.yaml) with the
-# sha256 of every platform archive present in the output directory.
+# archive for one platform (this machine's by default), and renders the krew manifest
+# (plugins/aexec.yaml) with the sha256 of every platform archive present in the output directory.
+# `./dev release` calls it once per platform with cross-compiled binaries.
 #
-#   plugin/package.sh [--binary-dir DIR] [--out DIR] [--version vX.Y.Z]
+#   plugin/package.sh [--binary-dir DIR] [--platform OS/ARCH] [--out DIR] [--version vX.Y.Z]
 #
 #   --binary-dir DIR  take kubectl-aexec and kubectl_complete-aexec from DIR instead of building
 #                     them with `cargo build --release` (the tests pass target/debug)
+#   --platform OS/ARCH  the platform the binaries are for: linux/amd64, linux/arm64,
+#                     darwin/amd64, darwin/arm64, windows/amd64 (default: this machine's;
+#                     windows binaries end in .exe and go in a .zip, the others in a .tar.gz)
 #   --out DIR         where the archive and aexec.yaml go (default: dist/)
 #   --version V       the release version (default: v + the workspace version)
 #
@@ -15,41 +19,62 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "package.sh: $*" >&2; exit 1; }
 
-bindir="" out="$root/dist" version=""
+bindir="" out="$root/dist" version="" platform=""
 while [ $# -gt 0 ]; do
   case $1 in
     --binary-dir) bindir=${2:?--binary-dir needs a directory}; shift 2 ;;
+    --platform) platform=${2:?--platform needs OS/ARCH, like linux/arm64}; shift 2 ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
     --version) version=${2:?--version needs a version like v0.1.0}; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 [ -n "$version" ] || version=v$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
 [[ $version =~ ^v[0-9]+\.[0-9]+\.[0-9]+ ]] || die "version '$version' is not like v1.2.3"
 
-case $(uname -s) in
-  Linux) os=linux ;; Darwin) os=darwin ;; *) die "unsupported OS $(uname -s) (krew platforms: linux, darwin)" ;;
-esac
-case $(uname -m) in
-  x86_64 | amd64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) die "unsupported CPU $(uname -m) (amd64, arm64)" ;;
-esac
+# The krew platforms this manifest knows (kubectl's own release platforms).
+known="linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64"
+if [ -z "$platform" ]; then
+  case $(uname -s) in
+    Linux) os=linux ;; Darwin) os=darwin ;; *) die "unsupported OS $(uname -s) (krew platforms: linux, darwin, windows)" ;;
+  esac
+  case $(uname -m) in
+    x86_64 | amd64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) die "unsupported CPU $(uname -m) (amd64, arm64)" ;;
+  esac
+  platform=$os/$arch
+fi
+[[ " $known " == *" $platform "* ]] || die "unknown platform '$platform' (known: $known)"
+os=${platform%/*} arch=${platform#*/}
+exe=""
+[ "$os" = windows ] && exe=.exe
+[ -z "$bindir" ] && [ "$platform" != "$(uname -s | tr A-Z a-z)/$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')" ] &&
+  die "building for $platform needs cross-compiled binaries: pass --binary-dir (./dev release builds them)"
 
 if [ -z "$bindir" ]; then
   echo "building kubectl-aexec (release)"
   (cd "$root" && cargo build --release --locked -q -p kubectl-aexec)
   bindir=${CARGO_TARGET_DIR:-$root/target}/release
 fi
-for b in kubectl-aexec kubectl_complete-aexec; do
-  [ -x "$bindir/$b" ] || die "$bindir/$b is missing: build it (cargo build -p kubectl-aexec) or omit --binary-dir"
+bins=(kubectl-aexec$exe kubectl_complete-aexec$exe)
+for b in "${bins[@]}"; do
+  [ -f "$bindir/$b" ] || die "$bindir/$b is missing: build it (cargo build -p kubectl-aexec) or omit --binary-dir"
 done
 
 mkdir -p "$out"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-cp "$bindir/kubectl-aexec" "$bindir/kubectl_complete-aexec" "$root/README.md" "$stage/"
-archive=kubectl-aexec_${version}_${os}_${arch}.tar.gz
-tar -C "$stage" -czf "$out/$archive.tmp" kubectl-aexec kubectl_complete-aexec README.md
+cp "${bins[@]/#/$bindir/}" "$root/README.md" "$root/LICENSE" "$stage/"
+chmod 0755 "${bins[@]/#/$stage/}"
+if [ "$os" = windows ]; then
+  # krew reads .zip archives; Python's zipfile module writes them (no zip program needed).
+  archive=kubectl-aexec_${version}_${os}_${arch}.zip
+  (cd "$stage" && python3 -m zipfile -c "$out/$archive.tmp" "${bins[@]}" README.md LICENSE) ||
+    die "could not write $archive (python3's zipfile)"
+else
+  archive=kubectl-aexec_${version}_${os}_${arch}.tar.gz
+  tar -C "$stage" -czf "$out/$archive.tmp" "${bins[@]}" README.md LICENSE
+fi
 mv "$out/$archive.tmp" "$out/$archive"
 
 sha() { if command -v sha256sum >/dev/null; then sha256sum "$1"; else shasum -a 256 "$1"; fi | cut -d' ' -f1; }
@@ -58,8 +83,9 @@ sha() { if command -v sha256sum >/dev/null; then sha256sum "$1"; else shasum -a 
 # "  - selector:" line to the next) whose archive is not in $out.
 subst=(-e "s/{{VERSION}}/$version/g")
 platforms=()
-for p in linux_amd64 linux_arm64 darwin_amd64 darwin_arm64; do
+for p in linux_amd64 linux_arm64 darwin_amd64 darwin_arm64 windows_amd64; do
   a=$out/kubectl-aexec_${version}_$p.tar.gz
+  [ "${p%_*}" = windows ] && a=$out/kubectl-aexec_${version}_$p.zip
   if [ -f "$a" ]; then
     subst+=(-e "s/{{SHA256_$p}}/$(sha "$a")/g")
     platforms+=("$p")

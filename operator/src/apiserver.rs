@@ -498,6 +498,9 @@ async fn api_resources() -> Json<serde_json::Value> {
     Json(json!({
         "kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{SUBRESOURCE_GROUP}/{VERSION}"),
+        // The operator's version, for `kubectl aexec version` (clients ignore unknown keys; any
+        // authenticated user may read discovery, so no role is needed to see it).
+        "aexecVersion": env!("CARGO_PKG_VERSION"),
         "resources": [sub("approve", &["update"]), sub("deny", &["update"]), sub("attach", &["get", "create"]),
             sub("terminate", &["update"]),
             sub("observe", &["get"]),

@@ -157,7 +157,7 @@ where
         + Send
         + 'static,
 {
-    use tokio::signal::unix::{SignalKind, signal};
+    use crate::signals::{Signal, Signals};
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(OUTGOING);
 
@@ -184,10 +184,7 @@ where
     if spec.stdin {
         spawn_stdin_reader(stdin, tx.clone(), v5);
     }
-    let mut winch = signal(SignalKind::window_change()).map_err(Error::from)?;
-    let mut term = signal(SignalKind::terminate()).map_err(Error::from)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(Error::from)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::from)?;
+    let mut signals = Signals::new(spec.tty).map_err(Error::from)?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
 
@@ -217,15 +214,17 @@ where
                     message: Some(format!("error: the connection to the aexec operator broke: {e}")),
                 },
             },
-            _ = winch.recv() => {
-                if spec.tty && let Some((cols, rows)) = terminal::size() {
-                    let _ = tx.send(Message::Binary(resize_frame(cols, rows).into())).await;
-                }
-            }
             _ = ping.tick() => { let _ = tx.try_send(Message::Ping(Vec::new().into())); }
-            _ = term.recv() => break Ended { code: 143, message: Some("error: terminated (SIGTERM); the session ends".into()) },
-            _ = hup.recv() => break Ended { code: 129, message: Some("error: hangup (SIGHUP); the session ends".into()) },
-            _ = int.recv() => break Ended { code: 130, message: Some("error: interrupted; the session ends".into()) },
+            sig = signals.recv() => match sig {
+                Signal::WindowChange => {
+                    if let Some((cols, rows)) = terminal::size() {
+                        let _ = tx.send(Message::Binary(resize_frame(cols, rows).into())).await;
+                    }
+                }
+                Signal::Terminate => break Ended { code: 143, message: Some("error: terminated (SIGTERM); the session ends".into()) },
+                Signal::Hangup => break Ended { code: 129, message: Some("error: hangup (SIGHUP); the session ends".into()) },
+                Signal::Interrupt => break Ended { code: 130, message: Some("error: interrupted; the session ends".into()) },
+            },
         }
     };
     // Raw mode may be on: a message printed now needs a carriage return too, so leave printing

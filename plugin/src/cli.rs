@@ -36,6 +36,9 @@ Examples:
   kubectl aexec keys > aexec-keys.pem
   kubectl aexec verify --dir ./prod/exec-7xk2p-<uid> --public-key aexec-keys.pem
 
+  # Which plugin and operator versions are talking
+  kubectl aexec version
+
 A pod named like a subcommand (list, approve, ...) is reached as pod/NAME.";
 
 /// `kubectl aexec`: approved, recorded `kubectl exec`.
@@ -179,6 +182,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print the public keys that verify session records (PEM; keep them to verify offline).
     Keys(KeysArgs),
+    /// Print the plugin's version and the operator's (from the cluster), warning when their
+    /// minor versions differ.
+    Version(VersionArgs),
     /// Print a shell completion script (bash, zsh, fish).
     Completion(CompletionArgs),
     /// Completion candidates for the words given (kubectl's plugin completion protocol).
@@ -515,13 +521,32 @@ pub struct VerifyArgs {
 pub struct KeysArgs {
     /// Output format: json or yaml (default: PEM).
     #[arg(short = 'o', long, value_enum)]
-    pub output: Option<KeysOutput>,
+    pub output: Option<JsonOrYaml>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KeysOutput {
+pub enum JsonOrYaml {
     Json,
     Yaml,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  # The plugin's version and the operator's in the current context's cluster
+  kubectl aexec version
+
+  # The plugin's only (no cluster needed)
+  kubectl aexec version --client
+
+  # For scripts
+  kubectl aexec version -o json")]
+pub struct VersionArgs {
+    /// Only the plugin's version: the cluster is not contacted.
+    #[arg(long)]
+    pub client: bool,
+    /// Output format: json or yaml (default: two lines of text).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<JsonOrYaml>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

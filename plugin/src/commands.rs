@@ -158,8 +158,8 @@ async fn run_attached(c: &Conn, name: &str, spec: &ExecSessionSpec) -> Result<i3
 }
 
 /// Watches session `name` until it is Approved, printing progress; a denial or expiry is an
-/// error saying why. On Ctrl-C (or SIGTERM) the request is withdrawn when `withdraw` (it stays,
-/// in phase Withdrawn: the requester cannot delete it).
+/// error saying why. On Ctrl-C (or SIGTERM, or a hangup) the request is withdrawn when
+/// `withdraw` (it stays, in phase Withdrawn: the requester cannot delete it).
 pub(crate) async fn wait_approved(
     c: &Conn,
     name: &str,
@@ -167,15 +167,14 @@ pub(crate) async fn wait_approved(
     quiet: bool,
     withdraw: bool,
 ) -> Result<ExecSession> {
-    use tokio::signal::unix::{SignalKind, signal};
+    use crate::signals::{Signal, Signals};
     let api = sessions(c);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api.clone(), cfg).default_backoff().boxed();
     let mut progress = Progress::new();
     let mut policy: Option<ExecPolicy> = None;
     let mut policy_read = false;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let mut signals = Signals::new(false)?;
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     let timeout = async {
         match deadline {
@@ -188,8 +187,14 @@ pub(crate) async fn wait_approved(
     loop {
         let ev = tokio::select! {
             ev = events.next() => ev,
-            _ = int.recv() => return Err(interrupted(c, name, withdraw).await),
-            _ = term.recv() => return Err(interrupted(c, name, withdraw).await),
+            sig = signals.recv() => match sig {
+                // The terminal is gone with a hangup: nobody is left to attach.
+                Signal::Interrupt | Signal::Terminate | Signal::Hangup => {
+                    return Err(interrupted(c, name, withdraw).await)
+                }
+                // Not asked for (Signals::new(false)).
+                Signal::WindowChange => continue,
+            },
             _ = &mut timeout => {
                 return Err(Error::Session(format!(
                     "session {name} was not approved within {}; it stays open: attach later with \
@@ -889,7 +894,7 @@ pub(crate) fn recordings_path(namespace: &str, name: Option<&str>) -> String {
 }
 
 /// GETs `path` as JSON (bounded).
-async fn get_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     client: &Client,
     path: &str,
     what: &str,
@@ -1095,10 +1100,10 @@ pub async fn keys(c: &Conn, k: &cli::KeysArgs) -> Result<i32> {
             let list: serde_json::Value =
                 get_json(&c.client, &path, "reading the operator's public keys").await?;
             let text = match format {
-                cli::KeysOutput::Json => serde_json::to_string_pretty(&list)
+                cli::JsonOrYaml::Json => serde_json::to_string_pretty(&list)
                     .map(|s| s + "\n")
                     .map_err(|e| Error::Io(e.to_string()))?,
-                cli::KeysOutput::Yaml => {
+                cli::JsonOrYaml::Yaml => {
                     serde_yaml::to_string(&list).map_err(|e| Error::Io(e.to_string()))?
                 }
             };

@@ -17,10 +17,12 @@ pub mod progress;
 pub mod records;
 pub mod replay;
 pub mod search;
+pub mod signals;
 pub mod table;
 pub mod target;
 pub mod terminal;
 pub mod ui;
+pub mod version;
 pub mod watch;
 
 use clap::Parser;
@@ -111,6 +113,15 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
     {
         return commands::verify_dir(v).await;
     }
+    // The client's version is printed even without a cluster.
+    if let Some(Command::Version(v)) = &cli.command {
+        let conn = if v.client {
+            Err(error::Error::Usage("--client".into()))
+        } else {
+            connect::connect(&cli.global).await
+        };
+        return version::version(conn, v).await;
+    }
     let conn = connect::connect(&cli.global).await?;
     match &cli.command {
         None => commands::exec(&conn, &cli.exec).await,
@@ -132,7 +143,9 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
         Some(Command::Export(e)) if e.files.is_some() => copy::export_files(&conn, e).await,
         Some(Command::Export(e)) => commands::export(&conn, e).await,
         Some(Command::Verify(v)) => commands::verify(&conn, v).await,
-        Some(Command::Completion(_)) | Some(Command::Complete(_)) => Ok(0),
+        Some(Command::Completion(_)) | Some(Command::Complete(_)) | Some(Command::Version(_)) => {
+            Ok(0)
+        }
     }
 }
 

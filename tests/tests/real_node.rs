@@ -146,9 +146,20 @@ struct Recorded {
 }
 
 async fn recorded(t: &Target, name: &str) -> Recorded {
-    let cast = common::recording_named(User::Carol, t, name, "v3")
-        .await
-        .unwrap_or_else(|e| panic!("the recording of {name} reads and verifies: {e}"));
+    // Right after the end, the last upload and the manifest may still be on their way to the
+    // store (seen under load in a cold CI run: NoSuchKey for manifest.json): read again for up
+    // to 30 s. A recording that fails verification keeps failing, and the last error is shown.
+    let start = std::time::Instant::now();
+    let cast = loop {
+        match common::recording_named(User::Carol, t, name, "v3").await {
+            Ok(cast) => break cast,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                eprintln!("the recording of {name} is not readable yet ({e}); reading again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the recording of {name} reads and verifies: {e}"),
+        }
+    };
     let rec = CastReader::parse(&cast).expect("valid asciicast v3");
     // Sealed as interrupted: the session's status says so, from the recording's manifest.
     let interrupted = session(t, name)

@@ -165,9 +165,14 @@ build_asciinema() {
   rm -rf "$work/asciinema-target" "$work/asciinema-$v"
   echo "  built $out in $((SECONDS - start))s"
 }
-# krew is run as a kubectl plugin (`kubectl krew`) by the packaging test.
-build_krew() { build_simple krew sigs.k8s.io/krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew \
-  "-X sigs.k8s.io/krew/internal/version.gitTag=$KREW_VERSION"; }
+# krew is run as a kubectl plugin (`kubectl krew`) by the packaging test; krew's own manifest
+# validator (the check krew-index runs on every plugin submission) by the release tests. They
+# share krew's module, so the validator mostly reuses the Go build cache.
+build_krew() {
+  build_simple krew sigs.k8s.io/krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew \
+    "-X sigs.k8s.io/krew/internal/version.gitTag=$KREW_VERSION"
+  build_simple validate-krew-manifest sigs.k8s.io/krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/validate-krew-manifest
+}
 
 # `build.sh --paths` prints NAME=PATH lines for the test environment to read.
 if [ "${1:-}" = "--paths" ]; then
@@ -180,6 +185,7 @@ if [ "${1:-}" = "--paths" ]; then
   echo "helm=$bin/helm-$HELM_VERSION"
   echo "asciinema=$bin/asciinema-$ASCIINEMA_VERSION"
   echo "krew=$bin/krew-$KREW_VERSION"
+  echo "validate-krew-manifest=$bin/validate-krew-manifest-$KREW_VERSION"
   for c in kubelet kube-controller-manager kube-scheduler kube-proxy pause; do
     echo "$c=$bin/$c-$KUBERNETES_VERSION"
   done

@@ -1023,3 +1023,77 @@ async fn search_refused_for_requester() {
     assert!(err.contains("aexec-auditor"), "{err}");
     assert!(text(&refused.stdout).is_empty());
 }
+
+/// `kubectl aexec version`: the plugin's and the operator's version (from its discovery
+/// document, which any user may read: mallory holds no aexec role); `--client` needs no
+/// cluster; an unreachable cluster still prints the client's version, then says why, exit 1.
+#[tokio::test]
+async fn release_version_shows_both() {
+    let (_t, _guard) = target_with_operator().await;
+    let v = env!("CARGO_PKG_VERSION");
+    for user in [User::Alice, User::Mallory] {
+        let out = aexec(user, &["version"], None).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            format!("Client Version: v{v}\nOperator Version: v{v}\n")
+        );
+        assert!(
+            !text(&out.stderr).contains("WARNING"),
+            "same version, no warning: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = aexec(User::Alice, &["version", "-o", "json"], None).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["clientVersion"]["version"], format!("v{v}").as_str());
+    assert_eq!(doc["operatorVersion"]["version"], format!("v{v}").as_str());
+
+    // --client reads no kubeconfig at all.
+    let out = run(
+        {
+            let mut c = tokio::process::Command::new(plugin_bin());
+            c.args([
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+                "version",
+                "--client",
+            ]);
+            c
+        },
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("Client Version: v{v}\n"));
+
+    // A cluster nobody answers for: the client's version, then the reason, exit 1.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let out = run(
+        {
+            let mut c = tokio::process::Command::new(plugin_bin());
+            c.arg("--kubeconfig").arg(&kubeconfig).arg("version");
+            c
+        },
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), format!("Client Version: v{v}\n"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("reading the operator's version") && err.contains("cannot be reached"),
+        "{err}"
+    );
+}
