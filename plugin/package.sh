@@ -35,20 +35,20 @@ done
 
 # The krew platforms this manifest knows (kubectl's own release platforms).
 known="linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64"
+host=""
+case $(uname -s)/$(uname -m) in
+  Linux/x86_64) host=linux/amd64 ;; Linux/aarch64) host=linux/arm64 ;;
+  Darwin/x86_64) host=darwin/amd64 ;; Darwin/arm64) host=darwin/arm64 ;;
+esac
 if [ -z "$platform" ]; then
-  case $(uname -s) in
-    Linux) os=linux ;; Darwin) os=darwin ;; *) die "unsupported OS $(uname -s) (krew platforms: linux, darwin, windows)" ;;
-  esac
-  case $(uname -m) in
-    x86_64 | amd64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) die "unsupported CPU $(uname -m) (amd64, arm64)" ;;
-  esac
-  platform=$os/$arch
+  [ -n "$host" ] || die "unsupported machine $(uname -s)/$(uname -m): pass --platform and --binary-dir"
+  platform=$host
 fi
 [[ " $known " == *" $platform "* ]] || die "unknown platform '$platform' (known: $known)"
 os=${platform%/*} arch=${platform#*/}
 exe=""
 [ "$os" = windows ] && exe=.exe
-[ -z "$bindir" ] && [ "$platform" != "$(uname -s | tr A-Z a-z)/$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')" ] &&
+[ -z "$bindir" ] && [ "$platform" != "$host" ] &&
   die "building for $platform needs cross-compiled binaries: pass --binary-dir (./dev release builds them)"
 
 if [ -z "$bindir" ]; then

@@ -116,9 +116,9 @@ async fn dispatch(cli: Cli) -> error::Result<i32> {
     // The client's version is printed even without a cluster.
     if let Some(Command::Version(v)) = &cli.command {
         let conn = if v.client {
-            Err(error::Error::Usage("--client".into()))
+            None
         } else {
-            connect::connect(&cli.global).await
+            Some(connect::connect(&cli.global).await)
         };
         return version::version(conn, v).await;
     }

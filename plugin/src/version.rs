@@ -91,20 +91,21 @@ pub fn render(versions: &Versions, format: Option<JsonOrYaml>) -> Result<String>
     })
 }
 
-/// `version`: `conn` is the connection, or why there is none (then the client's version is
-/// printed, and the error returned).
-pub async fn version(conn: Result<Conn>, args: &VersionArgs) -> Result<i32> {
+/// `version`: `conn` is `None` with `--client` (the cluster is not contacted), else the
+/// connection or why there is none (then the client's version is printed, and the error
+/// returned).
+pub async fn version(conn: Option<Result<Conn>>, args: &VersionArgs) -> Result<i32> {
     let client_only = Versions {
         client_version: info(CLIENT),
         operator_version: None,
     };
-    if args.client {
-        out(&render(&client_only, args.output)?)?;
-        return Ok(0);
-    }
     let operator = match conn {
-        Ok(c) => operator_version(&c).await,
-        Err(e) => Err(e),
+        None => {
+            out(&render(&client_only, args.output)?)?;
+            return Ok(0);
+        }
+        Some(Ok(c)) => operator_version(&c).await,
+        Some(Err(e)) => Err(e),
     };
     let operator = match operator {
         Ok(v) => v,
