@@ -682,7 +682,24 @@ async fn cp_large_flat_memory() {
     })
     .await;
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    if out.status.code() != Some(0) || std::fs::metadata(&dest).map(|m| m.len()).ok() != Some(SIZE)
+    {
+        // Where were bytes lost? The operator's recording lists the tar stream as it passed
+        // (its size, and "cut short" if it ended inside an entry): a short recording puts the
+        // loss upstream of the operator, a whole one between the operator and the plugin.
+        let stderr = text(&out.stderr);
+        let name = session_name(&stderr);
+        let _ = wait_record(&t, &name).await;
+        let d = aexec(User::Carol, &["describe", &name, "-n", &t.namespace], None).await;
+        panic!(
+            "the copy did not arrive whole (exit {:?}, {:?} bytes written): {stderr}\n\
+             the recording says:\n{}{}",
+            out.status.code(),
+            std::fs::metadata(&dest).map(|m| m.len()).ok(),
+            text(&d.stdout),
+            text(&d.stderr)
+        );
+    }
     let grown = op_peak.saturating_sub(op_before);
     eprintln!(
         "1 GiB copied out in {:.1}s ({:.0} MiB/s): plugin peak RSS {} KiB, operator grew {} KiB (from {} KiB)",
