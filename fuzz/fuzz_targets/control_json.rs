@@ -1,11 +1,11 @@
-//! The resize and status JSON documents (`operator/src/frames.rs`): `parse_resize` and
+//! The resize and status JSON documents (`operator/src/broker/frames.rs`): `parse_resize` and
 //! `exit_code` on arbitrary bytes never panic; what they accept agrees with what a generic JSON
 //! parser reads in the same document (when it reads it: fields the code ignores are skipped
 //! without checking their UTF-8 or number ranges, which is harmless); and every size and outcome
 //! written by `resize_doc` and `status_doc` reads back as itself.
 #![no_main]
 
-use aexec_operator::frames::{self, ControlError, MAX_CONTROL_JSON, Outcome, TermSize};
+use aexec_operator::broker::frames::{self, ControlError, MAX_CONTROL_JSON, Outcome, TermSize};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

@@ -1,9 +1,9 @@
-//! The exec stream's frame codec (`operator/src/frames.rs`) on arbitrary client messages: parsing
+//! The exec stream's frame codec (`operator/src/broker/frames.rs`) on arbitrary client messages: parsing
 //! never panics, a parsed frame encodes back to the very message, the size limit is exact, and the
 //! control documents a frame carries parse (or not) without panicking and round-trip.
 #![no_main]
 
-use aexec_operator::frames::{
+use aexec_operator::broker::frames::{
     self, ControlError, Frame, FrameError, MAX_CLIENT_FRAME, MAX_CONTROL_JSON,
 };
 use libfuzzer_sys::fuzz_target;

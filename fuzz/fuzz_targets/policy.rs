@@ -1,5 +1,5 @@
-//! The policy engine and the session state machine (`operator/src/policy.rs`,
-//! `operator/src/lifecycle.rs`) with arbitrary policies, labels, sessions, approvals, pods and
+//! The policy engine and the session state machine (`operator/src/control/policy.rs`,
+//! `operator/src/control/lifecycle.rs`) with arbitrary policies, labels, sessions, approvals, pods and
 //! times. Nothing panics, and:
 //! - label selectors agree with a reference implementation of the Kubernetes rules, and an
 //!   invalid selector is invalid whatever the labels;
@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use aexec_crds::{ExecPolicy, Phase, PolicyDecision};
 use aexec_fuzz::policy::PolicyInput;
-use aexec_operator::lifecycle::{self, Observed, PodState};
-use aexec_operator::policy::{
+use aexec_operator::control::lifecycle::{self, Observed, PodState};
+use aexec_operator::control::policy::{
     DefaultPolicy, TargetLabels, Verdict, approval_rule, evaluate, may_approve, policy_name,
     required_approvals, select, selector_matches, valid_approvals, valid_approvers,
 };

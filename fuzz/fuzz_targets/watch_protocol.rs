@@ -1,4 +1,4 @@
-//! The watch protocol's messages (`operator/src/moderation.rs`): what a watcher sends
+//! The watch protocol's messages (`operator/src/broker/moderation.rs`): what a watcher sends
 //! (`parse_control`), the mode in its query (`parse_mode`) and the notices the broker writes
 //! (`notice_message`). On arbitrary input nothing panics; a control message is accepted only as
 //! exactly `leave` or `terminate` (what a generic JSON parser reads agrees, and nothing else
@@ -7,7 +7,9 @@
 #![no_main]
 
 use aexec_crds::WatchMode;
-use aexec_operator::moderation::{Control, MAX_CONTROL, notice_message, parse_control, parse_mode};
+use aexec_operator::broker::moderation::{
+    Control, MAX_CONTROL, notice_message, parse_control, parse_mode,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use aexec_crds::UserRef;
-use aexec_operator::frames::{self, Outcome, TermSize};
+use aexec_operator::broker::frames::{self, Outcome, TermSize};
 use aexec_recording::cast::{CastWriter, Event, Header, SessionFacts};
 
 /// Named seeds for one target.

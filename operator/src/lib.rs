@@ -1,53 +1,27 @@
 //! The kubectl-aexec operator: it decides the fate of every ExecSession (controller), serves the
 //! session subresources behind the API server (aggregated API), and brokers and records the
-//! exec streams.
+//! exec streams. One folder per part:
 //!
-//! Pure decisions live in [`policy`] and [`lifecycle`]; everything that talks to the cluster or
-//! the network sits at the edges (`controller`, `apiserver`, `run`), behind the default
-//! `runtime` feature: without it the crate is only the pure decisions ([`frames`], [`policy`],
-//! [`lifecycle`]), which is what the fuzz targets build.
+//! - [`control`]: the controller and what it decides with (policies, the session state machine),
+//!   leader election, notifications, metrics;
+//! - [`api`]: the aggregated API server and its subresources other than `attach`, and the
+//!   replicas' calls to each other;
+//! - [`broker`]: `attach`: the requester's stream relayed to the pod's, live watchers and
+//!   moderation, debug sessions;
+//! - [`record`]: the recorder, the spool, the store, the signed session records;
+//! - [`run`]: the command line and the wiring of the tasks.
+//!
+//! Pure decisions ([`control::policy`], [`control::lifecycle`], [`broker::frames`],
+//! [`broker::moderation`]) are apart from I/O and built without the default `runtime` feature:
+//! without it the crate is only those, which is what the fuzz targets build.
 
 #[cfg(feature = "runtime")]
-pub mod apiserver;
-#[cfg(feature = "runtime")]
-pub mod archive;
-#[cfg(feature = "runtime")]
+pub mod api;
 pub mod broker;
+pub mod control;
 #[cfg(feature = "runtime")]
-pub mod controller;
-#[cfg(feature = "runtime")]
-pub mod debug;
-pub mod frames;
-#[cfg(feature = "runtime")]
-pub mod leader;
-pub mod lifecycle;
-#[cfg(feature = "runtime")]
-pub mod metrics;
-#[cfg(feature = "runtime")]
-pub mod moderated;
-pub mod moderation;
-#[cfg(feature = "runtime")]
-pub mod notify;
-#[cfg(feature = "runtime")]
-pub mod observe;
-#[cfg(feature = "runtime")]
-pub mod peer;
-#[cfg(feature = "runtime")]
-pub mod podleg;
-pub mod policy;
-#[cfg(feature = "runtime")]
-pub mod recorder;
+pub mod record;
 /// The recording format lives in its own crate, shared with the plugin.
 pub use aexec_recording as recording;
 #[cfg(feature = "runtime")]
 pub mod run;
-#[cfg(feature = "runtime")]
-pub mod segment_file;
-#[cfg(feature = "runtime")]
-pub mod signing;
-#[cfg(feature = "runtime")]
-pub mod spool;
-#[cfg(feature = "runtime")]
-pub mod storage;
-#[cfg(feature = "runtime")]
-pub mod watch;

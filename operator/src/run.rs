@@ -22,10 +22,11 @@ use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
-    apiserver::{self, AppState, FrontProxy},
-    controller, leader,
-    metrics::Metrics,
-    policy::DefaultPolicy,
+    api::server::{self, AppState, FrontProxy},
+    control::controller,
+    control::leader,
+    control::metrics::Metrics,
+    control::policy::DefaultPolicy,
 };
 
 /// The kubectl-aexec operator: decides ExecSessions against ExecPolicies, serves the session
@@ -115,7 +116,7 @@ pub struct Args {
         env = "AEXEC_S3_OBJECT_LOCK_MODE",
         requires = "s3_object_lock_days"
     )]
-    pub s3_object_lock_mode: Option<crate::storage::ObjectLock>,
+    pub s3_object_lock_mode: Option<crate::record::storage::ObjectLock>,
 
     /// Object Lock retention in days.
     #[arg(long, env = "AEXEC_S3_OBJECT_LOCK_DAYS", requires = "s3_object_lock_mode",
@@ -146,7 +147,7 @@ pub struct Args {
     /// The most people who may watch one session live at once (`kubectl aexec watch`); each
     /// costs up to 256 KiB of queued output while it falls behind. One more is refused with
     /// 429 and told to try again when one leaves.
-    #[arg(long, default_value_t = crate::broker::MAX_WATCHERS,
+    #[arg(long, default_value_t = crate::broker::attach::MAX_WATCHERS,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1000), usize::from),
           env = "AEXEC_MAX_WATCHERS_PER_SESSION")]
     pub max_watchers_per_session: usize,
@@ -167,7 +168,7 @@ pub struct Args {
 
     /// How long the Lease stays valid without renewal: how soon another replica takes over
     /// from one that died (whole seconds, at least 3s).
-    #[arg(long, default_value = "15s", value_parser = crate::leader::parse_lease_duration, env = "AEXEC_LEADER_ELECTION_LEASE_DURATION")]
+    #[arg(long, default_value = "15s", value_parser = crate::control::leader::parse_lease_duration, env = "AEXEC_LEADER_ELECTION_LEASE_DURATION")]
     pub leader_election_lease_duration: Duration,
 
     /// The Secret (in the operator's namespace) holding the Ed25519 keys that sign session
@@ -211,8 +212,8 @@ pub enum StorageKind {
 
 impl Args {
     /// The recording store the arguments describe.
-    pub async fn store(&self) -> Result<crate::storage::Store> {
-        use crate::storage::{LocalDir, S3Settings, S3Store, Store};
+    pub async fn store(&self) -> Result<crate::record::storage::Store> {
+        use crate::record::storage::{LocalDir, S3Settings, S3Store, Store};
         Ok(match self.storage {
             StorageKind::Local => Store::Local(LocalDir::new(self.recordings_dir.clone())),
             StorageKind::S3 => Store::S3(
@@ -304,7 +305,7 @@ pub async fn run(args: Args) -> Result<()> {
     let client = aexec_client::client(config.clone())?;
     let metrics = Metrics::default();
     let spool = Arc::new(
-        crate::spool::Spool::open(
+        crate::record::spool::Spool::open(
             args.spool_dir.clone(),
             args.spool_max_bytes,
             args.store().await?,
@@ -320,9 +321,12 @@ pub async fn run(args: Args) -> Result<()> {
             let text = tokio::fs::read_to_string(path)
                 .await
                 .with_context(|| format!("reading the notifications file {}", path.display()))?;
-            let config = crate::notify::parse(&text).map_err(anyhow::Error::msg)?;
+            let config = crate::control::notify::parse(&text).map_err(anyhow::Error::msg)?;
             info!(webhooks = config.webhooks.len(), "notifications configured");
-            Some(crate::notify::Notifier::start(config, metrics.clone())?)
+            Some(crate::control::notify::Notifier::start(
+                config,
+                metrics.clone(),
+            )?)
         }
         None => None,
     };
@@ -331,7 +335,7 @@ pub async fn run(args: Args) -> Result<()> {
         .leader_election_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let signer = crate::signing::Signer::new(
+    let signer = crate::record::signing::Signer::new(
         client.clone(),
         &namespace,
         &args.signing_key_secret,
@@ -380,10 +384,11 @@ pub async fn run(args: Args) -> Result<()> {
 
     // Listed before the aggregated API serves: what is Active on this replica now was relayed
     // by its previous life.
-    let interrupted = crate::recorder::interrupted_sessions(&client, &args.instance)
+    let interrupted = crate::record::recorder::interrupted_sessions(&client, &args.instance)
         .instrument(info_span!("recovery"))
         .await;
-    let sessions = crate::broker::Sessions::with_max_watchers(args.max_watchers_per_session);
+    let sessions =
+        crate::broker::attach::Sessions::with_max_watchers(args.max_watchers_per_session);
     let api_task = tokio::spawn({
         let state = AppState {
             client: client.clone(),
@@ -401,7 +406,7 @@ pub async fn run(args: Args) -> Result<()> {
             recordings: spool.clone(),
             signer: signer.clone(),
             peers: std::sync::Arc::new(
-                crate::peer::Peers::load(
+                crate::api::peer::Peers::load(
                     &args.tls_cert_file,
                     &args.tls_private_key_file,
                     args.advertise_address
@@ -416,13 +421,13 @@ pub async fn run(args: Args) -> Result<()> {
             args.tls_cert_file.clone(),
             args.tls_private_key_file.clone(),
         );
-        async move { apiserver::serve(bind, &cert, &key, state, stop).await }
+        async move { server::serve(bind, &cert, &key, state, stop).await }
             .instrument(info_span!("apiserver"))
     });
 
     // Sessions this replica relays end at once when their ExecSession is deleted.
     tokio::spawn(
-        crate::broker::watch_deletions(
+        crate::broker::attach::watch_deletions(
             client.clone(),
             sessions.clone(),
             args.instance.clone(),
@@ -464,10 +469,9 @@ pub async fn run(args: Args) -> Result<()> {
         let lead = move |stop_leading: leader::StopLeading| {
             // The leader notifies (once, whichever replica leads), beside its controller.
             let notifying = notifier.clone().map(|n| {
-                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(crate::notify::watch(
-                    client.clone(),
-                    n,
-                )))
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                    crate::control::notify::watch(client.clone(), n),
+                ))
             });
             let (client, metrics, reporter, sessions, recordings, replica_pods, signer, instance) = (
                 client.clone(),
@@ -534,7 +538,7 @@ pub async fn run(args: Args) -> Result<()> {
     // Sessions this replica was relaying when it stopped (a crash, a SIGKILL) cannot resume:
     // their recordings are sealed as interrupted and the sessions ended.
     tokio::spawn(
-        crate::recorder::recover(
+        crate::record::recorder::recover(
             client.clone(),
             spool.clone(),
             args.instance.clone(),

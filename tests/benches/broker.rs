@@ -1375,11 +1375,11 @@ async fn operator_rss_kib(env: &TestEnv) -> Option<u64> {
 async fn recorder_cpu_per_mib(stream: &[u8]) -> Result<f64> {
     let mib = stream.len() as f64 / f64::from(1u32 << 20);
     use aexec_operator::{
-        metrics::Metrics,
-        recorder::Recorder,
+        control::metrics::Metrics,
+        record::recorder::Recorder,
+        record::spool::Spool,
+        record::storage::{LocalDir, Store},
         recording::cast::Event,
-        spool::Spool,
-        storage::{LocalDir, Store},
     };
     let dir = tempfile::tempdir()?;
     let spool = std::sync::Arc::new(

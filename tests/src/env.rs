@@ -654,7 +654,7 @@ impl TestEnv {
         );
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .http_client(aexec_operator::storage::https_client())
+            .http_client(aexec_operator::record::storage::https_client())
             .endpoint_url(&self.s3.endpoint)
             .region(aws_sdk_s3::config::Region::new(self.s3.region.clone()))
             .credentials_provider(creds)

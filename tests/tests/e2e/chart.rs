@@ -481,7 +481,7 @@ fn check_s3(objects: &[Value]) {
     assert!(args.s3_force_path_style);
     assert_eq!(
         args.s3_object_lock_mode,
-        Some(aexec_operator::storage::ObjectLock::Governance)
+        Some(aexec_operator::record::storage::ObjectLock::Governance)
     );
     assert_eq!(args.s3_object_lock_days, Some(365));
     assert_eq!(args.spool_max_bytes, 1 << 30);
@@ -1196,7 +1196,7 @@ async fn aggregated_allowed(
 /// The Lease's holder, if any.
 async fn lease_holder(admin: &Client) -> Option<String> {
     Api::<Lease>::namespaced(admin.clone(), NAMESPACE)
-        .get_opt(aexec_operator::leader::LEASE_NAME)
+        .get_opt(aexec_operator::control::leader::LEASE_NAME)
         .await
         .expect("lease")
         .and_then(|l| l.spec)

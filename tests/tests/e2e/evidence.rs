@@ -244,7 +244,7 @@ async fn requester_cannot_delete_session() {
     assert_eq!(s.phase(), Phase::Pending);
     assert_eq!(
         s.metadata.finalizers.unwrap_or_default(),
-        vec![aexec_operator::controller::FINALIZER.to_owned()]
+        vec![aexec_operator::control::controller::FINALIZER.to_owned()]
     );
 }
 

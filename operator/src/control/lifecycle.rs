@@ -21,7 +21,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::policy::{
+use crate::control::policy::{
     self, DefaultPolicy, Refusal, Verdict, approval_rule, bracketed, policy_name,
     required_approvals, valid_approvers,
 };

@@ -33,10 +33,10 @@ use tokio_tungstenite::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    apiserver::{AppState, Caller, StatusError, get_session, may, status_error},
-    moderation::{self, Control},
-    peer::{Forward, PeerWs},
-    watch::{Delivery, Hub, JoinError, Mode, Shown, Start, Subscription, Watcher},
+    api::peer::{Forward, PeerWs},
+    api::server::{AppState, Caller, StatusError, get_session, may, status_error},
+    broker::moderation::{self, Control},
+    broker::watch::{Delivery, Hub, JoinError, Mode, Shown, Start, Subscription, Watcher},
 };
 
 /// Output is sent to a watcher in messages of at most this many bytes (the backlog).
@@ -223,11 +223,14 @@ pub async fn observe(
                 "observe is a WebSocket: upgrade the connection (kubectl aexec watch does)",
             ));
         };
-        let protocol = crate::broker::choose_protocol(headers).ok_or_else(|| {
+        let protocol = crate::broker::attach::choose_protocol(headers).ok_or_else(|| {
             status_error(
                 400,
                 "BadRequest",
-                format!("offer the {} WebSocket subprotocol", crate::frames::V5),
+                format!(
+                    "offer the {} WebSocket subprotocol",
+                    crate::broker::frames::V5
+                ),
             )
         })?;
         Ok((mode, key, protocol))
@@ -321,7 +324,7 @@ pub async fn observe(
         .instrument(span),
     );
 
-    crate::broker::switching_protocols(protocol, &accept)
+    crate::broker::attach::switching_protocols(protocol, &accept)
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -356,18 +359,18 @@ fn watcher_ws_config() -> WebSocketConfig {
 }
 
 /// The leg to the broker replica of a forwarded watch: it sends what a watcher gets, frames
-/// that fit a watcher's queue ([`crate::watch::QUEUE_BYTES`]) and chunks of the backlog.
+/// that fit a watcher's queue ([`crate::broker::watch::QUEUE_BYTES`]) and chunks of the backlog.
 fn peer_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(16 << 10)
         .write_buffer_size(16 << 10)
         .max_write_buffer_size(4 << 20)
-        .max_message_size(Some(crate::watch::QUEUE_BYTES + CHUNK))
-        .max_frame_size(Some(crate::watch::QUEUE_BYTES + CHUNK))
+        .max_message_size(Some(crate::broker::watch::QUEUE_BYTES + CHUNK))
+        .max_frame_size(Some(crate::broker::watch::QUEUE_BYTES + CHUNK))
 }
 
 /// Forwards a watch to the replica that relays the session: the same path, the caller's
-/// identity as the front proxy sent it, over the replicas' mutual TLS ([`crate::peer`]). The
+/// identity as the front proxy sent it, over the replicas' mutual TLS ([`crate::api::peer`]). The
 /// broker decides (RBAC, business rules) as for a watch that reached it; its refusal is passed
 /// on as it is. Then messages are relayed both ways, one at a time: a slow watcher here slows
 /// only this connection, and the broker skips it ahead as for any slow watcher.
@@ -439,7 +442,7 @@ async fn forward(
         }
         .instrument(span),
     );
-    crate::broker::switching_protocols(protocol, &accept)
+    crate::broker::attach::switching_protocols(protocol, &accept)
 }
 
 /// Relays data and close messages between the watcher and the broker until either ends. Each
@@ -584,7 +587,7 @@ async fn terminate(
         Mode::Observer => may(state, caller, ns, name, "update", "terminate").await,
     };
     match allowed {
-        Ok(true) => match crate::broker::terminate(state, caller, ns, name).await {
+        Ok(true) => match crate::broker::attach::terminate(state, caller, ns, name).await {
             Ok(_) => json!({"type": "terminating"}),
             Err(e) => json!({"type": "error", "message": e.message}),
         },

@@ -5,8 +5,8 @@
 //! headers over a TLS client certificate signed by its front-proxy CA. Those headers are believed
 //! only on a connection that presented such a certificate with an allowed common name (both read
 //! from `kube-system/extension-apiserver-authentication`); every request is then authorized by a
-//! SubjectAccessReview and by the business rules in [`crate::lifecycle`]. A watch forwarded by
-//! another replica arrives over the operator's own certificate instead ([`crate::peer`]).
+//! SubjectAccessReview and by the business rules in [`crate::control::lifecycle`]. A watch forwarded by
+//! another replica arrives over the operator's own certificate instead ([`crate::api::peer`]).
 
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -35,10 +35,10 @@ use tower::ServiceExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    lifecycle,
-    metrics::{ApprovalLabel, Metrics},
-    policy::Refusal,
-    storage::Storage as _,
+    control::lifecycle,
+    control::metrics::{ApprovalLabel, Metrics},
+    control::policy::Refusal,
+    record::storage::Storage as _,
 };
 
 /// Largest request body accepted (an approval comment is at most 1 KiB).
@@ -207,13 +207,13 @@ pub struct AppState {
     /// This replica's name, written into the status of the sessions it brokers.
     pub instance: String,
     /// The sessions this replica relays.
-    pub sessions: crate::broker::Sessions,
+    pub sessions: crate::broker::attach::Sessions,
     /// Where recordings are written.
-    pub recordings: std::sync::Arc<crate::spool::Spool>,
+    pub recordings: std::sync::Arc<crate::record::spool::Spool>,
     /// The keys that sign session records (their public halves are served as `signingkeys`).
-    pub signer: crate::signing::Signer,
+    pub signer: crate::record::signing::Signer,
     /// How this replica reaches the others, and recognises them.
-    pub peers: Arc<crate::peer::Peers>,
+    pub peers: Arc<crate::api::peer::Peers>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -289,9 +289,9 @@ fn tls_config(
     cert: &Path,
     key: &Path,
     fp: &FrontProxy,
-    peers: &crate::peer::Peers,
+    peers: &crate::api::peer::Peers,
 ) -> Result<ServerConfig> {
-    let (certs, key) = crate::peer::read_identity(cert, key)?;
+    let (certs, key) = crate::api::peer::read_identity(cert, key)?;
     let mut roots = RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut fp.ca_pem.as_bytes()) {
         roots.add(c?)?;
@@ -317,7 +317,7 @@ fn tls_config(
 fn classify_peer(
     certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
     allowed: &[String],
-    peers: &crate::peer::Peers,
+    peers: &crate::api::peer::Peers,
 ) -> Peer {
     let Some(leaf) = certs.and_then(|c| c.first()) else {
         return Peer::Untrusted("no client certificate".into());
@@ -464,7 +464,7 @@ fn wrong_method_message(method: &axum::http::Method, path: &str) -> String {
         "terminate" => "use PUT (kubectl aexec terminate does)".to_owned(),
         "attach" => format!(
             "use GET with a WebSocket upgrade offering {} (kubectl aexec attach does; the SPDY POST of kubectl exec is not supported)",
-            crate::frames::V5
+            crate::broker::frames::V5
         ),
         "recording" => "use GET (kubectl aexec replay, export and verify do)".to_owned(),
         _ => "use GET".to_owned(),
@@ -742,7 +742,7 @@ async fn attach(
 ) -> Response {
     let headers = req.headers().clone();
     match authorize(&state, &peer, &headers, &namespace, &name, "get", "attach").await {
-        Ok(caller) => crate::broker::attach(state, caller, namespace, name, req).await,
+        Ok(caller) => crate::broker::attach::attach(state, caller, namespace, name, req).await,
         Err(e) => e.into_response(),
     }
 }
@@ -757,7 +757,7 @@ async fn observe(
     match authorize(&state, &peer, &headers, &namespace, &name, "get", "observe").await {
         Ok(caller) => {
             let forwarded = peer == Peer::Replica;
-            crate::observe::observe(state, caller, namespace, name, forwarded, req).await
+            crate::api::observe::observe(state, caller, namespace, name, forwarded, req).await
         }
         Err(e) => e.into_response(),
     }
@@ -783,7 +783,7 @@ async fn terminate(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    match crate::broker::terminate(&state, &caller, &namespace, &name).await {
+    match crate::broker::attach::terminate(&state, &caller, &namespace, &name).await {
         Ok(s) => (StatusCode::OK, Json(s)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -839,11 +839,11 @@ async fn recording(
         .await?;
         let session = get_session(&state.client, &namespace, &name).await?;
         if let Some(object) = q.object.as_deref() {
-            return raw_object(&state, &crate::recorder::prefix(&session), object).await;
+            return raw_object(&state, &crate::record::recorder::prefix(&session), object).await;
         }
         match q.format.as_deref() {
             Some("files") => {
-                let list = crate::recorder::file_list(&state.recordings, &session)
+                let list = crate::record::recorder::file_list(&state.recordings, &session)
                     .await
                     .map_err(read_error)?;
                 return Ok(Json(list).into_response());
@@ -856,9 +856,10 @@ async fn recording(
                         "the session is not a copy (kubectl aexec cp): it has no files",
                     ));
                 }
-                let verified = crate::recorder::verify(state.recordings.clone(), &session, None)
-                    .await
-                    .map_err(read_error)?;
+                let verified =
+                    crate::record::recorder::verify(state.recordings.clone(), &session, None)
+                        .await
+                        .map_err(read_error)?;
                 return Ok(stream_tar(verified));
             }
             _ => {}
@@ -866,7 +867,7 @@ async fn recording(
         let (export, ctype) = export_format(q.format.as_deref())?;
         // Two passes, so that memory does not grow with the recording: verify everything
         // first (a failure is still a Status), then stream it, checking each segment again.
-        let verified = crate::recorder::verify(state.recordings.clone(), &session, export)
+        let verified = crate::record::recorder::verify(state.recordings.clone(), &session, export)
             .await
             .map_err(read_error)?;
         Ok::<_, StatusError>(stream_verified(verified, export, ctype))
@@ -896,25 +897,25 @@ fn export_format(
     })
 }
 
-fn read_error(e: crate::recorder::ReadError) -> StatusError {
+fn read_error(e: crate::record::recorder::ReadError) -> StatusError {
     match e {
-        crate::recorder::ReadError::Verification(e) => status_error(
+        crate::record::recorder::ReadError::Verification(e) => status_error(
             409,
             "Conflict",
             format!("the recording failed verification or cannot be read: {e}"),
         ),
-        crate::recorder::ReadError::Cast(e) => status_error(
+        crate::record::recorder::ReadError::Cast(e) => status_error(
             500,
             "InternalError",
             format!("the recording is not valid asciicast: {e}"),
         ),
-        crate::recorder::ReadError::Empty(e) => status_error(404, "NotFound", e),
+        crate::record::recorder::ReadError::Empty(e) => status_error(404, "NotFound", e),
     }
 }
 
 /// The second pass of serving a verified recording: its body, streamed.
 fn stream_verified(
-    verified: crate::recorder::Verified,
+    verified: crate::record::recorder::Verified,
     export: Option<crate::recording::cast::Export>,
     ctype: &'static str,
 ) -> Response {
@@ -936,7 +937,7 @@ fn stream_verified(
 }
 
 /// A copy's tar stream, verified (with the rest of its recording) and then streamed.
-fn stream_tar(verified: crate::recorder::Verified) -> Response {
+fn stream_tar(verified: crate::record::recorder::Verified) -> Response {
     use futures::TryStreamExt as _;
     let length = verified.tar_bytes();
     let body = axum::body::Body::from_stream(
@@ -971,7 +972,7 @@ async fn raw_object(state: &AppState, prefix: &str, object: &str) -> Result<Resp
     let key = format!("{prefix}/{object}");
     match state
         .recordings
-        .get(&key, crate::recorder::MAX_OBJECT)
+        .get(&key, crate::record::recorder::MAX_OBJECT)
         .await
     {
         Ok(bytes) => Ok((
@@ -1270,7 +1271,7 @@ async fn recordings_page(
     namespace: Option<&str>,
     q: ListQuery,
 ) -> Result<serde_json::Value, StatusError> {
-    use crate::archive::{self, Checked};
+    use crate::record::archive::{self, Checked};
     use futures::StreamExt as _;
     authorize_on(
         state,
@@ -1376,8 +1377,8 @@ async fn find_record(
     state: &AppState,
     namespace: &str,
     name: &str,
-) -> Result<(crate::archive::Dir, Vec<u8>), StatusError> {
-    let dir = crate::archive::Dir {
+) -> Result<(crate::record::archive::Dir, Vec<u8>), StatusError> {
+    let dir = crate::record::archive::Dir {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     };
@@ -1391,10 +1392,12 @@ async fn find_record(
             ),
         )
     };
-    if crate::storage::check_key(namespace).is_err() || crate::storage::check_key(name).is_err() {
+    if crate::record::storage::check_key(namespace).is_err()
+        || crate::record::storage::check_key(name).is_err()
+    {
         return Err(missing());
     }
-    match crate::archive::read_record(state.recordings.store(), &dir).await {
+    match crate::record::archive::read_record(state.recordings.store(), &dir).await {
         Ok(Some(bytes)) => Ok((dir, bytes)),
         Ok(None) => Err(missing()),
         Err(e) => Err(status_error(
@@ -1432,8 +1435,8 @@ async fn get_recording(
             dir.key(),
             crate::recording::record::RECORD_NAME
         ));
-        let checked = crate::archive::check(&bytes, &keys);
-        Ok::<_, StatusError>(Json(crate::archive::recording_object(
+        let checked = crate::record::archive::check(&bytes, &keys);
+        Ok::<_, StatusError>(Json(crate::record::archive::recording_object(
             &dir, &uri, &checked, false,
         )))
     }
@@ -1500,7 +1503,7 @@ async fn recording_content(
                 "the session was not a copy (kubectl aexec cp): it has no files",
             ));
         }
-        let verified = crate::recorder::verify_at(
+        let verified = crate::record::recorder::verify_at(
             state.recordings.clone(),
             dir.key(),
             &rec.head,
@@ -1645,7 +1648,7 @@ mod tests {
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::write(&cert, own.cert.pem()).expect("write");
         std::fs::write(&key, own.signing_key.serialize_pem()).expect("write");
-        let peers = crate::peer::Peers::load(&cert, &key, None).expect("peers");
+        let peers = crate::api::peer::Peers::load(&cert, &key, None).expect("peers");
         let allowed = ["front-proxy-client".to_owned()];
         assert_eq!(
             classify_peer(None, &allowed, &peers),

@@ -5,7 +5,7 @@
 //! byte for byte both ways: every replica mounts the same one (the chart's Secret), and it is
 //! already what the API server trusts as this API (the APIService's caBundle). The forwarding
 //! replica presents it as its client certificate; the broker recognises it as a peer
-//! ([`crate::apiserver::Peer::Replica`]) and believes the identity headers the peer copied from
+//! ([`crate::api::server::Peer::Replica`]) and believes the identity headers the peer copied from
 //! the front proxy's request, for the observe subresource only, then checks RBAC and the
 //! business rules again itself. The forwarding replica accepts the broker only if it presents
 //! the same certificate, whatever address it was told: a forged `status.brokerAddress` leads

@@ -340,7 +340,7 @@ pub use delivery::{Notifier, watch};
 
 mod delivery {
     use super::*;
-    use crate::metrics::{Metrics, ResultLabel};
+    use crate::control::metrics::{Metrics, ResultLabel};
     use futures::StreamExt;
     use http_body_util::Full;
     use hyper::body::Bytes;
@@ -664,7 +664,7 @@ mod tests {
                 open.push(s);
             }
         });
-        let metrics = crate::metrics::Metrics::default();
+        let metrics = crate::control::metrics::Metrics::default();
         let n = Notifier::start(
             Config {
                 webhooks: vec![hook(json!({"url": format!("http://127.0.0.1:{port}/")}))],

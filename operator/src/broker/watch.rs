@@ -16,7 +16,7 @@ use aexec_crds::{UserRef, WatcherEntry};
 use tokio::sync::{Notify, watch};
 use tokio_tungstenite::tungstenite::Bytes;
 
-use crate::broker::now_time as now;
+use crate::broker::attach::now_time as now;
 
 /// Output kept for watchers who join later.
 pub const BACKLOG_BYTES: usize = 256 << 10;

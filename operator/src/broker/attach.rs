@@ -33,13 +33,13 @@ use tokio_tungstenite::{
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
-    apiserver::{AppState, Caller, StatusError, get_session, status_error},
-    frames::{self, Frame, Outcome},
-    moderated::{self, Announcer, Held},
-    moderation,
-    recorder::Recorder,
+    api::server::{AppState, Caller, StatusError, get_session, status_error},
+    broker::frames::{self, Frame, Outcome},
+    broker::moderated::{self, Announcer, Held},
+    broker::moderation,
+    broker::watch::{Hub, Shown},
+    record::recorder::Recorder,
     recording::cast::{Event, Stream},
-    watch::{Hub, Shown},
 };
 
 /// How a relayed session ended.
@@ -156,11 +156,11 @@ impl Limits {
             max_duration: l
                 .max_duration
                 .map(Into::into)
-                .unwrap_or(crate::lifecycle::DEFAULT_MAX_DURATION),
+                .unwrap_or(crate::control::lifecycle::DEFAULT_MAX_DURATION),
             idle_timeout: l
                 .idle_timeout
                 .map(Into::into)
-                .unwrap_or(crate::lifecycle::DEFAULT_IDLE_TIMEOUT),
+                .unwrap_or(crate::control::lifecycle::DEFAULT_IDLE_TIMEOUT),
             recording_required: l.recording_required,
         }
     }
@@ -713,7 +713,7 @@ struct StartFailure {
 }
 
 /// The pod's leg, and, for a debug session, where its exit code is read.
-type PodLeg = (Ws, Option<crate::debug::Exit>);
+type PodLeg = (Ws, Option<crate::broker::debug::Exit>);
 
 /// Opens the exec stream to the approved pod with the approved spec (command, container,
 /// stdin, tty), never anything from the client; for a debug session, the attach stream of the
@@ -725,7 +725,7 @@ async fn open_pod_leg(
 ) -> Result<PodLeg, StartFailure> {
     let spec = &session.spec;
     if let Some(debug) = &spec.debug {
-        return crate::debug::open_leg(client, namespace, session, debug)
+        return crate::broker::debug::open_leg(client, namespace, session, debug)
             .await
             .map(|(ws, exit)| (ws, Some(exit)))
             .map_err(|message| StartFailure {
@@ -752,7 +752,7 @@ async fn open_pod_leg(
                 None => format!("the exec request could not be built: {e}"),
             },
         })?;
-    crate::podleg::connect(client, exec_req)
+    crate::broker::podleg::connect(client, exec_req)
         .await
         .map(|ws| (ws, None))
         .map_err(|e| StartFailure {
@@ -1505,7 +1505,7 @@ async fn end_unrelayed(
     let lost = format!("no relay of it was running on operator replica {holder}");
     warn!(%namespace, session = %name, "terminate of a session with no relay: {lost}");
     let recording =
-        match crate::recorder::seal_interrupted(&state.recordings, &session, &lost).await {
+        match crate::record::recorder::seal_interrupted(&state.recordings, &session, &lost).await {
             Ok(r) => Some(r),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "sealing the recording of an unrelayed session");
@@ -1597,7 +1597,7 @@ async fn finish(
     namespace: &str,
     name: &str,
     end: &End,
-    recorded: crate::recorder::Finished,
+    recorded: crate::record::recorder::Finished,
 ) {
     let (phase, mut message, exit_code) = final_state(end);
     if let Some(why) = &recorded.failure

@@ -15,7 +15,7 @@ use kube::{
     api::{AttachParams, Patch, PatchParams},
 };
 
-use crate::frames::Outcome;
+use crate::broker::frames::Outcome;
 
 /// How long the ephemeral container may take to run (pulling its image included).
 const START_WITHIN: Duration = Duration::from_secs(120);
@@ -69,7 +69,7 @@ pub async fn open_leg(
     namespace: &str,
     session: &ExecSession,
     debug: &DebugSpec,
-) -> Result<(crate::podleg::PodWs, Exit), String> {
+) -> Result<(crate::broker::podleg::PodWs, Exit), String> {
     let spec = &session.spec;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let container = debug_container_name(session.metadata.name.as_deref().unwrap_or_default());
@@ -100,7 +100,7 @@ pub async fn open_leg(
     let req = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
         .attach(&spec.pod, &ap)
         .map_err(|e| format!("the attach request could not be built: {e}"))?;
-    let ws = crate::podleg::connect(client, req)
+    let ws = crate::broker::podleg::connect(client, req)
         .await
         .map_err(|e| format!("could not attach to the debug container {container}: {e}"))?;
     Ok((

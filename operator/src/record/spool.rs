@@ -10,7 +10,7 @@
 //!
 //! Reads look in the spool first and then in the store, so a recording is readable (and
 //! verifiable) before, during and after its upload. After a crash, whatever was spooled is still
-//! on disk: the uploader finds it at startup, and [`crate::recorder::recover`] seals it.
+//! on disk: the uploader finds it at startup, and [`crate::record::recorder::recover`] seals it.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,9 +26,9 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::{
-    metrics::Metrics,
+    control::metrics::Metrics,
+    record::storage::{Storage, Store, check_key, list_dir, read_bounded, write_atomic},
     recording::chain::MANIFEST_NAME,
-    storage::{Storage, Store, check_key, list_dir, read_bounded, write_atomic},
 };
 
 /// Why the spool refused a file.
@@ -191,7 +191,7 @@ impl Spool {
         self.open.load(Ordering::SeqCst)
     }
 
-    /// The directory for the files of segments being recorded ([`crate::segment_file`]).
+    /// The directory for the files of segments being recorded ([`crate::record::segment_file`]).
     pub fn open_dir(&self) -> PathBuf {
         self.dir.join(OPEN_DIR)
     }
@@ -450,7 +450,7 @@ pub fn upload_order(names: &[String]) -> Vec<&str> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::storage::LocalDir;
+    use crate::record::storage::LocalDir;
 
     #[test]
     fn manifest_goes_last() {

@@ -1,7 +1,7 @@
 //! Where recordings are kept, behind one trait with two implementations: a local directory (the
 //! default, no cloud needed) and S3 or any S3-compatible store (aws-sdk-s3). [`Store`] picks one
 //! at startup. Writes never go to a store directly: they go through the local spool
-//! ([`crate::spool`]), which uploads them and keeps them while the store is unreachable.
+//! ([`crate::record::spool`]), which uploads them and keeps them while the store is unreachable.
 
 use std::path::{Path, PathBuf};
 

@@ -26,9 +26,9 @@ use kube::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    lifecycle::{self, Observed, PodState},
-    metrics::{Metrics, PhaseLabel},
-    policy::{self, DefaultPolicy, TargetLabels},
+    control::lifecycle::{self, Observed, PodState},
+    control::metrics::{Metrics, PhaseLabel},
+    control::policy::{self, DefaultPolicy, TargetLabels},
 };
 
 /// The field manager of every status write.
@@ -50,11 +50,11 @@ pub struct Context {
     pub default_policy: DefaultPolicy,
     pub retention: Duration,
     /// Where recordings are, to seal the one of a session whose broker was lost.
-    pub recordings: std::sync::Arc<crate::spool::Spool>,
+    pub recordings: std::sync::Arc<crate::record::spool::Spool>,
     /// The namespace of the replicas' pods, when replicas are pods (`--replicas-are-pods`).
     pub replica_pods: Option<String>,
     /// Signs session records.
-    pub signer: crate::signing::Signer,
+    pub signer: crate::record::signing::Signer,
     /// This replica's name, written into the records it signs.
     pub instance: String,
 }
@@ -89,12 +89,12 @@ pub struct Settings {
     pub default_policy: DefaultPolicy,
     pub retention: Duration,
     /// Where recordings are, to seal the one of a session whose broker was lost.
-    pub recordings: std::sync::Arc<crate::spool::Spool>,
+    pub recordings: std::sync::Arc<crate::record::spool::Spool>,
     /// The namespace of the replicas' pods (named by their `--instance`), when replicas are
     /// pods: a session whose broker's pod is gone ends at once.
     pub replica_pods: Option<String>,
     /// Signs session records.
-    pub signer: crate::signing::Signer,
+    pub signer: crate::record::signing::Signer,
     /// This replica's name.
     pub instance: String,
 }
@@ -355,7 +355,8 @@ async fn reconcile_one(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<A
         .as_ref()
         .filter(|t| t.reason == lifecycle::BROKER_LOST_REASON)
     {
-        match crate::recorder::seal_interrupted(&ctx.recordings, &session, &t.message).await {
+        match crate::record::recorder::seal_interrupted(&ctx.recordings, &session, &t.message).await
+        {
             Ok(recording) => outcome.status.recording = Some(recording),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "sealing the recording of a session whose broker was lost")
@@ -544,10 +545,10 @@ async fn write_record(
     let result = |r: &str| {
         ctx.metrics
             .records
-            .get_or_create(&crate::metrics::ResultLabel { result: r.into() })
+            .get_or_create(&crate::control::metrics::ResultLabel { result: r.into() })
             .inc();
     };
-    let record = match crate::archive::write_record(
+    let record = match crate::record::archive::write_record(
         &ctx.recordings,
         &ctx.signer,
         session,
@@ -557,11 +558,11 @@ async fn write_record(
     .await
     {
         Ok(r) => r,
-        Err(crate::archive::NotWritten::Waiting(why)) => {
+        Err(crate::record::archive::NotWritten::Waiting(why)) => {
             tracing::debug!(%why, "the session record waits");
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        Err(crate::archive::NotWritten::Failed(why)) => {
+        Err(crate::record::archive::NotWritten::Failed(why)) => {
             warn!(%why, "the session record could not be written; retrying");
             result("failed");
             let event = Event {

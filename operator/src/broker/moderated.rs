@@ -1,6 +1,6 @@
 //! The I/O side of moderated sessions (`docs/watch.md`): the wait for moderators before the
 //! command starts, and telling the cluster (the session's status, Events) how moderation
-//! stands. The decisions are in [`crate::moderation`]; pausing input mid-session is in the
+//! stands. The decisions are in [`crate::broker::moderation`]; pausing input mid-session is in the
 //! relay (`broker`), which alone owns the two legs.
 
 use std::{collections::VecDeque, sync::Arc};
@@ -18,12 +18,12 @@ use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 use tracing::warn;
 
 use crate::{
-    apiserver::AppState,
-    broker::{End, Stop, stopped},
-    moderation,
-    recorder::Recorder,
+    api::server::AppState,
+    broker::attach::{End, Stop, stopped},
+    broker::moderation,
+    broker::watch::Hub,
+    record::recorder::Recorder,
     recording::cast::Event,
-    watch::Hub,
 };
 
 /// One change of a session's moderation, for its status and (when it says one) an Event.
@@ -157,7 +157,7 @@ pub async fn await_moderators(
             let _ = ws
                 .send(Message::Text(moderation::notice_message(&notice).into()))
                 .await;
-            hub.publish(crate::watch::Shown::Notice(notice.clone()));
+            hub.publish(crate::broker::watch::Shown::Notice(notice.clone()));
             announcer.say(
                 ModerationState::Moderated,
                 watching,

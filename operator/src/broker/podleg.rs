@@ -18,7 +18,7 @@ use tokio_tungstenite::{
     },
 };
 
-use crate::frames;
+use crate::broker::frames;
 
 /// The pod's leg.
 pub type PodWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

@@ -26,10 +26,10 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    recorder::prefix,
-    signing::Signer,
-    spool::Spool,
-    storage::{Storage, Store},
+    record::recorder::prefix,
+    record::signing::Signer,
+    record::spool::Spool,
+    record::storage::{Storage, Store},
 };
 
 /// How long after a session's end the record waits for its manifest to reach the store
@@ -333,7 +333,7 @@ pub async fn write_record(
         None => None,
         Some(_) => {
             let mkey = format!("{prefix}/{MANIFEST_NAME}");
-            match store.get(&mkey, crate::recorder::MAX_OBJECT).await {
+            match store.get(&mkey, crate::record::recorder::MAX_OBJECT).await {
                 Ok(bytes) => Some(ManifestRead::Read(bytes)),
                 Err(e) => {
                     let ended = st
@@ -505,7 +505,7 @@ pub async fn list(
     };
     let mut out = Vec::new();
     for ns in namespaces {
-        if crate::storage::check_key(&ns).is_err() {
+        if crate::record::storage::check_key(&ns).is_err() {
             continue;
         }
         for name in store.list_dirs(&ns, starts_with).await? {

@@ -12,7 +12,7 @@
 //! The file has no name (`O_TMPFILE`, through the tempfile crate, which falls back to creating
 //! and unlinking a file): it vanishes with the process, so a crash loses what it held, which is
 //! what an in-memory segment lost (docs/architecture.md, "Crash recovery"). Its bytes count in
-//! the spool's budget while it holds them ([`crate::spool::Held`]): they take the spool's disk.
+//! the spool's budget while it holds them ([`crate::record::spool::Held`]): they take the spool's disk.
 //! The kernel's page cache keeps recently written bytes in memory, but that memory is the
 //! kernel's to write back and reclaim under pressure, not the operator's heap.
 
@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{
+    record::spool::{Held, Spool},
     recording::chain::{Chain, Content, Cut, Lines, SegmentLimits, SegmentMeta},
-    spool::{Held, Spool},
 };
 
 /// Cuts compressed and hashed at the same time, process-wide.
@@ -339,8 +339,8 @@ impl SegmentFile {
 mod tests {
     use super::*;
     use crate::{
+        record::spool::tests::spool,
         recording::chain::{self, SessionRef},
-        spool::tests::spool,
     };
 
     /// What the file-backed segments store is what the in-memory segmenter stores, byte for

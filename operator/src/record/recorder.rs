@@ -15,7 +15,7 @@
 //! The chunks travel over a bounded channel: when storage is slow the relay waits, so memory
 //! stays bounded and nothing is dropped silently. The recorder task appends them to the segment
 //! being written, which lives in a file of the spool, not in memory, and is compressed and
-//! hashed when cut in one of two process-wide workspaces ([`crate::segment_file`]): what a busy
+//! hashed when cut in one of two process-wide workspaces ([`crate::record::segment_file`]): what a busy
 //! session costs in memory is its chunks in flight, whatever the segment's size.
 
 use std::{
@@ -29,13 +29,13 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use tracing::warn;
 
 use crate::{
+    record::segment_file::{SegmentFile, Sink, store_content},
+    record::spool::Spool,
     recording::{
         cast::{CastReader, CastWriter, Converter, Event, Export, Header, SessionFacts, Stream},
         chain::{self, Chain, Content, SegmentMeta, SessionRef},
         transfer::{self, FileList},
     },
-    segment_file::{SegmentFile, Sink, store_content},
-    spool::Spool,
 };
 
 /// Encoded lines the relay gathers before handing them to the recorder task (the last event
@@ -497,7 +497,7 @@ impl Recording {
 async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finished {
     // Segments are stored as zstd frames (level 1): a tenth of the bytes for terminal text and
     // next to nothing for runs of NULs, so less to hash, spool and upload (docs/performance.md).
-    // The segment being written is in a file of the spool (crate::segment_file).
+    // The segment being written is in a file of the spool (crate::record::segment_file).
     let mut metas = Vec::new();
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -1227,12 +1227,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        metrics::Metrics,
+        control::metrics::Metrics,
+        record::storage::{LocalDir, Store},
         recording::{
             cast::{self, Export},
             chain::SegmentLimits,
         },
-        storage::{LocalDir, Store},
     };
 
     async fn spool(root: &Path) -> Arc<Spool> {
