@@ -624,7 +624,18 @@ async fn watch_on_other_replica() {
     );
 
     // Replica a keeps the session's status: bob watches as a moderator, and it is moderated.
-    let st = session(&t, "w1").await.status.expect("status");
+    // The status is written beside the stream, not before it (broker/moderated.rs, Announcer):
+    // read until it says so, for at most 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = session(&t, "w1").await.status.expect("status");
+        let moderated =
+            st.moderation.as_ref().map(|m| m.state) == Some(aexec_crds::ModerationState::Moderated);
+        if moderated && !st.watchers.is_empty() || Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let entry = st.watchers.last().expect("a watcher entry");
     assert_eq!(
         (entry.user.username.as_str(), entry.mode),
@@ -632,7 +643,8 @@ async fn watch_on_other_replica() {
     );
     assert_eq!(
         st.moderation.map(|m| m.state),
-        Some(aexec_crds::ModerationState::Moderated)
+        Some(aexec_crds::ModerationState::Moderated),
+        "the session's status did not say Moderated within 30 s of bob's watch"
     );
 
     // The operator's own certificate opens nothing but watches: straight to replica a with it
