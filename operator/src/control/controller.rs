@@ -130,6 +130,7 @@ pub async fn run(
             watcher::Config::default(),
         )
         .default_backoff()
+        .modify(without_managed_fields)
         .reflect(writer)
         .touched_objects();
         async move {
@@ -164,8 +165,16 @@ pub async fn run(
             }
         }
     }
-    let controller = Controller::new(sessions, watcher::Config::default());
-    let store = controller.store();
+    // The session cache keeps every session until it is deleted. Their managedFields (who
+    // wrote which field, as JSON trees) were the largest part of each cached object and are
+    // read by nothing here: dropped as they arrive (docs/performance.md, memory per session).
+    let (store, writer) = reflector::store();
+    let session_events = watcher(sessions, watcher::Config::default())
+        .default_backoff()
+        .modify(without_managed_fields)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(session_events, store.clone());
     on_store(store.clone());
     let session_cache = store.clone();
     let ctx = Arc::new(Context {
@@ -207,6 +216,12 @@ pub async fn run(
         .for_each(|_| async {})
         .await;
     policy_task.abort();
+}
+
+/// Drops what the API server records of who wrote which field: nothing here reads it, and it
+/// was most of a cached object's memory.
+pub fn without_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
 }
 
 async fn reconcile(session: Arc<ExecSession>, ctx: Arc<Context>) -> Result<Action, Error> {

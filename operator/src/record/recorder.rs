@@ -59,10 +59,13 @@ type Span = (Vec<u8>, Duration, Duration);
 
 /// What the relay hands the recorder task: encoded cast lines, or the bytes of a copy's tar
 /// stream (which are kept in segments of their own, not in the cast).
+///
+/// Boxed: the channel allocates its slots 32 at a time, up front, for every session, busy or
+/// not; a span in place made them 2 KiB per session (docs/performance.md).
 #[derive(Debug)]
 enum Chunk {
-    Cast(Span),
-    Tar(Span),
+    Cast(Box<Span>),
+    Tar(Box<Span>),
 }
 
 /// Bytes the relay gathered and has not handed over yet, with when they came.
@@ -102,8 +105,8 @@ impl Pending {
     /// Takes everything gathered: the cast lines, then the tar bytes.
     fn take(&mut self) -> [Option<Chunk>; 2] {
         [
-            self.cast.take().map(Chunk::Cast),
-            self.tar.take().map(Chunk::Tar),
+            self.cast.take().map(|s| Chunk::Cast(Box::new(s))),
+            self.tar.take().map(|s| Chunk::Tar(Box::new(s))),
         ]
     }
 }
@@ -302,8 +305,8 @@ impl Recorder {
             })
         };
         let chunks = [
-            full(cast).flatten().map(Chunk::Cast),
-            full(tar).flatten().map(Chunk::Tar),
+            full(cast).flatten().map(|s| Chunk::Cast(Box::new(s))),
+            full(tar).flatten().map(|s| Chunk::Tar(Box::new(s))),
         ];
         for chunk in chunks.into_iter().flatten() {
             if self.tx.send(chunk).await.is_err() {
@@ -415,8 +418,8 @@ impl Recording {
     /// Takes a chunk from the relay.
     async fn push(&mut self, t: &Task, chunk: Chunk) -> Result<(), String> {
         match chunk {
-            Chunk::Cast(span) => self.push_cast(t, span).await,
-            Chunk::Tar(span) => self.push_tar(t, span).await,
+            Chunk::Cast(span) => self.push_cast(t, *span).await,
+            Chunk::Tar(span) => self.push_tar(t, *span).await,
         }
     }
 
@@ -560,7 +563,8 @@ async fn run(t: Task, head_line: String, mut rx: mpsc::Receiver<Chunk>) -> Finis
         let rest = t.pending.lock().await.take();
         for chunk in rest.into_iter().flatten() {
             match chunk {
-                Chunk::Cast((bytes, first, last)) => {
+                Chunk::Cast(span) => {
+                    let (bytes, first, last) = *span;
                     if r.open.would_overflow(bytes.len()) {
                         r.cut(&t).await?;
                     }
