@@ -481,7 +481,12 @@ async fn prepare(
         .replace_status(name, &PostParams::default(), &claimed)
         .await
     {
-        Ok(s) => s,
+        // Held by the relay for the session's life: without the managedFields the API server
+        // returns (a few KiB of JSON that nothing here reads; docs/performance.md).
+        Ok(mut s) => {
+            crate::control::controller::without_managed_fields(&mut s);
+            s
+        }
         Err(e) => {
             state.sessions.remove(namespace, name, &uid);
             return Err(match e {
@@ -545,7 +550,11 @@ async fn prepare(
         caller.user.username.clone(),
     );
     let session_for_relay = claimed;
-    let state_for_relay = state.clone();
+    // The task's state is held by every attached session, idle or not (docs/performance.md,
+    // memory per idle session): what only some sessions need, or only for a moment, is boxed
+    // there (the pod's leg until the relay splits it; the operator's state, for moderation).
+    let pod_ws = pod_ws.map(Box::new);
+    let state_for_relay = rule.is_some().then(|| Box::new(state.clone()));
     let sessions = state.sessions.clone();
     state.sessions.tasks.spawn(
         async move {
@@ -569,20 +578,20 @@ async fn prepare(
                     .await;
                     info!(%user, "attached");
                     let mut stop = stop;
-                    let started = match (pod_ws, &rule) {
+                    let moderated = rule.as_ref().zip(state_for_relay.as_deref());
+                    let started = match (pod_ws, moderated) {
                         (Some(pod_ws), _) => Ok((pod_ws, Held::new(), None)),
-                        (None, Some(rule)) => {
-                            start_moderated(
-                                &state_for_relay,
-                                &mut client_ws,
-                                &session_for_relay,
-                                rule,
-                                &hub,
-                                &mut stop,
-                                &recorder,
-                            )
-                            .await
-                        }
+                        (None, Some((rule, state))) => Box::pin(start_moderated(
+                            state,
+                            &mut client_ws,
+                            &session_for_relay,
+                            rule,
+                            &hub,
+                            &mut stop,
+                            &recorder,
+                        ))
+                        .await
+                        .map(|(leg, held, announcer)| (Box::new(leg), held, announcer)),
                         (None, None) => Err(End::NotStarted("no exec stream was opened".into())),
                     };
                     let end = match started {
@@ -626,7 +635,7 @@ async fn prepare(
                 recorder.interrupt(format!("ended by deletion: {DELETED}"));
             }
             let recorded = recorder.finish().await;
-            finish(&client, &ns, &n, &end, recorded).await;
+            Box::pin(finish(&client, &ns, &n, &end, recorded)).await;
             // Only now: until its end is written, a `terminate` here hears it is ending.
             sessions.remove(&ns, &n, &uid);
         }
@@ -849,6 +858,43 @@ const PING_AFTER: Duration = Duration::from_secs(5);
 /// that does not read or answer is not waited for longer.
 const CLOSING_GRACE: Duration = Duration::from_secs(2);
 
+/// Ends a session whose reason is told: `said` on the user's terminal (on `channel`), then the
+/// pod's leg closes and the client's, with `said` in its close frame (a client shows it as why
+/// it ended). Neither leg is waited for long: the limits must end a session whose client or
+/// pod stopped reading.
+async fn tell_and_close(
+    client_tx: &mut futures::stream::SplitSink<Ws, Message>,
+    client_rx: &mut futures::stream::SplitStream<Ws>,
+    pod_tx: &mut futures::stream::SplitSink<Ws, Message>,
+    channel: u8,
+    said: String,
+) {
+    let text = format!("\r\n[aexec] {said}\r\n");
+    let notice = frames::encode(channel, text.as_bytes());
+    let _ = tokio::time::timeout(
+        CLOSING_GRACE,
+        client_tx.send(Message::Binary(notice.into())),
+    )
+    .await;
+    let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
+    let reason = close_frame(CloseCode::Normal, &said);
+    close_gracefully(client_tx, client_rx, Some(reason)).await;
+}
+
+/// Ends a session whose client broke the protocol: the pod's stream closes, the client hears
+/// why in the close frame (`code`: 1009 for a message too large, ...).
+async fn refuse(
+    pod_tx: &mut futures::stream::SplitSink<Ws, Message>,
+    client_tx: futures::stream::SplitSink<Ws, Message>,
+    client_rx: futures::stream::SplitStream<Ws>,
+    code: CloseCode,
+    why: String,
+) -> End {
+    let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
+    close_refused(client_tx, client_rx, close_frame(code, &why)).await;
+    End::ClientError(why)
+}
+
 /// Completes the WebSocket closing handshake, so the last frames (status, notice) are not lost
 /// to a connection torn down under them; a client that never reads or answers gets 2 s.
 async fn close_gracefully(
@@ -1069,15 +1115,55 @@ struct Moderation<'a> {
 }
 
 /// Relays frames both ways until the command's status arrives or a side goes away.
-async fn relay(
+fn relay<'a>(
     client: Ws,
-    (pod, debug_exit): PodLeg,
+    pod_leg: Box<PodLeg>,
+    session: &'a ExecSession,
+    stop: tokio::sync::oneshot::Receiver<Stop>,
+    recorder: &'a Recorder,
+    hub: &'a Hub,
+    moderation: Moderation<'a>,
+) -> impl std::future::Future<Output = End> + 'a {
+    let (pod, debug_exit) = *pod_leg;
+    let (client_tx, client_rx) = client.split();
+    let (pod_tx, pod_rx) = pod.split();
+    let legs = Legs {
+        client_tx,
+        client_rx,
+        pod_tx,
+        pod_rx,
+        debug_exit: debug_exit.map(Box::new),
+    };
+    relay_legs(legs, session, stop, recorder, hub, moderation)
+}
+
+/// Both legs, split before the relay's state machine is made: an async fn keeps its arguments
+/// in its state for its whole life, so whole streams passed in would sit there beside their
+/// halves, for every idle session.
+struct Legs {
+    client_tx: futures::stream::SplitSink<Ws, Message>,
+    client_rx: futures::stream::SplitStream<Ws>,
+    pod_tx: futures::stream::SplitSink<Ws, Message>,
+    pod_rx: futures::stream::SplitStream<Ws>,
+    /// Boxed: only `kubectl aexec debug` has one.
+    debug_exit: Option<Box<crate::broker::debug::Exit>>,
+}
+
+async fn relay_legs(
+    legs: Legs,
     session: &ExecSession,
     stop: tokio::sync::oneshot::Receiver<Stop>,
     recorder: &Recorder,
     hub: &Hub,
     Moderation { held, rule }: Moderation<'_>,
 ) -> End {
+    let Legs {
+        mut client_tx,
+        mut client_rx,
+        mut pod_tx,
+        mut pod_rx,
+        debug_exit,
+    } = legs;
     let limits = Limits::of(session);
     let moderation = rule;
     // A sender dropped without a word (the registry itself went away) is not a stop: only a
@@ -1089,8 +1175,6 @@ async fn relay(
         }
     };
     tokio::pin!(stop);
-    let (mut client_tx, mut client_rx) = client.split();
-    let (mut pod_tx, mut pod_rx) = pod.split();
     let (stdin_allowed, tty) = (session.spec.stdin, session.spec.tty);
     // Moderation: while too few moderators watch, the requester's input is held (up to
     // HOLD_BYTES, then their connection is not read) and relayed in order once enough watch
@@ -1119,31 +1203,29 @@ async fn relay(
     // Why the session ends is told on the user's terminal, then both legs close. Neither leg
     // is waited for long: the limits must end a session whose client or pod stopped reading.
     let notice_channel = if tty { 1 } else { 2 };
+    // Each is one call awaited once, not code repeated at every use: the relay's state keeps
+    // the locals of every inlined copy apart, which made each idle session's task 4 KiB
+    // larger (docs/performance.md, memory per idle session).
     macro_rules! end_with_notice {
         ($end:expr, $text:expr) => {{
+            let end: End = $end;
             let said: String = $text.to_string();
-            let text = format!("\r\n[aexec] {said}\r\n");
-            let notice = frames::encode(notice_channel, text.as_bytes());
-            let _ = tokio::time::timeout(
-                CLOSING_GRACE,
-                client_tx.send(Message::Binary(notice.into())),
+            tell_and_close(
+                &mut client_tx,
+                &mut client_rx,
+                &mut pod_tx,
+                notice_channel,
+                said,
             )
             .await;
-            let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
-            // The reason goes into the close frame too: a client shows it as why it ended.
-            let reason = close_frame(CloseCode::Normal, &said);
-            close_gracefully(&mut client_tx, &mut client_rx, Some(reason)).await;
-            return $end;
+            return end;
         }};
     }
     // A client that broke the protocol: the pod's stream closes, the client hears why in the
     // close frame (`$code`: 1009 for a message too large, ...), and the session ends.
     macro_rules! refuse_client {
         ($code:expr, $why:expr) => {{
-            let why: String = $why;
-            let _ = tokio::time::timeout(CLOSING_GRACE, pod_tx.close()).await;
-            close_refused(client_tx, client_rx, close_frame($code, &why)).await;
-            return End::ClientError(why);
+            return refuse(&mut pod_tx, client_tx, client_rx, $code, $why).await;
         }};
     }
     // Sends to a leg, which waits while that side does not read (backpressure: nothing else is
@@ -1214,7 +1296,9 @@ async fn relay(
                     let data = match (&debug_exit, frames::parse(&data, usize::MAX)) {
                         (Some(exit), Ok(Frame::Status(_))) => {
                             let mut doc = vec![3u8];
-                            doc.extend(frames::status_doc(&exit.outcome().await));
+                            // Boxed: awaited once, by debug sessions only; in place, it was the largest
+                            // part of every relay's state.
+                            doc.extend(frames::status_doc(&Box::pin(exit.outcome()).await));
                             doc.into()
                         }
                         _ => data,
