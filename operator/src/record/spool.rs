@@ -27,7 +27,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     control::metrics::Metrics,
-    record::storage::{Storage, Store, check_key, list_dir, read_bounded, write_atomic},
+    record::storage::{
+        Storage, Store, blocking, check_key, list_dir, list_dir_now, read_bounded, write_atomic,
+    },
     recording::chain::MANIFEST_NAME,
 };
 
@@ -167,7 +169,8 @@ impl Spool {
         let path = self.path(key).map_err(SpoolError::Io)?;
         self.reserve(len, budgeted)
             .map_err(|used| self.full(used))?;
-        if let Err(e) = write_atomic(&path, bytes).await {
+        // One copy, so the write can go to a blocking thread whole (one trip, not five).
+        if let Err(e) = write_atomic(&path, bytes.to_vec()).await {
             self.release(len);
             return Err(SpoolError::Io(e));
         }
@@ -342,22 +345,29 @@ impl Spool {
                 .and_then(Path::to_str)
                 .map(str::to_owned)
                 .with_context(|| format!("a spooled file outside the spool: {}", file.display()))?;
-            let bytes = match tokio::fs::read(&file).await {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-            };
+            let path = file.clone();
+            let read = blocking(move || match std::fs::read(&path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            });
+            let Some(bytes) = read.await? else { continue };
             let len = bytes.len();
             self.store.put(&key, bytes).await?;
-            tokio::fs::remove_file(&file)
-                .await
-                .with_context(|| format!("removing uploaded {}", file.display()))?;
+            let last = sealed && file.ends_with(MANIFEST_NAME);
+            let dir = dir.clone();
+            blocking(move || {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("removing uploaded {}", file.display()))?;
+                // The manifest is the last file of a recording: once it is uploaded, nothing
+                // more comes, and the session's directory can go.
+                if last && list_dir_now(&dir)?.is_empty() {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                Ok(())
+            })
+            .await?;
             self.release(len as u64);
-        }
-        // The manifest is the last file of a recording: once it is uploaded, nothing more
-        // comes, and the session's directory can go.
-        if sealed && list_dir(&dir).await?.is_empty() {
-            let _ = tokio::fs::remove_dir(&dir).await;
         }
         Ok(())
     }
@@ -407,29 +417,34 @@ const PARALLEL_UPLOADS: usize = 8;
 /// recorder writes the manifest after every other file, so a listed manifest comes with all of
 /// them.)
 async fn pending(root: &Path) -> Result<Vec<(PathBuf, Vec<PathBuf>)>> {
-    let mut out = Vec::new();
-    for ns in list_dir(root).await? {
-        if ns == OPEN_DIR {
-            continue;
-        }
-        let ns_dir = root.join(&ns);
-        if !ns_dir.is_dir() {
-            continue;
-        }
-        for session in list_dir(&ns_dir).await? {
-            let dir = ns_dir.join(&session);
-            if !dir.is_dir() {
+    let root = root.to_owned();
+    // One walk on a blocking thread, not a trip there per directory.
+    blocking(move || {
+        let mut out = Vec::new();
+        for ns in list_dir_now(&root)? {
+            if ns == OPEN_DIR {
                 continue;
             }
-            let names = list_dir(&dir).await?;
-            let files = upload_order(&names)
-                .into_iter()
-                .map(|n| dir.join(n))
-                .collect();
-            out.push((dir, files));
+            let ns_dir = root.join(&ns);
+            if !ns_dir.is_dir() {
+                continue;
+            }
+            for session in list_dir_now(&ns_dir)? {
+                let dir = ns_dir.join(&session);
+                if !dir.is_dir() {
+                    continue;
+                }
+                let names = list_dir_now(&dir)?;
+                let files = upload_order(&names)
+                    .into_iter()
+                    .map(|n| dir.join(n))
+                    .collect();
+                out.push((dir, files));
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
+    .await
 }
 
 /// The order files of one recording are uploaded in (pure): by name, the manifest last, so a

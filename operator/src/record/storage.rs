@@ -111,87 +111,110 @@ impl LocalDir {
     }
 }
 
+/// Runs a filesystem job on tokio's blocking pool: one trip there and back however many calls
+/// the job makes. Each `tokio::fs` call is a trip of its own (a thread woken, a task woken
+/// back), and the trips of the spool's files were about a tenth of the operator's CPU under a
+/// bulk stream (docs/performance.md, "The spool's trips to the blocking pool").
+pub async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .context("a filesystem task of the operator panicked")?
+}
+
 /// Writes `bytes` to `path` through a temporary file renamed into place (and synced, so a
 /// crash of the machine does not leave an empty file under the final name).
-pub async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub async fn write_atomic(path: &Path, bytes: Vec<u8>) -> Result<()> {
+    let path = path.to_owned();
+    blocking(move || write_atomic_now(&path, &bytes)).await
+}
+
+/// [`write_atomic`], on the calling thread.
+fn write_atomic_now(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    tokio::fs::create_dir_all(dir)
-        .await
-        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    tokio::io::AsyncWriteExt::write_all(&mut f, bytes)
-        .await
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.sync_data()
-        .await
         .with_context(|| format!("syncing {}", tmp.display()))?;
     drop(f);
-    tokio::fs::rename(&tmp, path)
-        .await
-        .with_context(|| format!("renaming {} into place", tmp.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }
 
 /// Reads `path` whole if it is at most `max` bytes.
 pub async fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let len = tokio::fs::metadata(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > max {
-        bail!(
-            "{} is {len} bytes, more than the {max} allowed",
-            path.display()
-        );
-    }
-    tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))
+    let path = path.to_owned();
+    blocking(move || {
+        use std::io::Read as _;
+        let f =
+            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if len > max {
+            bail!(
+                "{} is {len} bytes, more than the {max} allowed",
+                path.display()
+            );
+        }
+        // Read through the handle whose length was checked, and never past `max` should the
+        // file grow in between.
+        let mut bytes = Vec::with_capacity(len as usize);
+        f.take(max + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if bytes.len() as u64 > max {
+            bail!(
+                "{} grew past the {max} bytes allowed while it was read",
+                path.display()
+            );
+        }
+        Ok(bytes)
+    })
+    .await
 }
 
 /// The file names in `dir` (none if it does not exist), temporary files left out.
 pub async fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    let mut rd = match tokio::fs::read_dir(dir).await {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    while let Some(entry) = rd
-        .next_entry()
-        .await
-        .with_context(|| format!("listing {}", dir.display()))?
-    {
-        if let Some(name) = entry.file_name().to_str()
-            && !name.ends_with(".tmp")
-        {
-            names.push(name.to_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
+    let dir = dir.to_owned();
+    blocking(move || list_dir_now(&dir)).await
+}
+
+/// [`list_dir`], on the calling thread.
+pub fn list_dir_now(dir: &Path) -> Result<Vec<String>> {
+    list_now(dir, |name, _| !name.ends_with(".tmp"))
 }
 
 /// The subdirectories of `dir` whose names start with `starts_with` (none if `dir` does not
 /// exist), sorted.
 pub async fn list_subdirs(dir: &Path, starts_with: &str) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    let mut rd = match tokio::fs::read_dir(dir).await {
+    let (dir, starts_with) = (dir.to_owned(), starts_with.to_owned());
+    blocking(move || {
+        list_now(&dir, |name, entry| {
+            name.starts_with(&starts_with) && entry.file_type().is_ok_and(|t| t.is_dir())
+        })
+    })
+    .await
+}
+
+/// The names in `dir` that `keep` keeps, sorted; none if `dir` does not exist.
+fn list_now(dir: &Path, keep: impl Fn(&str, &std::fs::DirEntry) -> bool) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
     };
-    while let Some(entry) = rd
-        .next_entry()
-        .await
-        .with_context(|| format!("listing {}", dir.display()))?
-    {
-        let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         if let Some(name) = entry.file_name().to_str()
-            && is_dir
-            && name.starts_with(starts_with)
+            && keep(name, &entry)
         {
             names.push(name.to_owned());
         }
@@ -202,7 +225,7 @@ pub async fn list_subdirs(dir: &Path, starts_with: &str) -> Result<Vec<String>> 
 
 impl Storage for LocalDir {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
-        write_atomic(&self.path(key)?, &bytes).await
+        write_atomic(&self.path(key)?, bytes).await
     }
 
     async fn get(&self, key: &str, max: u64) -> Result<Vec<u8>> {
