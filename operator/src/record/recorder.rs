@@ -1262,11 +1262,11 @@ mod tests {
         .expect("session")
     }
 
-    /// Records about 3.5 MiB of output (several segments) and returns the sealed session.
+    /// Records about 10 MiB of output (several segments) and returns the sealed session.
     async fn recorded(spool: &Arc<Spool>) -> ExecSession {
         let mut s = session();
         let rec = Recorder::start(spool.clone(), &s);
-        for i in 0..3500u32 {
+        for i in 0..10_000u32 {
             let mut line = format!("line {i:05} \u{1b}[1mbold\u{1b}[0m ").into_bytes();
             line.resize(1020, b'x');
             line.extend_from_slice(b"\r\n");

@@ -4,10 +4,11 @@
 //! A busy session used to hold its open segment (up to 1 MiB of cast) in memory and to compress
 //! it into a second buffer when cut: 1.6-1.8 MiB per busy session under `load_concurrent_sessions`
 //! (docs/performance.md, "Memory"). Now the recorder task appends each chunk the relay hands it
-//! to the session's file (a `pwrite` into the page cache), and a cut reads the file back into one of [`WORKSPACES`] workspaces,
-//! compresses and hashes it there on a blocking thread, and spools it. The memory cuts need is
-//! the same for 1 session as for 1,000: two workspaces of about a segment and its compressed
-//! form each, kept and reused (with their zstd contexts).
+//! to the session's file (a `pwrite` into the page cache), and a cut reads the file back, a
+//! piece at a time, into one of [`WORKSPACES`] workspaces, compresses and hashes it there on a
+//! blocking thread, and spools it. The memory cuts need is the same for 1 session as for 1,000:
+//! two workspaces, each a piece of 256 KiB, the segment's compressed form (at most about the
+//! segment, for bytes that do not compress) and a zstd context, kept and reused.
 //!
 //! The file has no name (`O_TMPFILE`, through the tempfile crate, which falls back to creating
 //! and unlinking a file): it vanishes with the process, so a crash loses what it held, which is
@@ -35,16 +36,55 @@ pub const WORKSPACES: usize = 2;
 /// The zstd level segments are stored at: 1, the fastest standard level (docs/performance.md).
 pub const ZSTD_LEVEL: i32 = 1;
 
-/// A workspace's buffers are given back to the allocator after a cut that grew them past this
-/// (a copy's file list can be larger than a segment).
-const KEEP: usize = 4 << 20;
+/// The most bytes of cast a segment holds before it is cut: 4 MiB with the default spool of
+/// 1 GiB. Each segment costs the same whatever its size (a sidecar, two files spooled, synced,
+/// read back and removed, two PUTs, a zstd frame), so a bulk stream pays that four times less
+/// often than at the 1 MiB of [`crate::recording::chain::DEFAULT_MAX_BYTES`]; readers take
+/// segments of up to 64 MiB. What a crash can lose stays bounded by the segment's age (2 s).
+/// The open segment is on the spool's disk and counts in its budget, so a segment is at most a
+/// 256th of the budget (never under 1 MiB): a small spool is not filled by a handful of busy
+/// sessions' open segments (docs/performance.md, "Where #18 stands (2026-12-04)").
+pub const MAX_SEGMENT_BYTES: usize = 4 << 20;
 
-/// Buffers and a zstd context for one cut at a time.
+/// The least a segment is cut at however small the spool: the size before 2026-12-04.
+pub const MIN_SEGMENT_BYTES: usize = 1 << 20;
+
+/// How many bytes of cast a segment holds before it is cut, for a spool of `budget` bytes
+/// (pure): a 256th of it, from [`MIN_SEGMENT_BYTES`] to [`MAX_SEGMENT_BYTES`].
+pub fn segment_bytes(budget: u64) -> usize {
+    let bytes = (budget / 256).clamp(MIN_SEGMENT_BYTES as u64, MAX_SEGMENT_BYTES as u64);
+    usize::try_from(bytes).unwrap_or(MIN_SEGMENT_BYTES)
+}
+
+/// When the operator cuts a segment for a spool of `budget` bytes: at [`segment_bytes`], or
+/// 2 s after its first byte.
+pub fn limits(budget: u64) -> SegmentLimits {
+    SegmentLimits {
+        max_bytes: segment_bytes(budget),
+        ..SegmentLimits::default()
+    }
+}
+
+/// A workspace's buffers are given back to the allocator after a cut that grew them past this
+/// (a segment and its compressed form fit; a copy's file list can be larger).
+const KEEP: usize = MAX_SEGMENT_BYTES + (MAX_SEGMENT_BYTES >> 6) + (64 << 10);
+
+/// A segment is read back from its file and compressed this many bytes at a time: the
+/// workspace holds a piece of the segment, not all of it.
+const PIECE: usize = 256 << 10;
+
+/// Buffers and zstd contexts for one cut at a time.
 #[derive(Default)]
 struct Workspace {
+    /// A piece of the segment being read back (the whole segment only when it is stored as it
+    /// is, should compressing fail).
     input: Vec<u8>,
+    /// The stored form: the zstd frame.
     output: Vec<u8>,
+    /// For bytes already in memory (a copy's tar bytes).
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// For a segment read back from its file, a piece at a time.
+    stream: Option<zstd::zstd_safe::CCtx<'static>>,
 }
 
 /// A segment's stored form, made in a workspace: where its bytes are, its length before
@@ -73,6 +113,96 @@ impl Workspace {
         Stored {
             compressed_from: compressed.then_some(src.len() as u64),
             sha: Sha256::digest(stored).into(),
+        }
+    }
+
+    /// Compresses the `len` bytes at the start of `file` into `output` a piece at a time and
+    /// hashes the frame. Should compressing fail (allocation failure only), the segment is read
+    /// whole into `input` and stored as it is (readers take either).
+    fn store_file(&mut self, file: &std::fs::File, len: usize) -> std::io::Result<Stored> {
+        if let Some(sha) = self.compress_file(file, len)? {
+            return Ok(Stored {
+                compressed_from: Some(len as u64),
+                sha,
+            });
+        }
+        self.input.clear();
+        self.input.resize(len, 0);
+        file.read_exact_at(&mut self.input, 0)?;
+        Ok(Stored {
+            compressed_from: None,
+            sha: Sha256::digest(&self.input).into(),
+        })
+    }
+
+    /// The SHA-256 of the zstd frame of `file`'s first `len` bytes, left in `output`; `None` if
+    /// zstd failed.
+    fn compress_file(
+        &mut self,
+        file: &std::fs::File,
+        len: usize,
+    ) -> std::io::Result<Option<[u8; 32]>> {
+        use zstd::zstd_safe::{
+            CCtx, CParameter, InBuffer, OutBuffer, ResetDirective,
+            zstd_sys::ZSTD_EndDirective as EndDirective,
+        };
+        let Workspace {
+            input,
+            output,
+            stream,
+            ..
+        } = self;
+        let cctx = match stream {
+            Some(c) => c,
+            None => {
+                let mut c = CCtx::create();
+                if c.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                stream.insert(c)
+            }
+        };
+        if cctx.reset(ResetDirective::SessionOnly).is_err()
+            || cctx.set_pledged_src_size(Some(len as u64)).is_err()
+        {
+            return Ok(None);
+        }
+        output.clear();
+        // A frame of `len` bytes fits in the bound, so the loop below never has to grow it.
+        output.reserve(zstd::zstd_safe::compress_bound(len));
+        input.resize(PIECE.min(len), 0);
+        let mut at = 0;
+        loop {
+            let n = PIECE.min(len - at);
+            file.read_exact_at(&mut input[..n], at as u64)?;
+            at += n;
+            let end = if at == len {
+                EndDirective::ZSTD_e_end
+            } else {
+                EndDirective::ZSTD_e_continue
+            };
+            let mut src = InBuffer::around(&input[..n]);
+            loop {
+                if output.len() == output.capacity() {
+                    output.reserve(PIECE);
+                }
+                let mut dst = OutBuffer::around_pos(output, output.len());
+                let Ok(remaining) = cctx.compress_stream2(&mut dst, &mut src, end) else {
+                    return Ok(None);
+                };
+                let done = match end {
+                    EndDirective::ZSTD_e_end => remaining == 0,
+                    _ => src.pos() == n,
+                };
+                if done {
+                    break;
+                }
+            }
+            if at == len {
+                return Ok(Some(Sha256::digest(&output[..]).into()));
+            }
         }
     }
 
@@ -237,7 +367,7 @@ impl SegmentFile {
         Ok(SegmentFile {
             file: Arc::new(file),
             lines: Lines::default(),
-            limits: SegmentLimits::default(),
+            limits: limits(spool.max_bytes()),
             held: spool.hold(),
         })
     }
@@ -300,9 +430,7 @@ impl SegmentFile {
         let rest = self.lines.len();
         let file = self.file.clone();
         let (lent, stored) = in_workspace(move |ws| -> std::io::Result<Stored> {
-            ws.input.clear();
-            ws.input.resize(cut.len, 0);
-            file.read_exact_at(&mut ws.input, 0)?;
+            let stored = ws.store_file(&file, cut.len)?;
             // What follows the cut (a partial line, rarely anything) starts the file again.
             if rest > 0 {
                 let mut tail = vec![0; rest];
@@ -310,9 +438,6 @@ impl SegmentFile {
                 file.write_all_at(&tail, 0)?;
             }
             file.set_len(rest as u64)?;
-            let input = std::mem::take(&mut ws.input);
-            let stored = ws.store(&input);
-            ws.input = input;
             Ok(stored)
         })
         .await?;
@@ -353,7 +478,8 @@ mod tests {
         );
         let s = spool(1 << 30, st.path(), d.path()).await;
         let mut file = SegmentFile::create(&s).expect("file");
-        let mut mem = chain::Segmenter::new(SegmentLimits::default()).zstd(ZSTD_LEVEL);
+        let mut mem = chain::Segmenter::new(limits(s.max_bytes())).zstd(ZSTD_LEVEL);
+        assert_eq!(segment_bytes(s.max_bytes()), MAX_SEGMENT_BYTES);
         let (mut chain, mut metas, mut mem_segs) = (Chain::default(), Vec::new(), Vec::new());
         let mut sink = Sink {
             spool: &s,
@@ -362,7 +488,7 @@ mod tests {
         };
         // Lines of every length, a chunk ending in a partial line, 2.5 segments' worth.
         let mut at = 0;
-        for i in 0..400u64 {
+        for i in 0..1_600u64 {
             let mut chunk: Vec<u8> = (0..(i * 97 % 13_000))
                 .map(|j| b"abcdefgh \x1b[1m"[(j % 13) as usize])
                 .collect();
@@ -401,6 +527,18 @@ mod tests {
         // Nothing is held once the segment is cut and gone.
         drop(file);
         assert_eq!(s.open_bytes(), 0);
+    }
+
+    /// Segments are a 256th of the spool's budget, from 1 to 4 MiB: 4 MiB for the default 1 GiB,
+    /// 1 MiB for the 32 MiB of the end-to-end tests' spool.
+    #[test]
+    fn segments_are_a_256th_of_the_spool_from_1_to_4_mib() {
+        assert_eq!(segment_bytes(1 << 30), 4 << 20);
+        assert_eq!(segment_bytes(8 << 30), 4 << 20);
+        assert_eq!(segment_bytes(512 << 20), 2 << 20);
+        assert_eq!(segment_bytes(32 << 20), 1 << 20);
+        assert_eq!(segment_bytes(0), 1 << 20);
+        assert_eq!(segment_bytes(u64::MAX), 4 << 20);
     }
 
     /// The segment's bytes count in the spool's budget while it holds them: a session that

@@ -189,6 +189,11 @@ impl Spool {
         }
     }
 
+    /// The budget: bytes the spool may hold.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Bytes held by segments being recorded.
     pub fn open_bytes(&self) -> u64 {
         self.open.load(Ordering::SeqCst)
