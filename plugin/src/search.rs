@@ -332,7 +332,7 @@ pub struct Scanned {
 }
 
 /// A recording to search.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Source {
     namespace: String,
     name: String,
@@ -341,6 +341,9 @@ struct Source {
     /// Where its asciicast v3 is read (verified by the operator as it is sent).
     path: String,
     archived: bool,
+    /// For a session that still existed when listed: its signed record's recording in the
+    /// store (with `--archived`), read instead if the session is deleted before its turn.
+    archive: Option<String>,
 }
 
 /// The sessions the query wants, oldest first: the ExecSessions, then (with `archived`) the
@@ -408,6 +411,7 @@ async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<S
                 requester: s.spec.requester.username.clone(),
                 pod: s.spec.pod.clone(),
                 archived: false,
+                archive: None,
             }
         })
         .collect();
@@ -430,12 +434,35 @@ async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<S
     }
     let mut records =
         crate::commands::list_recordings(&conn, q.namespace.is_none(), &query).await?;
-    // Records of sessions that still exist were searched above; records without a recording
-    // (denied, withdrawn) have nothing to search.
+    // Records without a recording (denied, withdrawn) have nothing to search.
+    records.retain(|r| r.record.as_ref().is_some_and(|rec| rec.recording.is_some()));
+    // Records of sessions that still exist are searched through the session, and kept for it
+    // should the retention delete it before its turn.
+    let archive_path = |r: &crate::records::Recording| {
+        format!(
+            "{}/content?format=v3",
+            crate::commands::recordings_path(&r.metadata.namespace, Some(&r.metadata.name))
+        )
+    };
+    let by_uid: std::collections::HashMap<&str, String> = records
+        .iter()
+        .filter_map(|r| {
+            let rec = r.record.as_ref()?;
+            uids.contains(&rec.session.uid)
+                .then(|| (rec.session.uid.as_str(), archive_path(r)))
+        })
+        .collect();
+    for (src, s) in out.iter_mut().zip(&sessions) {
+        src.archive = s
+            .metadata
+            .uid
+            .as_deref()
+            .and_then(|u| by_uid.get(u).cloned());
+    }
     records.retain(|r| {
         r.record
             .as_ref()
-            .is_some_and(|rec| rec.recording.is_some() && !uids.contains(&rec.session.uid))
+            .is_some_and(|rec| !uids.contains(&rec.session.uid))
     });
     records.sort_by(|a, b| {
         let created = |r: &crate::records::Recording| {
@@ -444,17 +471,16 @@ async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<S
         created(a).cmp(&created(b))
     });
     out.extend(records.into_iter().filter_map(|r| {
+        let path = archive_path(&r);
         let rec = r.record?;
         Some(Source {
-            path: format!(
-                "{}/content?format=v3",
-                crate::commands::recordings_path(&r.metadata.namespace, Some(&r.metadata.name))
-            ),
+            path,
             namespace: rec.session.namespace,
             name: rec.session.name,
             requester: rec.requester.username,
             pod: rec.spec.pod,
             archived: true,
+            archive: None,
         })
     }));
     Ok(out)
@@ -484,6 +510,46 @@ fn deliver(
     Ok(true)
 }
 
+/// Opens a source's recording. A session deleted since it was listed (the retention) is read
+/// from its signed record in the store, when the query takes archived sessions.
+async fn open<'a>(
+    client: &kube::Client,
+    src: &'a Source,
+    what: &str,
+) -> crate::error::Result<(
+    impl futures::AsyncRead + Unpin + use<'a>,
+    std::borrow::Cow<'a, Source>,
+)> {
+    use std::borrow::Cow;
+
+    use crate::error::{Doing, Error, explain};
+    let get = |path: &str| {
+        http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::Api(e.to_string()))
+    };
+    match (client.request_stream(get(&src.path)?).await, &src.archive) {
+        (Ok(body), _) => Ok((body, Cow::Borrowed(src))),
+        // Not the operator's 404 for a stored object that is missing: that is the answer.
+        (Err(kube::Error::Api(s)), Some(archive))
+            if s.code == 404 && !s.message.starts_with("recording object") =>
+        {
+            let body = client
+                .request_stream(get(archive)?)
+                .await
+                .map_err(|e| explain(&e, what, Doing::Audit))?;
+            let moved = Source {
+                path: archive.clone(),
+                archived: true,
+                archive: None,
+                ..src.clone()
+            };
+            Ok((body, Cow::Owned(moved)))
+        }
+        (Err(e), _) => Err(explain(&e, what, Doing::Audit)),
+    }
+}
+
 /// Streams the verified recording of every session the query wants, oldest first, and hands
 /// each match to `found` as soon as its session is read; `found` returning false stops the
 /// search. Bounded memory: a piece of a recording and one session's matches at a time.
@@ -504,7 +570,8 @@ pub async fn run(
     for src in &sources {
         let (ns, name) = (&src.namespace, &src.name);
         let what = format!("reading the recording of {ns}/{name}");
-        let mut body = crate::commands::get_stream(client, &src.path, &what).await?;
+        let (mut body, src) = open(client, src, &what).await?;
+        let src = &*src;
         let mut reader = CastReader::new();
         let mut searcher: Option<Searcher> = None;
         let (mut events, mut hits) = (Vec::new(), Vec::new());
@@ -603,6 +670,91 @@ mod tests {
 
     fn re(p: &str) -> Regex {
         Regex::new(p).expect("pattern")
+    }
+
+    /// An API server on loopback answering the live session's recording with 404 (deleted by
+    /// the retention since the search listed it, or the operator's 404 for a stored object
+    /// that is missing) and its signed record's recording with a cast.
+    async fn api() -> kube::Client {
+        use axum::{Router, http::StatusCode, routing::get};
+        let status = |message: &str| {
+            serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": message, "reason": "NotFound", "code": 404
+            })
+            .to_string()
+        };
+        let (gone, missing) = (
+            status(r#"execsessions.aexec.dev "s1" not found"#),
+            status("recording object ns/s2-uid/seg-000001.cast is not in the store"),
+        );
+        let app = Router::new()
+            .route(
+                "/live/s1",
+                get(move || async move { (StatusCode::NOT_FOUND, gone) }),
+            )
+            .route(
+                "/live/s2",
+                get(move || async move { (StatusCode::NOT_FOUND, missing) }),
+            )
+            .route("/archive/s1", get(|| async { "the archived cast" }))
+            .route("/archive/s2", get(|| async { "the archived cast" }));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client")
+    }
+
+    fn source(name: &str, archive: bool) -> Source {
+        Source {
+            namespace: "ns".into(),
+            name: name.into(),
+            requester: "alice".into(),
+            pod: "web".into(),
+            path: format!("/live/{name}"),
+            archived: false,
+            archive: archive.then(|| format!("/archive/{name}")),
+        }
+    }
+
+    /// A session deleted between the search's listing and its turn is read from its signed
+    /// record (with `--archived`) and shown as archived; without a record to fall back on, or
+    /// when the 404 is the operator's for a missing object, the error is the answer.
+    #[tokio::test]
+    async fn a_session_deleted_before_its_turn_is_read_from_its_record() {
+        use futures::AsyncReadExt;
+        let client = api().await;
+        let src = source("s1", true);
+        let (mut body, used) = open(&client, &src, "reading the recording of ns/s1")
+            .await
+            .expect("read from the record");
+        let mut text = String::new();
+        body.read_to_string(&mut text).await.expect("body");
+        assert_eq!(text, "the archived cast");
+        assert!(used.archived && used.archive.is_none(), "{used:?}");
+        assert_eq!(used.path, "/archive/s1");
+
+        let err = open(
+            &client,
+            &source("s1", false),
+            "reading the recording of ns/s1",
+        )
+        .await
+        .err()
+        .expect("no record to fall back on");
+        assert!(err.to_string().contains("not found"), "{err}");
+
+        let err = open(
+            &client,
+            &source("s2", true),
+            "reading the recording of ns/s2",
+        )
+        .await
+        .err()
+        .expect("a missing object is the answer");
+        assert!(err.to_string().contains("is not in the store"), "{err}");
     }
 
     #[test]
