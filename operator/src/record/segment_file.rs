@@ -171,7 +171,7 @@ impl Workspace {
         }
         output.clear();
         // A frame of `len` bytes fits in the bound, so the loop below never has to grow it.
-        output.reserve(zstd::zstd_safe::compress_bound(len));
+        output.reserve_exact(zstd::zstd_safe::compress_bound(len));
         input.resize(PIECE.min(len), 0);
         let mut at = 0;
         loop {
