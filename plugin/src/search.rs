@@ -736,25 +736,22 @@ mod tests {
         assert!(used.archived && used.archive.is_none(), "{used:?}");
         assert_eq!(used.path, "/archive/s1");
 
-        let err = open(
-            &client,
-            &source("s1", false),
-            "reading the recording of ns/s1",
-        )
-        .await
-        .err()
-        .expect("no record to fall back on");
-        assert!(err.to_string().contains("not found"), "{err}");
-
-        let err = open(
-            &client,
-            &source("s2", true),
-            "reading the recording of ns/s2",
-        )
-        .await
-        .err()
-        .expect("a missing object is the answer");
-        assert!(err.to_string().contains("is not in the store"), "{err}");
+        let refused = |name: &'static str, archive| {
+            let client = client.clone();
+            async move {
+                let what = format!("reading the recording of ns/{name}");
+                match open(&client, &source(name, archive), &what).await {
+                    Ok((_, used)) => panic!("{name} was read from {}", used.path),
+                    Err(e) => e.to_string(),
+                }
+            }
+        };
+        // No record to fall back on.
+        let err = refused("s1", false).await;
+        assert!(err.contains("not found"), "{err}");
+        // The operator's 404 for a missing object is the answer.
+        let err = refused("s2", true).await;
+        assert!(err.contains("is not in the store"), "{err}");
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl LocalDir {
 /// Runs a filesystem job on tokio's blocking pool: one trip there and back however many calls
 /// the job makes. Each `tokio::fs` call is a trip of its own (a thread woken, a task woken
 /// back), and the trips of the spool's files were about a tenth of the operator's CPU under a
-/// bulk stream (docs/performance.md, "The spool's trips to the blocking pool").
+/// bulk stream (docs/performance.md, "Where #18 stands (2026-12-04)").
 pub async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
