@@ -3,7 +3,9 @@
 //! run. Figures are printed, never asserted. Run with `./dev bench` (it wraps this binary in
 //! `aexec-testenv run`); `AEXEC_BENCH_QUICK=1` shrinks sizes and repeats for a smoke run, and
 //! `AEXEC_BENCH_ONLY=out,cpu,in,latency,ttfb,approval,footprint,scale,cp,search,recorder` (any of them) picks
-//! sections; `AEXEC_BENCH_CHARTS=DIR` has the scale section draw `DIR/scale.svg`.
+//! sections; `AEXEC_BENCH_KINDS=nul,random,text` (any of them) picks the kinds of output the `cpu`
+//! section streams (to profile one: `./dev flamegraph cpu`); `AEXEC_BENCH_CHARTS=DIR` has the
+//! scale section draw `DIR/scale.svg`.
 //!
 //! Both sides use the same client code path where it matters: the plain side is kube-rs's exec
 //! (a v5 WebSocket to `pods/exec`), the aexec side a v5 WebSocket to `execsessions/attach`,
@@ -355,6 +357,16 @@ impl Bench {
             ),
             ("terminal text", text_mib, format!("cat {}", text.display())),
         ];
+        let picked = std::env::var("AEXEC_BENCH_KINDS").unwrap_or_default();
+        let kinds: Vec<_> = kinds
+            .into_iter()
+            .zip(["nul", "random", "text"])
+            .filter(|(_, short)| picked.is_empty() || picked.split(',').any(|k| k.trim() == *short))
+            .map(|(kind, _)| kind)
+            .collect();
+        if kinds.is_empty() {
+            bail!("AEXEC_BENCH_KINDS={picked:?} picks none of nul, random, text");
+        }
         let pids = self.env.component_pids();
         let found: Vec<&str> = pids.iter().map(|(n, _)| *n).collect();
         for want in COMPONENTS.iter().filter(|c| **c != "client") {
