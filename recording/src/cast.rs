@@ -683,9 +683,10 @@ fn push_micros(out: &mut Vec<u8>, us: u64) {
 /// Appends `s` as a JSON string literal.
 ///
 /// Plain runs are skipped eight bytes at a time: a word with no byte below 0x20, no `"` and no
-/// `\` ([`word_needs_escape`]) is copied as it is; only words that hold one are looked at byte
-/// by byte. Terminal text is mostly such words (a 2026-12 profile of the operator had this
-/// function among its largest costs with a byte-by-byte loop).
+/// `\` is copied as it is, and a word that holds one jumps straight to the first such byte
+/// ([`first_escape`]). Terminal text is mostly such words (a 2026-12 profile of the operator had
+/// this function among its largest costs with a byte-by-byte loop; colour codes put an escape
+/// every few dozen bytes, and each one used to cost up to eight bytes looked at one by one).
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
@@ -697,9 +698,12 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
         if let Some(word) = bytes.get(i..i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(word);
-            if !word_needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
+            match first_escape(u64::from_le_bytes(w)) {
+                None => {
+                    i += 8;
+                    continue;
+                }
+                Some(at) => i += at,
             }
         }
         let b = bytes[i];
@@ -732,16 +736,19 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Whether any of the eight bytes of `w` is below 0x20, `"` or `\` (the bit tricks of "Bit
-/// Twiddling Hacks", `hasless` and `haszero`: exact about whether such a byte exists).
-fn word_needs_escape(w: u64) -> bool {
+/// The position of the first of the eight bytes of `w` (little-endian) that is below 0x20, `"`
+/// or `\`, if any (the bit tricks of "Bit Twiddling Hacks", `hasless` and `haszero`). Their
+/// masks can flag a byte above a true match (a borrow runs upwards), never one below it: the
+/// lowest flag is exact.
+fn first_escape(w: u64) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     let quote = zero(w ^ (ONES * u64::from(b'"')));
     let backslash = zero(w ^ (ONES * u64::from(b'\\')));
-    below_space | quote | backslash != 0
+    let mask = below_space | quote | backslash;
+    (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -1303,11 +1310,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_word_test_finds_every_byte_json_escapes() {
+    fn the_word_test_finds_the_first_byte_json_escapes() {
         let naive = |w: u64| {
             w.to_le_bytes()
                 .iter()
-                .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
         };
         let mut rng = Rng(7);
         // Every byte value in every position of an otherwise plain word, and random words.
@@ -1316,12 +1323,25 @@ mod tests {
                 let mut w = *b"abcdefgh";
                 w[pos] = b;
                 let w = u64::from_le_bytes(w);
-                assert_eq!(word_needs_escape(w), naive(w), "{b:#x} at {pos}");
+                assert_eq!(first_escape(w), naive(w), "{b:#x} at {pos}");
             }
         }
         for _ in 0..200_000 {
             let w = rng.next();
-            assert_eq!(word_needs_escape(w), naive(w), "{w:#x}");
+            assert_eq!(first_escape(w), naive(w), "{w:#x}");
+        }
+        // Words with several bytes to escape, the first anywhere: a borrow from a lower match
+        // must not hide it or put a flag below it.
+        let specials = [
+            0u8, 0x1b, 0x1f, b'"', b'\\', b'\n', 0x20, 0x21, 0x5b, 0x5d, 0x80, 0xff,
+        ];
+        for _ in 0..200_000 {
+            let mut w = [0u8; 8];
+            for b in &mut w {
+                *b = specials[rng.below(specials.len() as u64) as usize];
+            }
+            let w = u64::from_le_bytes(w);
+            assert_eq!(first_escape(w), naive(w), "{w:#x}");
         }
     }
 
