@@ -364,7 +364,7 @@ pub async fn write_record(
         .sign(&record)
         .map_err(|e| NotWritten::Failed(e.to_string()))?;
     store
-        .put(&key, bytes.clone())
+        .put(&key, bytes.clone(), None)
         .await
         .map_err(|e| NotWritten::Failed(format!("storing the session record: {e:#}")))?;
     Ok(record_status(store, &key, &bytes, keys.signing.id()))

@@ -290,10 +290,11 @@ impl Sink<'_> {
     /// sidecar, which sealing after a crash leaves out and says so).
     pub async fn write(&mut self, meta: SegmentMeta, bytes: &[u8]) -> Result<(), String> {
         self.spool
-            .put(
+            .put_hashed(
                 &format!("{}/{}", self.prefix, meta.file_name()),
                 bytes,
                 true,
+                Some(&meta.sha256),
             )
             .await
             .map_err(|e| e.to_string())?;

@@ -79,6 +79,11 @@ pub struct Spool {
     store: Store,
     wake: Notify,
     last_error: std::sync::Mutex<Option<String>>,
+    /// The SHA-256 (lowercase hex) of spooled files whose writer had it (segments, from their
+    /// sidecars), by path: the upload hands it to the store, so S3's signature does not hash
+    /// the bytes again. One entry per spooled segment, gone with its upload; after a restart
+    /// there is none, and the store hashes what it sends, as it did before.
+    hashes: std::sync::Mutex<std::collections::HashMap<PathBuf, String>>,
     metrics: Metrics,
 }
 
@@ -123,6 +128,7 @@ impl Spool {
             store,
             wake: Notify::new(),
             last_error: std::sync::Mutex::new(None),
+            hashes: std::sync::Mutex::default(),
             metrics,
         })
     }
@@ -165,17 +171,38 @@ impl Spool {
     /// Spools a file for upload. A `budgeted` file (a segment) is refused when it does not fit
     /// in the budget; small bookkeeping files (sidecars, manifests) are always taken.
     pub async fn put(&self, key: &str, bytes: &[u8], budgeted: bool) -> Result<(), SpoolError> {
+        self.put_hashed(key, bytes, budgeted, None).await
+    }
+
+    /// [`Spool::put`] for bytes whose SHA-256 (lowercase hex) the caller has computed: it goes
+    /// to the store with them ([`Storage::put`]).
+    pub async fn put_hashed(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        budgeted: bool,
+        sha256: Option<&str>,
+    ) -> Result<(), SpoolError> {
         let len = bytes.len() as u64;
         let path = self.path(key).map_err(SpoolError::Io)?;
         self.reserve(len, budgeted)
             .map_err(|used| self.full(used))?;
+        // Known before the file can be seen, so the uploader never takes it without.
+        if let Some(sha) = sha256 {
+            self.hashes_now().insert(path.clone(), sha.to_owned());
+        }
         // One copy, so the write can go to a blocking thread whole (one trip, not five).
         if let Err(e) = write_atomic(&path, bytes.to_vec()).await {
+            self.hashes_now().remove(&path);
             self.release(len);
             return Err(SpoolError::Io(e));
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    fn hashes_now(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, String>> {
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn full(&self, used: u64) -> SpoolError {
@@ -358,7 +385,12 @@ impl Spool {
             });
             let Some(bytes) = read.await? else { continue };
             let len = bytes.len();
-            self.store.put(&key, bytes).await?;
+            // A failed upload is retried with the store hashing the bytes itself: the hash
+            // recorded at the cut is used once. Should the file have changed on disk since, the
+            // store refuses the first try, and the retry uploads what is there; the hash chain
+            // then shows the change (as it did before hashes were handed over).
+            let sha = self.hashes_now().remove(&file);
+            self.store.put(&key, bytes, sha.as_deref()).await?;
             let last = sealed && file.ends_with(MANIFEST_NAME);
             let dir = dir.clone();
             blocking(move || {
@@ -626,5 +658,33 @@ pub(crate) mod tests {
             s.get("ns/s-1/seg-000000.cast", 100).await.expect("get"),
             b"abc"
         );
+    }
+
+    #[tokio::test]
+    async fn a_handed_hash_is_used_once_and_forgotten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").expect("file");
+        let s = spool(1000, &blocker, &dir.path().join("spool")).await;
+        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        s.put_hashed("ns/s-1/seg-000000.cast", b"abc", true, Some(sha))
+            .await
+            .expect("put");
+        s.put("ns/s-1/seg-000000.json", b"{}", false)
+            .await
+            .expect("put");
+        assert_eq!(s.hashes_now().len(), 1, "only the hashed file");
+        // A failed upload took the hash: the retry has the store hash the bytes itself.
+        assert!(s.upload_pending().await.is_err());
+        assert!(s.hashes_now().is_empty());
+        assert!(s.holds("ns/s-1").await, "kept for a retry");
+        // A refused write leaves no hash behind either.
+        let full = spool(1, dir.path(), &dir.path().join("spool2")).await;
+        assert!(
+            full.put_hashed("ns/s-2/seg-000000.cast", b"abc", true, Some(sha))
+                .await
+                .is_err()
+        );
+        assert!(full.hashes_now().is_empty());
     }
 }

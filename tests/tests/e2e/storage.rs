@@ -56,6 +56,67 @@ fn uid(s: &ExecSession) -> String {
     s.metadata.uid.clone().expect("uid")
 }
 
+/// The operator signs a segment's upload with the SHA-256 it computed at the cut rather than
+/// hashing the bytes again (`storage::precomputed_payload`). That must not weaken what the
+/// signature protects: the store checks the body against the hash, so bytes that do not match
+/// it are refused and nothing is stored; and the hash handed over is the one sent (a wrong one
+/// would otherwise go unnoticed).
+#[tokio::test]
+async fn a_precomputed_payload_hash_is_what_s3_checks() {
+    use sha2::{Digest, Sha256};
+    let s3 = env().s3_client().await;
+    let key = |what: &str| format!("precomputed-payload/{}-{what}", std::process::id());
+    let body = b"a segment's stored bytes".to_vec();
+    let right = hex::encode(Sha256::digest(&body));
+    let wrong = hex::encode(Sha256::digest(b"other bytes"));
+
+    s3.put_object()
+        .bucket(&env().s3.bucket)
+        .key(key("right"))
+        .body(body.clone().into())
+        .customize()
+        .interceptor(aexec_operator::record::storage::precomputed_payload(&right))
+        .send()
+        .await
+        .expect("a PUT signed with the body's own SHA-256 is stored");
+    let got = s3
+        .get_object()
+        .bucket(&env().s3.bucket)
+        .key(key("right"))
+        .send()
+        .await
+        .expect("read back")
+        .body
+        .collect()
+        .await
+        .expect("read back")
+        .into_bytes();
+    assert_eq!(got.as_ref(), body.as_slice());
+
+    let refused = s3
+        .put_object()
+        .bucket(&env().s3.bucket)
+        .key(key("wrong"))
+        .body(body.clone().into())
+        .customize()
+        .interceptor(aexec_operator::record::storage::precomputed_payload(&wrong))
+        .send()
+        .await;
+    let err = refused.expect_err("a body that does not match the signed hash must be refused");
+    let why = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err));
+    assert!(
+        why.contains("SHA256") || why.contains("Digest") || why.contains("sha256"),
+        "the store names the hash mismatch: {why}"
+    );
+    let absent = s3
+        .head_object()
+        .bucket(&env().s3.bucket)
+        .key(key("wrong"))
+        .send()
+        .await;
+    assert!(absent.is_err(), "nothing was stored under the refused key");
+}
+
 #[tokio::test]
 async fn recordings_are_uploaded_to_s3_under_object_lock() {
     let (t, _op) = setup(&["sh", "-c", "echo stored-in-minio"], false).await;
