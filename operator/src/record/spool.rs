@@ -377,6 +377,12 @@ impl Spool {
                 .and_then(Path::to_str)
                 .map(str::to_owned)
                 .with_context(|| format!("a spooled file outside the spool: {}", file.display()))?;
+            // A failed upload is retried with the store hashing the bytes itself: the hash
+            // recorded at the cut is taken once, whatever happens to this file below. Should
+            // the file have changed on disk since, the store refuses the first try, and the
+            // retry uploads what is there; the hash chain then shows the change (as it did
+            // before hashes were handed over).
+            let sha = self.hashes_now().remove(&file);
             let path = file.clone();
             let read = blocking(move || match std::fs::read(&path) {
                 Ok(b) => Ok(Some(b)),
@@ -385,11 +391,6 @@ impl Spool {
             });
             let Some(bytes) = read.await? else { continue };
             let len = bytes.len();
-            // A failed upload is retried with the store hashing the bytes itself: the hash
-            // recorded at the cut is used once. Should the file have changed on disk since, the
-            // store refuses the first try, and the retry uploads what is there; the hash chain
-            // then shows the change (as it did before hashes were handed over).
-            let sha = self.hashes_now().remove(&file);
             self.store.put(&key, bytes, sha.as_deref()).await?;
             let last = sealed && file.ends_with(MANIFEST_NAME);
             let dir = dir.clone();
