@@ -64,6 +64,9 @@ pub fn full_message(used: u64, open: u64, max: u64, last_error: &str) -> String 
     }
 }
 
+/// The least a spooled segment holds for its hash to be handed to the store ([`Spool::put_hashed`]).
+const HASHED_FROM: u64 = 64 << 10;
+
 /// Where the segments being recorded live: unnamed files (`O_TMPFILE`), so normally empty; what
 /// a fallback left here is deleted when the spool opens.
 const OPEN_DIR: &str = ".open";
@@ -175,7 +178,8 @@ impl Spool {
     }
 
     /// [`Spool::put`] for bytes whose SHA-256 (lowercase hex) the caller has computed: it goes
-    /// to the store with them ([`Storage::put`]).
+    /// to the store with them ([`Storage::put`]) when they are a budgeted segment of at least
+    /// [`HASHED_FROM`] bytes; below that, hashing them again costs little and the store does.
     pub async fn put_hashed(
         &self,
         key: &str,
@@ -187,8 +191,11 @@ impl Spool {
         let path = self.path(key).map_err(SpoolError::Io)?;
         self.reserve(len, budgeted)
             .map_err(|used| self.full(used))?;
-        // Known before the file can be seen, so the uploader never takes it without.
-        if let Some(sha) = sha256 {
+        // Known before the file can be seen, so the uploader never takes it without. Only for
+        // segments of at least HASHED_FROM bytes: what is saved is per byte, what is kept per
+        // file, so the map holds at most a budget's worth of such segments (16,384 entries
+        // with 1 GiB) however many tiny segments an outage piles up.
+        if let Some(sha) = sha256.filter(|_| budgeted && len >= HASHED_FROM) {
             self.hashes_now().insert(path.clone(), sha.to_owned());
         }
         // One copy, so the write can go to a blocking thread whole (one trip, not five).
@@ -666,15 +673,21 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let blocker = dir.path().join("not-a-dir");
         std::fs::write(&blocker, b"x").expect("file");
-        let s = spool(1000, &blocker, &dir.path().join("spool")).await;
+        let s = spool(1 << 20, &blocker, &dir.path().join("spool")).await;
         let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        s.put_hashed("ns/s-1/seg-000000.cast", b"abc", true, Some(sha))
+        let big = vec![b'x'; HASHED_FROM as usize];
+        s.put_hashed("ns/s-1/seg-000000.cast", &big, true, Some(sha))
             .await
             .expect("put");
-        s.put("ns/s-1/seg-000000.json", b"{}", false)
+        // Small segments and unbudgeted files keep no hash: the map stays bounded by the
+        // budget however many tiny segments pile up.
+        s.put_hashed("ns/s-1/seg-000001.cast", b"abc", true, Some(sha))
             .await
             .expect("put");
-        assert_eq!(s.hashes_now().len(), 1, "only the hashed file");
+        s.put_hashed("ns/s-1/seg-000000.json", &big, false, Some(sha))
+            .await
+            .expect("put");
+        assert_eq!(s.hashes_now().len(), 1, "only the large segment");
         // A failed upload took the hash: the retry has the store hash the bytes itself.
         assert!(s.upload_pending().await.is_err());
         assert!(s.hashes_now().is_empty());
@@ -682,7 +695,7 @@ pub(crate) mod tests {
         // A refused write leaves no hash behind either.
         let full = spool(1, dir.path(), &dir.path().join("spool2")).await;
         assert!(
-            full.put_hashed("ns/s-2/seg-000000.cast", b"abc", true, Some(sha))
+            full.put_hashed("ns/s-2/seg-000000.cast", &big, true, Some(sha))
                 .await
                 .is_err()
         );
