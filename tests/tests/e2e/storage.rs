@@ -67,16 +67,20 @@ async fn a_precomputed_payload_hash_is_what_s3_checks() {
     let s3 = env().s3_client().await;
     let key = |what: &str| format!("precomputed-payload/{}-{what}", std::process::id());
     let body = b"a segment's stored bytes".to_vec();
-    let right = hex::encode(Sha256::digest(&body));
-    let wrong = hex::encode(Sha256::digest(b"other bytes"));
+    // A PUT of `body` under `key`, signed with `sha256` as the operator signs a segment's.
+    let put = |key: String, sha256: String| {
+        s3.put_object()
+            .bucket(&env().s3.bucket)
+            .key(key)
+            .body(body.clone().into())
+            .customize()
+            .interceptor(aexec_operator::record::storage::precomputed_payload(
+                &sha256,
+            ))
+            .send()
+    };
 
-    s3.put_object()
-        .bucket(&env().s3.bucket)
-        .key(key("right"))
-        .body(body.clone().into())
-        .customize()
-        .interceptor(aexec_operator::record::storage::precomputed_payload(&right))
-        .send()
+    put(key("right"), hex::encode(Sha256::digest(&body)))
         .await
         .expect("a PUT signed with the body's own SHA-256 is stored");
     let got = s3
@@ -93,16 +97,9 @@ async fn a_precomputed_payload_hash_is_what_s3_checks() {
         .into_bytes();
     assert_eq!(got.as_ref(), body.as_slice());
 
-    let refused = s3
-        .put_object()
-        .bucket(&env().s3.bucket)
-        .key(key("wrong"))
-        .body(body.clone().into())
-        .customize()
-        .interceptor(aexec_operator::record::storage::precomputed_payload(&wrong))
-        .send()
-        .await;
-    let err = refused.expect_err("a body that does not match the signed hash must be refused");
+    let err = put(key("wrong"), hex::encode(Sha256::digest(b"other bytes")))
+        .await
+        .expect_err("a body that does not match the signed hash must be refused");
     let why = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err));
     assert!(
         why.contains("SHA256") || why.contains("Digest") || why.contains("sha256"),
@@ -113,8 +110,12 @@ async fn a_precomputed_payload_hash_is_what_s3_checks() {
         .bucket(&env().s3.bucket)
         .key(key("wrong"))
         .send()
-        .await;
-    assert!(absent.is_err(), "nothing was stored under the refused key");
+        .await
+        .expect_err("nothing was stored under the refused key");
+    assert!(
+        absent.into_service_error().is_not_found(),
+        "the refused key is not found (not another failure)"
+    );
 }
 
 #[tokio::test]
