@@ -73,7 +73,7 @@ const KEEP: usize = MAX_SEGMENT_BYTES + (MAX_SEGMENT_BYTES >> 6) + (64 << 10);
 /// workspace holds a piece of the segment, not all of it.
 const PIECE: usize = 256 << 10;
 
-/// Buffers and zstd contexts for one cut at a time.
+/// Buffers and a zstd context for one cut at a time.
 #[derive(Default)]
 struct Workspace {
     /// A piece of the segment being read back (the whole segment only when it is stored as it
@@ -81,10 +81,24 @@ struct Workspace {
     input: Vec<u8>,
     /// The stored form: the zstd frame.
     output: Vec<u8>,
-    /// For bytes already in memory (a copy's tar bytes).
-    zstd: Option<zstd::bulk::Compressor<'static>>,
-    /// For a segment read back from its file, a piece at a time.
-    stream: Option<zstd::zstd_safe::CCtx<'static>>,
+    /// At [`ZSTD_LEVEL`]: for a segment read back from its file, a piece at a time, and for
+    /// bytes already in memory (a copy's tar bytes), in one call.
+    cctx: Option<zstd::zstd_safe::CCtx<'static>>,
+}
+
+/// The workspace's zstd context, made at [`ZSTD_LEVEL`] on first use; `None` if zstd cannot
+/// make one (allocation failure only).
+fn context<'a>(
+    cctx: &'a mut Option<zstd::zstd_safe::CCtx<'static>>,
+) -> Option<&'a mut zstd::zstd_safe::CCtx<'static>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    if cctx.is_none() {
+        let mut c = CCtx::try_create()?;
+        c.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+            .ok()?;
+        *cctx = Some(c);
+    }
+    cctx.as_mut()
 }
 
 /// A segment's stored form, made in a workspace: where its bytes are, its length before
@@ -98,17 +112,13 @@ impl Workspace {
     /// Compresses `src` into `output` and hashes what is to be stored: the zstd frame, or `src`
     /// itself if compressing failed (allocation failure only; readers take either).
     fn store(&mut self, src: &[u8]) -> Stored {
-        let Workspace { output, zstd, .. } = self;
+        let Workspace { output, cctx, .. } = self;
         output.clear();
         output.reserve(zstd::zstd_safe::compress_bound(src.len()));
-        let compressed = match zstd {
-            Some(z) => Some(z),
-            None => zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                .ok()
-                .map(|z| zstd.insert(z)),
-        }
-        .and_then(|z| z.compress_to_buffer(src, output).ok())
-        .is_some();
+        // compress2 starts a new frame whatever the context was doing.
+        let compressed = context(cctx)
+            .and_then(|c| c.compress2(output, src).ok())
+            .is_some();
         let stored: &[u8] = if compressed { output } else { src };
         Stored {
             compressed_from: compressed.then_some(src.len() as u64),
@@ -143,26 +153,15 @@ impl Workspace {
         len: usize,
     ) -> std::io::Result<Option<[u8; 32]>> {
         use zstd::zstd_safe::{
-            CCtx, CParameter, InBuffer, OutBuffer, ResetDirective,
-            zstd_sys::ZSTD_EndDirective as EndDirective,
+            InBuffer, OutBuffer, ResetDirective, zstd_sys::ZSTD_EndDirective as EndDirective,
         };
         let Workspace {
             input,
             output,
-            stream,
-            ..
+            cctx,
         } = self;
-        let cctx = match stream {
-            Some(c) => c,
-            None => {
-                let mut c = CCtx::create();
-                if c.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
-                    .is_err()
-                {
-                    return Ok(None);
-                }
-                stream.insert(c)
-            }
+        let Some(cctx) = context(cctx) else {
+            return Ok(None);
         };
         if cctx.reset(ResetDirective::SessionOnly).is_err()
             || cctx.set_pledged_src_size(Some(len as u64)).is_err()
@@ -170,7 +169,8 @@ impl Workspace {
             return Ok(None);
         }
         output.clear();
-        // A frame of `len` bytes fits in the bound, so the loop below never has to grow it.
+        // A frame of `len` bytes fits in the bound, so the loop below does not grow it (its
+        // check only keeps a full buffer from spinning, should zstd ever need more).
         output.reserve_exact(zstd::zstd_safe::compress_bound(len));
         input.resize(PIECE.min(len), 0);
         let mut at = 0;
