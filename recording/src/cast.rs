@@ -345,12 +345,33 @@ fn mostly_escapes(text: &str) -> bool {
 /// the caller). The sum only grows, so the walk over mixed data stops as soon as it is over:
 /// random bytes are decided after a few KiB, not after a walk over every tiny chunk.
 fn cheaper_as_bytes(data: &[u8], whole: Option<&str>) -> bool {
-    const LINE: usize = 32; // `[0.000000, "b", "o:"]` and its newline, about
     let raw = LINE + data.len().div_ceil(3) * 4;
     let limit = raw + raw / 2;
     if let Some(text) = whole {
         return LINE + text.len() + 5 * json_escapes(text.as_bytes()) > limit;
     }
+    // Random output is decided by a count first: the walk takes a step per character, two
+    // bytes on average for random bytes, and was 6% of the operator's CPU for such output.
+    let mut strays = 0;
+    let mut at = 1;
+    while at < data.len() {
+        let end = (at + STRAY_BLOCK).min(data.len());
+        strays += stray_continuations(&data[at - 1..end]);
+        if strays * (LINE + 4) > limit {
+            return true;
+        }
+        at = end;
+    }
+    mixed_cost(data, limit) > limit
+}
+
+/// About the bytes a cast line costs besides its data: `[0.000000, "b", "o:"]` and its newline.
+const LINE: usize = 32;
+
+/// What `data`, not all of it UTF-8, costs as text lines and `b` runs, summed until it is over
+/// `stop_over`: a line per valid or invalid stretch, six bytes per escaped control character,
+/// base64 for the invalid bytes.
+fn mixed_cost(data: &[u8], stop_over: usize) -> usize {
     let mut mixed = 0;
     for chunk in data.utf8_chunks() {
         let text = chunk.valid();
@@ -361,11 +382,33 @@ fn cheaper_as_bytes(data: &[u8], whole: Option<&str>) -> bool {
         if !invalid.is_empty() {
             mixed += LINE + invalid.len().div_ceil(3) * 4;
         }
-        if mixed > limit {
-            return true;
+        if mixed > stop_over {
+            break;
         }
     }
-    false
+    mixed
+}
+
+/// [`cheaper_as_bytes`] counts stray continuation bytes this many bytes at a time, and stops
+/// as soon as they decide.
+const STRAY_BLOCK: usize = 4 << 10;
+
+/// How many continuation bytes (`0x80..=0xBF`) of `bytes` follow an ASCII byte, the first byte
+/// not counted. Such a byte continues no character, so it is an invalid sequence of one byte,
+/// a `b` line of its own between two text lines of what [`cheaper_as_bytes`] sums: each adds
+/// at least a line and 4 bytes of base64 to that sum, which makes this count a lower bound of
+/// it that needs no step per character. Counted like [`count_bytes`], 255 pairs at a time.
+fn stray_continuations(bytes: &[u8]) -> usize {
+    let next = bytes.get(1..).unwrap_or_default();
+    bytes
+        .chunks(255)
+        .zip(next.chunks(255))
+        .map(|(before, run)| {
+            usize::from(before.iter().zip(run).fold(0u8, |n, (&a, &b)| {
+                n.wrapping_add(u8::from(a < 0x80 && b & 0xc0 == 0x80))
+            }))
+        })
+        .sum()
 }
 
 /// How many bytes of `bytes` JSON escapes.
@@ -1343,6 +1386,51 @@ mod tests {
             let w = u64::from_le_bytes(w);
             assert_eq!(first_escape(w), naive(w), "{w:#x}");
         }
+    }
+
+    #[test]
+    fn the_stray_count_decides_random_output_as_the_walk_does() {
+        let mut rng = Rng(5);
+        let mut counted = 0;
+        for round in 0..3_000 {
+            let len = 64 + rng.below(40_000) as usize;
+            // Random bytes, mixed text and garbage, and text with garbage every so often: the
+            // count decides the first, the walk the others.
+            let data: Vec<u8> = match round % 3 {
+                0 => (0..len).map(|_| rng.next() as u8).collect(),
+                1 => rng.bytes(len),
+                _ => (0..len)
+                    .map(|_| match rng.below(200) {
+                        0 => 0x80 | rng.below(64) as u8,
+                        1 => rng.next() as u8,
+                        _ => b'a' + rng.below(26) as u8,
+                    })
+                    .collect(),
+            };
+            if std::str::from_utf8(&data).is_ok() {
+                continue;
+            }
+            // A lower bound of the whole walk's sum, so it never decides what the walk would not.
+            let strays = stray_continuations(&data);
+            let whole = mixed_cost(&data, usize::MAX);
+            assert!(
+                strays * (LINE + 4) <= whole,
+                "round {round}: {strays} strays, {whole}"
+            );
+            let raw = LINE + data.len().div_ceil(3) * 4;
+            let limit = raw + raw / 2;
+            assert_eq!(
+                cheaper_as_bytes(&data, None),
+                whole > limit,
+                "round {round}, {len} bytes"
+            );
+            counted += usize::from(strays * (LINE + 4) > limit);
+        }
+        // Both ways were taken.
+        assert!(
+            (500..2_000).contains(&counted),
+            "{counted} decided by the count"
+        );
     }
 
     #[test]
