@@ -123,9 +123,9 @@ async fn run(env: &'static TestEnv, quick: bool) -> Result<()> {
 }
 
 /// The recorder alone, in this process (recorder, spool, upload to a local store): CPU per MiB
-/// of output for the three kinds of output, medians of 3. No cluster is involved, so two builds
-/// of the operator can be compared side by side on the same machine
-/// (`AEXEC_BENCH_ONLY=recorder`).
+/// of output for the three kinds of output, medians of 3, beside its floor: the cast, zstd and
+/// SHA-256 each timed alone on the same bytes. No cluster is involved, so two builds of the
+/// operator can be compared side by side on the same machine (`AEXEC_BENCH_ONLY=recorder`).
 async fn recorder_alone(quick: bool) -> Result<()> {
     let mib: usize = if quick { 8 } else { 64 };
     let mut random = vec![0u8; mib << 20];
@@ -143,38 +143,78 @@ async fn recorder_alone(quick: bool) -> Result<()> {
         for _ in 0..3 {
             runs.push(recorder_cpu_per_mib(bytes).await?);
         }
-        let mut cast = Vec::new();
+        let mut floor = Vec::new();
         for _ in 0..3 {
-            cast.push(cast_writer_cpu_per_mib(bytes)?);
+            floor.push(recording_floor(bytes)?);
         }
+        let part = |i: usize| median(floor.iter().map(|f| f[i]).collect());
+        let (cast, zstd, sha) = (part(0), part(1), part(2));
         println!(
-            "  {kind}: {:.2} ms of CPU per MiB, of which the cast writer alone {:.2}",
+            "  {kind}: {:.2} ms of CPU per MiB; its floor, the work every recording does, each \
+             part alone on the same bytes: {:.2} = the cast writer {cast:.2} + zstd {zstd:.2} + \
+             SHA-256 {sha:.2}",
             median(runs),
-            median(cast)
+            cast + zstd + sha
         );
     }
     Ok(())
 }
 
-/// CPU time the cast writer alone (events to asciicast lines, before compression and hashing)
-/// spends per MiB of `stream` in 32 KiB frames, in milliseconds.
-fn cast_writer_cpu_per_mib(stream: &[u8]) -> Result<f64> {
+/// The CPU per MiB of `stream` (in 32 KiB frames) of each thing a recording cannot do
+/// without, each timed alone in this process, in milliseconds: writing the cast, compressing
+/// it at the operator's level in segments of the operator's size, and hashing what is stored.
+/// Their sum is what recording costs before any I/O: the floor under the recorder's figure.
+fn recording_floor(stream: &[u8]) -> Result<[f64; 3]> {
+    use aexec_operator::record::segment_file::{ZSTD_LEVEL, segment_bytes};
     use aexec_operator::recording::cast::{CastWriter, Header, SessionFacts, Stream};
+    use sha2::Digest;
     let mib = stream.len() as f64 / f64::from(1u32 << 20);
-    let (mut writer, _) = CastWriter::new(&Header::new(SessionFacts::default(), 0, None));
-    let mut out = Vec::with_capacity(stream.len() * 2);
-    let before = self_cpu().context("reading this process's CPU time")?;
-    for (i, frame) in stream.chunks(32 << 10).enumerate() {
-        writer.data_event(
-            Duration::from_millis(i as u64),
-            Stream::Out,
-            frame,
-            &mut out,
-        );
+    let mut cast = Vec::with_capacity(stream.len() * 2);
+    let cast_secs = cpu_per_pass(|| {
+        cast.clear();
+        let (mut writer, _) = CastWriter::new(&Header::new(SessionFacts::default(), 0, None));
+        for (i, frame) in stream.chunks(32 << 10).enumerate() {
+            writer.data_event(
+                Duration::from_millis(i as u64),
+                Stream::Out,
+                frame,
+                &mut cast,
+            );
+        }
+        Ok(())
+    })?;
+    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+    let mut segments = Vec::new();
+    let zstd_secs = cpu_per_pass(|| {
+        segments = cast
+            .chunks(segment_bytes(1 << 30))
+            .map(|segment| zstd.compress(segment))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(())
+    })?;
+    let sha_secs = cpu_per_pass(|| {
+        for segment in &segments {
+            std::hint::black_box(sha2::Sha256::digest(segment));
+        }
+        Ok(())
+    })?;
+    Ok([cast_secs, zstd_secs, sha_secs].map(|s| s / mib * 1000.0))
+}
+
+/// This process's CPU seconds per call of `pass`, called until half a second of CPU has gone
+/// (at least once), so that `/proc`'s 10 ms clock is a small part of a short pass.
+fn cpu_per_pass(mut pass: impl FnMut() -> Result<()>) -> Result<f64> {
+    let cpu = || self_cpu().context("reading this process's CPU time");
+    let start = cpu()?;
+    let mut passes = 0u32;
+    loop {
+        pass()?;
+        passes += 1;
+        let spent = cpu()? - start;
+        if spent >= 0.5 {
+            return Ok(spent / f64::from(passes));
+        }
     }
-    let after = self_cpu().context("reading this process's CPU time")?;
-    std::hint::black_box(&out);
-    Ok((after - before) / mib * 1000.0)
 }
 
 fn machine() -> String {
