@@ -297,6 +297,16 @@ impl Query {
         };
         recorded && by && recent
     }
+
+    /// Whether a signed record's session is one to search by its age: created at or after
+    /// `since`, as for a session that still exists. The store's own `since` selects sessions
+    /// still going on at that time (`list --archived`), which takes in older ones (pure).
+    fn wants_record(&self, rec: &aexec_recording::record::SessionRecord) -> bool {
+        self.since.is_none_or(|since| {
+            chrono::DateTime::parse_from_rfc3339(&rec.session.created)
+                .is_ok_and(|created| created >= since)
+        })
+    }
 }
 
 /// A match and the session it is in.
@@ -434,8 +444,13 @@ async fn sources(client: &kube::Client, q: &Query) -> crate::error::Result<Vec<S
     }
     let mut records =
         crate::commands::list_recordings(&conn, q.namespace.is_none(), &query).await?;
-    // Records without a recording (denied, withdrawn) have nothing to search.
-    records.retain(|r| r.record.as_ref().is_some_and(|rec| rec.recording.is_some()));
+    // Records without a recording (denied, withdrawn) have nothing to search, and the store
+    // selected by when sessions ended, not by when they were created.
+    records.retain(|r| {
+        r.record
+            .as_ref()
+            .is_some_and(|rec| rec.recording.is_some() && q.wants_record(rec))
+    });
     // Records of sessions that still exist are searched through the session, and kept for it
     // should the retention delete it before its turn.
     let archive_path = |r: &crate::records::Recording| {
@@ -752,6 +767,28 @@ mod tests {
         // The operator's 404 for a missing object is the answer.
         let err = refused("s2", true).await;
         assert!(err.contains("is not in the store"), "{err}");
+    }
+
+    /// `--since` selects by creation, for signed records as for sessions that still exist: a
+    /// session created before it and ended after it (what the store's `since` takes in) is not
+    /// searched.
+    #[test]
+    fn since_selects_records_by_creation() {
+        let mut q = Query::new("x", false, false).expect("a pattern");
+        let record = |created: &str, ended: &str| {
+            let mut r = aexec_recording::record::SessionRecord::default();
+            r.session.created = created.into();
+            r.end.end_time = Some(ended.into());
+            r
+        };
+        let ran_across = record("2026-12-04T13:10:15Z", "2026-12-04T13:10:21Z");
+        let after = record("2026-12-04T13:10:20Z", "2026-12-04T13:10:22Z");
+        assert!(q.wants_record(&ran_across) && q.wants_record(&after));
+        q.since = Some("2026-12-04T13:10:20Z".parse().expect("a time"));
+        assert!(!q.wants_record(&ran_across));
+        assert!(q.wants_record(&after));
+        // A record whose creation cannot be read is not taken to be recent.
+        assert!(!q.wants_record(&record("", "2026-12-04T13:10:22Z")));
     }
 
     #[test]
