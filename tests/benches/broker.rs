@@ -1277,7 +1277,12 @@ impl Bench {
                     // "N matches in 1 session (X MiB of recordings read)"
                     let err = String::from_utf8_lossy(&out.stderr);
                     if !err.contains("in 1 session") {
-                        bail!("the search read another session than the section's: {err}");
+                        let hits = String::from_utf8_lossy(&out.stdout);
+                        let hits: Vec<&str> = hits.lines().take(6).collect();
+                        bail!(
+                            "{label}: the search read another session than the section's \
+                             ({name}): {err}; first lines: {hits:?}"
+                        );
                     }
                     read_mib = err
                         .rsplit_once('(')
