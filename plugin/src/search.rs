@@ -573,10 +573,6 @@ pub async fn run(
     q: &Query,
     mut found: impl FnMut(Found<'_>) -> crate::error::Result<bool>,
 ) -> crate::error::Result<Scanned> {
-    use futures::AsyncReadExt;
-
-    use crate::error::Error;
-
     let sources = sources(client, q).await?;
     let mut scanned = Scanned {
         sessions: sources.len(),
@@ -585,51 +581,71 @@ pub async fn run(
     for src in &sources {
         let (ns, name) = (&src.namespace, &src.name);
         let what = format!("reading the recording of {ns}/{name}");
-        let (mut body, src) = open(client, src, &what).await?;
-        let src = &*src;
-        let mut reader = CastReader::new();
-        let mut searcher: Option<Searcher> = None;
-        let (mut events, mut hits) = (Vec::new(), Vec::new());
-        let mut buf = vec![0u8; 64 << 10];
-        let mut last = Duration::ZERO;
-        loop {
-            let n = body
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::Api(format!("{what}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            scanned.bytes += n as u64;
-            reader
-                .feed(&buf[..n], &mut events)
-                .map_err(|e| Error::Api(format!("{what}: {e}")))?;
-            // The terminal's size is the header's: wait for it (the first line may span reads).
-            let Some(header) = reader.header() else {
-                continue;
-            };
-            let (cols, rows) = (header.term.cols, header.term.rows);
-            let s = searcher.get_or_insert_with(|| {
-                Searcher::new(q.pattern.clone(), cols, rows, q.input, q.output)
-            });
-            for (at, ev) in events.drain(..) {
-                s.event(at, &ev, &mut hits);
-                last = at;
-            }
-            // Matches go out as they are found: a pattern matching every line of a long
-            // recording holds one read's matches, not the recording's.
-            if !deliver(&mut hits, src, &mut scanned, &mut found)? {
-                return Ok(scanned);
-            }
-        }
-        if let Some(s) = searcher {
-            s.finish(last, &mut hits);
-        }
-        if !deliver(&mut hits, src, &mut scanned, &mut found)? {
-            return Ok(scanned);
+        let (body, src) = open(client, src, &what).await?;
+        if !scan(body, &what, q, &src, &mut scanned, &mut found).await? {
+            break;
         }
     }
     Ok(scanned)
+}
+
+/// Reads one source's recording from `body` and hands its matches to `found` as they are
+/// found; false when `found` wants no more.
+async fn scan(
+    mut body: impl futures::AsyncRead + Unpin,
+    what: &str,
+    q: &Query,
+    src: &Source,
+    scanned: &mut Scanned,
+    found: &mut impl FnMut(Found<'_>) -> crate::error::Result<bool>,
+) -> crate::error::Result<bool> {
+    use futures::AsyncReadExt;
+
+    use crate::error::Error;
+
+    let fail = |e: &dyn std::fmt::Display| Error::Api(format!("{what}: {e}"));
+    let mut reader = CastReader::new();
+    let mut searcher: Option<Searcher> = None;
+    let (mut events, mut hits) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 64 << 10];
+    let mut last = Duration::ZERO;
+    let mut feed = |searcher: &mut Option<Searcher>,
+                    header: &aexec_recording::cast::Header,
+                    events: &mut Vec<(Duration, Event)>,
+                    hits: &mut Vec<Hit>| {
+        let (cols, rows) = (header.term.cols, header.term.rows);
+        let s = searcher
+            .get_or_insert_with(|| Searcher::new(q.pattern.clone(), cols, rows, q.input, q.output));
+        for (at, ev) in events.drain(..) {
+            s.event(at, &ev, hits);
+            last = at;
+        }
+    };
+    loop {
+        let n = body.read(&mut buf).await.map_err(|e| fail(&e))?;
+        if n == 0 {
+            break;
+        }
+        scanned.bytes += n as u64;
+        reader.feed(&buf[..n], &mut events).map_err(|e| fail(&e))?;
+        // The terminal's size is the header's: wait for it (the first line may span reads).
+        let Some(header) = reader.header() else {
+            continue;
+        };
+        feed(&mut searcher, header, &mut events, &mut hits);
+        // Matches go out as they are found: a pattern matching every line of a long
+        // recording holds one read's matches, not the recording's.
+        if !deliver(&mut hits, src, scanned, found)? {
+            return Ok(false);
+        }
+    }
+    // The last line, should the recording not end with a newline.
+    let header = reader.finish(&mut events).map_err(|e| fail(&e))?;
+    feed(&mut searcher, &header, &mut events, &mut hits);
+    if let Some(s) = searcher {
+        s.finish(last, &mut hits);
+    }
+    deliver(&mut hits, src, scanned, found)
 }
 
 /// `kubectl aexec search PATTERN`: the sessions (of the namespace, or `-A` all) whose
@@ -767,6 +783,49 @@ mod tests {
         // The operator's 404 for a missing object is the answer.
         let err = refused("s2", true).await;
         assert!(err.contains("is not in the store"), "{err}");
+    }
+
+    /// A recording's last line is searched when it has no newline, and an empty recording is
+    /// an error that names it, not a search that found nothing.
+    #[tokio::test]
+    async fn the_last_line_is_searched_without_a_newline() {
+        let q = Query::new("needle", false, true).expect("a pattern");
+        let src = source("s1", false);
+        let search = |cast: Vec<u8>| {
+            let (q, src) = (&q, &src);
+            async move {
+                let mut scanned = Scanned::default();
+                let mut lines = Vec::new();
+                let more = scan(
+                    futures::io::Cursor::new(cast),
+                    "reading the recording of ns/s1",
+                    q,
+                    src,
+                    &mut scanned,
+                    &mut |f: Found<'_>| {
+                        lines.push(f.hit.line.clone());
+                        Ok(true)
+                    },
+                )
+                .await?;
+                assert!(more);
+                Ok::<_, crate::error::Error>((scanned.hits, lines))
+            }
+        };
+        let whole = cast(&[
+            (100, Event::Output(b"hay\r\n".to_vec())),
+            (200, Event::Output(b"a needle".to_vec())),
+        ]);
+        assert_eq!(whole.last(), Some(&b'\n'));
+        let cut = whole[..whole.len() - 1].to_vec();
+        for cast in [whole, cut] {
+            let newline = cast.ends_with(b"\n");
+            let (hits, lines) = search(cast).await.expect("searched");
+            assert_eq!(hits, 1, "ending with a newline: {newline}: {lines:?}");
+            assert!(lines[0].contains("a needle"), "{lines:?}");
+        }
+        let err = search(Vec::new()).await.expect_err("an empty recording");
+        assert!(err.to_string().contains("ns/s1"), "{err}");
     }
 
     /// `--since` selects by creation, for signed records as for sessions that still exist: a
