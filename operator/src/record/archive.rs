@@ -515,7 +515,10 @@ pub async fn list(
             });
         }
     }
-    out.sort();
+    // In the order of their keys, which a list's `continue` compares: sorted by namespace
+    // first, `a-b/x` would come after `a/x` while its key is before it, and a page could skip or
+    // repeat records across such namespaces.
+    out.sort_by_cached_key(Dir::key);
     Ok(out)
 }
 
@@ -667,6 +670,36 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2026-01-02T03:06:00Z".parse().expect("time")
+    }
+
+    /// Directories come in the order of their keys, which is what a page's `continue` is
+    /// compared with: a namespace that extends another with `-` sorts before it by key.
+    #[tokio::test]
+    async fn dirs_are_listed_in_key_order() {
+        use crate::record::storage::{LocalDir, Storage, Store};
+        let root = tempfile::tempdir().expect("tmp");
+        let store = Store::Local(LocalDir::new(root.path()));
+        for key in ["a/x-1", "a/y-2", "a-b/x-3", "a.c/z-4", "b/w-5"] {
+            store
+                .put(&format!("{key}/{RECORD_NAME}"), b"{}".to_vec(), None)
+                .await
+                .expect("put");
+        }
+        let keys: Vec<String> = list(&store, None, "")
+            .await
+            .expect("list")
+            .iter()
+            .map(Dir::key)
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 5);
+        // Paging after each key takes exactly the keys after it.
+        for (i, after) in keys.iter().enumerate() {
+            let rest: Vec<&String> = keys.iter().filter(|k| *k > after).collect();
+            assert_eq!(rest, keys[i + 1..].iter().collect::<Vec<_>>());
+        }
     }
 
     #[test]
