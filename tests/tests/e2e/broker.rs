@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub(crate) use crate::common::Conn;
 use crate::common::{
-    attach_named, env, kubectl, policy, recording_named, request_named, tamper,
+    attach_named, env, kubectl, policy, recording_named, replace_pod, request_named, tamper,
     target_with_operator, target_with_operator_exclusive, wait_phase, with_peak_rss,
 };
 
@@ -202,7 +202,6 @@ async fn replaced_pod_cannot_be_attached() {
     // Exclusive: the operator is stopped while the pod is replaced, so the session is still
     // Approved when alice attaches and the broker itself must refuse the new pod.
     let (t, _op) = target_with_operator_exclusive().await;
-    let admin = env.client(User::Admin).await.expect("admin");
     auto_policy(&t, json!({})).await;
     request(&t, &["id"], false, false).await;
     final_session(&t, Phase::Approved).await;
@@ -210,19 +209,7 @@ async fn replaced_pod_cannot_be_attached() {
     // Replace the pod while the operator is down; when it is back, alice attaches at once: the
     // broker must check the pinned UID itself, whatever the controller has noticed yet.
     env.kill_operator().await;
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), &t.namespace);
-    pods.delete(&t.pod, &kube::api::DeleteParams::default().grace_period(0))
-        .await
-        .expect("delete");
-    for _ in 0..100 {
-        if pods.get_opt(&t.pod).await.expect("get").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    env.run_pod(&admin, &t.namespace, &t.pod)
-        .await
-        .expect("same name, new UID");
+    replace_pod(&t).await;
     env.ensure_operator().await.expect("operator back");
     match attach(User::Alice, &t).await {
         Err(kube::Error::Api(s)) => {

@@ -325,3 +325,58 @@ pub async fn aexec(user: User, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .args(args);
     output(cmd, stdin, "kubectl-aexec").await
 }
+
+/// Deletes pod `t.pod` and creates a new one under the same name (a new UID), waiting until it
+/// runs; returns the new UID.
+///
+/// kwok (v0.8) now and then drops a pod created under the name of one it is still deleting (its
+/// log: "failed to delete pod web: not found" for the old one, then nothing for the new one), or
+/// deletes the new one a while after it ran (a late delete of the old one, by name). Such a pod
+/// is deleted and created again, at most twice more; a pod is kept once it stays.
+pub async fn replace_pod(t: &Target) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::DeleteParams;
+    let env = env();
+    let admin = env.client(User::Admin).await.expect("admin");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &t.namespace);
+    let gone = || async {
+        pods.delete(&t.pod, &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete the pod");
+        for _ in 0..100 {
+            if pods.get_opt(&t.pod).await.expect("get").is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "pod {}/{} still exists 10 s after its deletion",
+            t.namespace, t.pod
+        );
+    };
+    gone().await;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match env.run_pod(&admin, &t.namespace, &t.pod).await {
+            Ok((_, uid)) => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let now = pods.get_opt(&t.pod).await.expect("get");
+                if now.and_then(|p| p.metadata.uid).as_deref() == Some(uid.as_str()) {
+                    assert_ne!(uid, t.uid, "the new pod has the old pod's UID");
+                    return uid;
+                }
+                assert!(attempt < 3, "kwok dropped the new pod {attempt} times");
+                eprintln!(
+                    "same name again, attempt {attempt}: kwok dropped the new pod; creating it anew"
+                );
+            }
+            Err(e) if attempt < 3 && format!("{e:#}").contains("did not become Running") => {
+                eprintln!("same name again, attempt {attempt}: {e:#}; creating it anew");
+                gone().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("same name again: {e:#}"),
+        }
+    }
+}

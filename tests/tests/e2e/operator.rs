@@ -15,7 +15,7 @@ use kube::{
 use serde_json::json;
 
 use crate::common::{
-    env, policy, target_with_operator, target_with_operator_exclusive, wait_phase,
+    env, policy, replace_pod, target_with_operator, target_with_operator_exclusive, wait_phase,
 };
 
 /// alice asks for `command` in the target pod.
@@ -370,7 +370,6 @@ async fn pod_replaced_is_detected() {
     // Exclusive: the operator is stopped while the pod is replaced, so it must notice the new
     // UID itself rather than see the pod vanish first.
     let (t, _op) = target_with_operator_exclusive().await;
-    let admin = env.client(User::Admin).await.expect("admin");
     policy(
         &t,
         "p",
@@ -386,54 +385,7 @@ async fn pod_replaced_is_detected() {
     );
 
     env.kill_operator().await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &t.namespace);
-    pods.delete(&t.pod, &DeleteParams::default().grace_period(0))
-        .await
-        .expect("delete");
-    for _ in 0..100 {
-        if pods.get_opt(&t.pod).await.expect("get").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // kwok (v0.8) now and then drops a pod created under the name of one it is still deleting
-    // (its log: "failed to patch pod web: not found" for the old one, then nothing for the new
-    // one): such a pod never runs, so it is deleted and created again, at most twice more.
-    let mut attempt = 0;
-    let new_uid = loop {
-        attempt += 1;
-        match env.run_pod(&admin, &t.namespace, &t.pod).await {
-            Ok((_, uid)) => {
-                // Under load kwok has also deleted the new pod a while after it ran (a late
-                // delete of the old one, by name: the operator then rightly said "no longer
-                // exists"). Keep it only once it stays.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let now = pods.get_opt(&t.pod).await.expect("get");
-                if now.and_then(|p| p.metadata.uid).as_deref() == Some(uid.as_str()) {
-                    break uid;
-                }
-                assert!(attempt < 3, "kwok dropped the new pod {attempt} times");
-                eprintln!(
-                    "same name again, attempt {attempt}: kwok dropped the new pod; creating it anew"
-                );
-            }
-            Err(e) if attempt < 3 && format!("{e:#}").contains("did not become Running") => {
-                eprintln!("same name again, attempt {attempt}: {e:#}; creating it anew");
-                pods.delete(&t.pod, &DeleteParams::default().grace_period(0))
-                    .await
-                    .expect("delete the stuck pod");
-                for _ in 0..100 {
-                    if pods.get_opt(&t.pod).await.expect("get").is_none() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => panic!("same name again: {e:#}"),
-        }
-    };
-    assert_ne!(new_uid, t.uid);
+    replace_pod(&t).await;
     env.ensure_operator().await.expect("operator back");
 
     let s = wait_phase(&t, "s1", Phase::Failed, 30).await;
